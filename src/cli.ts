@@ -1,0 +1,271 @@
+/**
+ * The command line, drop-in compatible with how Tart starts Cirrus Labs' softnet:
+ *   softnet --vm-fd 0 --vm-mac-address MAC [--vm-net-type host] [--allow ..] [--block ..] [--expose ..]
+ * Every bad value becomes a UsageError naming the flag and the value (exit code 2).
+ */
+import { Command, CommanderError, Option } from "commander";
+import { UsageError } from "./errors.ts";
+import { formatRuleTarget, parseRuleTarget, type Rule } from "./policy/rules.ts";
+import { COMMIT, VERSION } from "./version.ts";
+import { BROADCAST_MAC, formatMac, isMulticastMac, parseMac } from "./wire/bytes.ts";
+
+export const LOG_LEVELS = ["error", "warn", "info", "debug"] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+export interface ExposedPort {
+  externalPort: number;
+  internalPort: number;
+}
+
+export interface SoftnetOptions {
+  vmFd: number;
+  vmMac: number;
+  netType: "nat" | "host";
+  bootpdLeaseTimeSeconds: number;
+  user: string | undefined;
+  group: string | undefined;
+  /** --allow and --block in the order given; RuleTable resolves ties (block wins). */
+  rules: Rule[];
+  exposedPorts: ExposedPort[];
+  bridge: string | undefined;
+  logLevel: LogLevel;
+  sudoEscalationProbing: boolean;
+  sudoEscalationDone: boolean;
+}
+
+/** Either options to run with, or text that --help / --version asked for. */
+export type ParsedCommandLine = { kind: "run"; options: SoftnetOptions } | { kind: "print"; text: string };
+
+const MAX_LEASE_SECONDS = 0xffff_fffe; // 0xffffffff means "infinite" to DHCP
+const CLI_EXAMPLES = `
+Examples:
+  Tart runs:          softnet --vm-fd 0 --vm-mac-address 12:34:56:78:9a:bc
+  Host-only network:  softnet --vm-fd 0 --vm-mac-address 12:34:56:78:9a:bc --vm-net-type host
+  Reach a LAN too:    softnet ... --allow 192.168.1.0/24 --block 192.168.1.1/32
+  Only the host:      softnet ... --block 0.0.0.0/0 --allow @host
+  SSH into the VM:    softnet ... --expose 2222:22
+  Linux bridge:       softnet --vm-fd 0 --vm-mac-address 12:34:56:78:9a:bc --bridge br0
+
+Exit codes: 0 stopped cleanly (SIGINT, SIGTERM, or the VM closed its end), 1 failure, 2 bad usage.
+Set SENTRY_DSN to report failures to Sentry (tags from CIRRUS_SENTRY_TAGS=k=v,k2=v2).`;
+
+function buildProgram(collect: { help: string }): Command {
+  const program = new Command("softnet")
+    .description(
+      "Network isolation for one virtual machine: forwards the VM's Ethernet frames between a datagram " +
+        "socket (--vm-fd) and the host's network, letting through only what the VM is entitled to send.",
+    )
+    .version(`softnet ${VERSION} (${COMMIT})`, "-V, --version", "print the version and exit")
+    .helpOption("-h, --help", "print this help and exit")
+    .addOption(
+      new Option(
+        "--vm-fd <fd>",
+        "file descriptor of the VM's end: an AF_UNIX SOCK_DGRAM socket, one frame per datagram",
+      ).makeOptionMandatory(),
+    )
+    .addOption(
+      new Option(
+        "--vm-mac-address <mac>",
+        "the VM's MAC address; frames from any other source are dropped",
+      ).makeOptionMandatory(),
+    )
+    .addOption(
+      new Option("--vm-net-type <type>", "nat: shared network with NAT; host: host-only network (macOS)")
+        .choices(["nat", "host"])
+        .default("nat"),
+    )
+    .addOption(
+      new Option(
+        "--bootpd-lease-time <seconds>",
+        "DHCP lease time set for macOS bootpd before the VM starts",
+      ).default("600"),
+    )
+    .option(
+      "--user <name>",
+      "user to drop privileges to after set-up (default: the user who started softnet)",
+    )
+    .option("--group <name>", "group to drop privileges to after set-up (default: that user's primary group)")
+    .addOption(
+      new Option(
+        "--allow <cidrs>",
+        "comma-separated IPv4 networks (or @host) the VM may reach even if not global; repeatable",
+      ).argParser(accumulate),
+    )
+    .addOption(
+      new Option(
+        "--block <cidrs>",
+        "comma-separated IPv4 networks (or @host) the VM may not reach; repeatable",
+      ).argParser(accumulate),
+    )
+    .addOption(
+      new Option(
+        "--expose <ports>",
+        "comma-separated EXTERNAL:INTERNAL TCP ports forwarded from the host to the VM; repeatable",
+      ).argParser(accumulate),
+    )
+    .option("--bridge <name>", "Linux: the bridge to attach the VM's TAP port to (required on Linux)")
+    .addOption(
+      new Option("--log-level <level>", "how much to log on stderr").choices(LOG_LEVELS).default("info"),
+    )
+    .addOption(new Option("--sudo-escalation-probing").hideHelp())
+    .addOption(new Option("--sudo-escalation-done").hideHelp())
+    .addHelpText("after", CLI_EXAMPLES)
+    .allowExcessArguments(false)
+    .exitOverride()
+    .configureOutput({
+      writeOut: (text) => {
+        collect.help += text;
+      },
+      // Errors are rethrown as UsageError and printed by main() in softnet's own format.
+      writeErr: () => {},
+    });
+  return program;
+}
+
+function accumulate(value: string, previous: string[] | undefined): string[] {
+  return [...(previous ?? []), value];
+}
+
+/** Parses process.argv.slice(2)-style arguments. Throws UsageError on any invalid input. */
+export function parseCommandLine(args: readonly string[]): ParsedCommandLine {
+  const collect = { help: "" };
+  const program = buildProgram(collect);
+  try {
+    program.parse([...args], { from: "user" });
+  } catch (error) {
+    if (error instanceof CommanderError) {
+      if (error.code === "commander.helpDisplayed" || error.code === "commander.version") {
+        return { kind: "print", text: collect.help };
+      }
+      throw new UsageError(commanderMessage(error), { hint: "see softnet --help" });
+    }
+    throw error;
+  }
+  const raw = program.opts();
+  return { kind: "run", options: validate(raw) };
+}
+
+/** Commander says "error: required option '--vm-fd <fd>' not specified"; we drop the "error: ". */
+function commanderMessage(error: CommanderError): string {
+  return error.message.replace(/^error: /, "").replace(/\.$/, "");
+}
+
+function validate(raw: Record<string, unknown>): SoftnetOptions {
+  return {
+    vmFd: parseFd(raw.vmFd as string),
+    vmMac: parseVmMac(raw.vmMacAddress as string),
+    netType: raw.vmNetType as "nat" | "host",
+    bootpdLeaseTimeSeconds: parseLeaseTime(raw.bootpdLeaseTime as string),
+    user: nonEmpty("--user", raw.user as string | undefined),
+    group: nonEmpty("--group", raw.group as string | undefined),
+    rules: [
+      ...parseRules("--allow", "allow", raw.allow as string[] | undefined),
+      ...parseRules("--block", "block", raw.block as string[] | undefined),
+    ],
+    exposedPorts: parseExposedPorts(raw.expose as string[] | undefined),
+    bridge: parseInterfaceName(raw.bridge as string | undefined),
+    logLevel: raw.logLevel as LogLevel,
+    sudoEscalationProbing: raw.sudoEscalationProbing === true,
+    sudoEscalationDone: raw.sudoEscalationDone === true,
+  };
+}
+
+function invalid(flag: string, value: string, why: string): UsageError {
+  return new UsageError(`invalid ${flag} ${JSON.stringify(value)}: ${why}`);
+}
+
+function parseFd(text: string): number {
+  if (!/^(0|[1-9][0-9]{0,9})$/.test(text) || Number(text) > 0x7fff_ffff) {
+    throw invalid("--vm-fd", text, "expected a file descriptor number such as 0");
+  }
+  return Number(text);
+}
+
+function parseVmMac(text: string): number {
+  const mac = parseMac(text);
+  if (mac === undefined)
+    throw invalid("--vm-mac-address", text, "expected six hex pairs such as 12:34:56:78:9a:bc");
+  if (mac === 0) throw invalid("--vm-mac-address", text, "the all-zero address cannot belong to a VM");
+  if (mac === BROADCAST_MAC)
+    throw invalid("--vm-mac-address", text, "the broadcast address cannot belong to a VM");
+  if (isMulticastMac(mac)) {
+    throw invalid(
+      "--vm-mac-address",
+      text,
+      `${formatMac(mac)} is a multicast address (its first octet is odd)`,
+    );
+  }
+  return mac;
+}
+
+function parseLeaseTime(text: string): number {
+  if (!/^[1-9][0-9]{0,9}$/.test(text) || Number(text) > MAX_LEASE_SECONDS) {
+    throw invalid("--bootpd-lease-time", text, `expected whole seconds from 1 to ${MAX_LEASE_SECONDS}`);
+  }
+  return Number(text);
+}
+
+function nonEmpty(flag: string, value: string | undefined): string | undefined {
+  if (value === undefined) return undefined;
+  if (value.trim() === "") throw invalid(flag, value, "must not be empty");
+  return value;
+}
+
+function parseRules(flag: string, action: "allow" | "block", values: string[] | undefined): Rule[] {
+  const rules: Rule[] = [];
+  for (const value of values ?? []) {
+    for (const item of value.split(",")) {
+      const text = item.trim();
+      if (text === "") throw invalid(flag, value, "empty entry in the comma-separated list");
+      const target = parseRuleTarget(text);
+      if (typeof target === "string") throw invalid(flag, text, `${target}; expected A.B.C.D/N or @host`);
+      rules.push({ action, target });
+    }
+  }
+  return rules;
+}
+
+function parsePort(flag: string, whole: string, text: string, which: string): number {
+  if (!/^[1-9][0-9]{0,4}$/.test(text) || Number(text) > 65535) {
+    throw invalid(flag, whole, `${which} port ${JSON.stringify(text)} is not a TCP port from 1 to 65535`);
+  }
+  return Number(text);
+}
+
+function parseExposedPorts(values: string[] | undefined): ExposedPort[] {
+  const ports: ExposedPort[] = [];
+  const seenExternal = new Set<number>();
+  for (const value of values ?? []) {
+    for (const item of value.split(",")) {
+      const text = item.trim();
+      const parts = text.split(":");
+      if (parts.length !== 2) throw invalid("--expose", text, "expected EXTERNAL:INTERNAL, e.g. 2222:22");
+      const externalPort = parsePort("--expose", text, parts[0], "external");
+      const internalPort = parsePort("--expose", text, parts[1], "internal");
+      if (seenExternal.has(externalPort)) {
+        throw invalid("--expose", text, `external port ${externalPort} is already exposed`);
+      }
+      seenExternal.add(externalPort);
+      ports.push({ externalPort, internalPort });
+    }
+  }
+  return ports;
+}
+
+/** Linux interface names: 1..15 bytes, no '/', whitespace or ':' (IFNAMSIZ is 16 with the NUL). */
+function parseInterfaceName(value: string | undefined): string | undefined {
+  if (value === undefined) return undefined;
+  if (!/^[A-Za-z0-9_.-]{1,15}$/.test(value) || value === "." || value === "..") {
+    throw invalid(
+      "--bridge",
+      value,
+      "not a network interface name (1 to 15 letters, digits, '-', '_' or '.')",
+    );
+  }
+  return value;
+}
+
+/** For logs: the rules as the user would write them. */
+export function describeRules(rules: readonly Rule[]): string {
+  return rules.map((rule) => `${rule.action} ${formatRuleTarget(rule.target)}`).join(", ") || "none";
+}

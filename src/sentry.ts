@@ -1,0 +1,50 @@
+/**
+ * Error reports to Sentry, only when SENTRY_DSN is set (as the original softnet does). The SDK is
+ * imported lazily so a normal start pays nothing for it and nothing is ever sent without a DSN.
+ */
+import { VERSION } from "./version.ts";
+
+type SentryModule = typeof import("@sentry/bun");
+let sentry: SentryModule | undefined;
+
+/** Parses CIRRUS_SENTRY_TAGS: `key=value,key2=value2`; entries without '=' are ignored. */
+export function parseSentryTags(text: string | undefined): Record<string, string> {
+  const tags: Record<string, string> = {};
+  for (const entry of (text ?? "").split(",")) {
+    const equals = entry.indexOf("=");
+    if (equals <= 0) continue;
+    tags[entry.slice(0, equals).trim()] = entry.slice(equals + 1).trim();
+  }
+  return tags;
+}
+
+export async function initSentry(env: Record<string, string | undefined>): Promise<boolean> {
+  const dsn = env.SENTRY_DSN;
+  if (dsn === undefined || dsn === "") return false;
+  sentry = await import("@sentry/bun");
+  sentry.init({
+    dsn,
+    release: `softnet@${VERSION}`,
+    // Only errors: no tracing and no default integrations (no console breadcrumbs of frame data).
+    tracesSampleRate: 0,
+    defaultIntegrations: false,
+  });
+  const tags = parseSentryTags(env.CIRRUS_SENTRY_TAGS);
+  for (const [key, value] of Object.entries(tags)) sentry.setTag(key, value);
+  return true;
+}
+
+/** Captures a fatal error and waits (bounded) until it is delivered. */
+export async function reportFatal(error: unknown, message: string): Promise<void> {
+  if (sentry === undefined) return;
+  sentry.captureException(error, { extra: { summary: message } });
+  await sentry.flush(3000);
+}
+
+/** A warning worth knowing about in the field (e.g. ENOBUFS toward the VM), sent once per kind. */
+const warnedOnce = new Set<string>();
+export function reportWarningOnce(kind: string, message: string): void {
+  if (sentry === undefined || warnedOnce.has(kind)) return;
+  warnedOnce.add(kind);
+  sentry.captureMessage(message, "warning");
+}

@@ -1,0 +1,34 @@
+/** The Internet checksum (RFC 1071): one's complement sum of 16-bit words. */
+
+/** Adds bytes[offset..offset+length) to a running 32-bit sum (not yet folded). */
+export function sumWords(bytes: Uint8Array, offset: number, length: number, initial = 0): number {
+  let sum = initial;
+  const end = offset + length;
+  let i = offset;
+  for (; i + 1 < end; i += 2) sum += (bytes[i] << 8) | bytes[i + 1];
+  if (i < end) sum += bytes[i] << 8;
+  return sum;
+}
+
+/** Folds a running sum to 16 bits and complements it. */
+export function finishChecksum(sum: number): number {
+  let folded = sum;
+  while (folded > 0xffff) folded = (folded & 0xffff) + Math.floor(folded / 0x10000);
+  return ~folded & 0xffff;
+}
+
+export function internetChecksum(bytes: Uint8Array, offset: number, length: number): number {
+  return finishChecksum(sumWords(bytes, offset, length));
+}
+
+/** The IPv4 pseudo-header sum that UDP and TCP checksums start from. */
+export function pseudoHeaderSum(
+  source: number,
+  destination: number,
+  protocol: number,
+  length: number,
+): number {
+  return (
+    (source >>> 16) + (source & 0xffff) + (destination >>> 16) + (destination & 0xffff) + protocol + length
+  );
+}

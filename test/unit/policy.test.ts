@@ -1,0 +1,585 @@
+/**
+ * softnet's whole policy in one table per direction: each row is a frame, the state it meets (lease,
+ * rules) and the reason softnet must give. Reasons, not booleans, are asserted, so a frame dropped
+ * for the wrong reason fails too.
+ */
+import { describe, expect, test } from "bun:test";
+import { Policy, SnoopEvent } from "../../src/policy/policy.ts";
+import {
+  isPass,
+  REASON_COUNT,
+  REASON_NAMES,
+  Reason,
+  type ReasonCode,
+  reasonName,
+} from "../../src/policy/reasons.ts";
+import { parseRuleTarget, type Rule, RuleTable } from "../../src/policy/rules.ts";
+import { ArpOperation } from "../../src/wire/arp.ts";
+import { parseIpv4, parseMac, writeU16 } from "../../src/wire/bytes.ts";
+import { DhcpMessageType } from "../../src/wire/dhcp.ts";
+import { EtherType } from "../../src/wire/ethernet.ts";
+import { TcpFlag } from "../../src/wire/tcp.ts";
+import {
+  arpFrame,
+  BROADCAST,
+  dhcpClientFrame,
+  dhcpServerFrame,
+  etherFrame,
+  GATEWAY,
+  icmpEchoFrame,
+  OTHER_MAC,
+  tcpFrame,
+  udpFrame,
+  VM_IP,
+  VM_MAC,
+} from "../support/frames.ts";
+
+const T0 = 1_000_000;
+const LEASE_SECONDS = 600;
+
+function rules(allow: string[] = [], block: string[] = []): Rule[] {
+  const make = (action: "allow" | "block", text: string): Rule => {
+    const target = parseRuleTarget(text);
+    if (typeof target === "string") throw new Error(target);
+    return { action, target };
+  };
+  return [...allow.map((t) => make("allow", t)), ...block.map((t) => make("block", t))];
+}
+
+function newPolicy(
+  options: { allow?: string[]; block?: string[]; lease?: boolean; dns?: string[] } = {},
+): Policy {
+  const gateway = parseIpv4(GATEWAY)!;
+  const policy = new Policy({
+    vmMac: parseMac(VM_MAC)!,
+    gateway,
+    rules: RuleTable.compile(rules(options.allow, options.block), gateway),
+  });
+  if (options.lease ?? true) {
+    const ack = dhcpServerFrame({
+      messageType: DhcpMessageType.ACK,
+      leaseTimeSeconds: LEASE_SECONDS,
+      dnsServers: options.dns ?? [GATEWAY, "10.0.0.53"],
+    });
+    policy.observeFromHost(ack, 0, ack.length, T0);
+    expect(policy.lease.isValidAt(T0)).toBe(true);
+  }
+  return policy;
+}
+
+function fromVm(policy: Policy, frame: Uint8Array, nowMs = T0 + 1000): string {
+  return reasonName(policy.decideFromVm(frame, 0, frame.length, nowMs));
+}
+
+function mutate(frame: Uint8Array, change: (bytes: Uint8Array) => void): Uint8Array {
+  const copy = frame.slice();
+  change(copy);
+  return copy;
+}
+
+type Row = {
+  name: string;
+  frame: Uint8Array;
+  want: string;
+  setup?: Parameters<typeof newPolicy>[0];
+  at?: number;
+};
+
+// The VM→host table. The default state: a valid lease for VM_IP, DNS servers GATEWAY and
+// 10.0.0.53, no user rules.
+const vmRows: Row[] = [
+  // Ethernet
+  { name: "a runt shorter than an Ethernet header", frame: new Uint8Array(13), want: "malformed-ethernet" },
+  {
+    name: "an 802.3 frame with a length in the type field",
+    frame: etherFrame(0x05dc),
+    want: "malformed-ethernet",
+  },
+  {
+    name: "a frame from another MAC address",
+    frame: tcpFrame({ srcMac: OTHER_MAC, dst: "1.1.1.1", dport: 443 }),
+    want: "mac-spoof",
+  },
+  { name: "IPv6", frame: etherFrame(EtherType.IPV6), want: "non-ip-ethertype" },
+  { name: "an 802.1Q tagged frame", frame: etherFrame(EtherType.VLAN), want: "non-ip-ethertype" },
+  { name: "an unknown EtherType", frame: etherFrame(0x88b5), want: "non-ip-ethertype" },
+  // ARP
+  {
+    name: "ARP request from the leased address",
+    frame: arpFrame({ senderIp: VM_IP, targetIp: GATEWAY }),
+    want: "arp",
+  },
+  {
+    name: "ARP reply from the leased address",
+    frame: arpFrame({ operation: ArpOperation.REPLY, senderIp: VM_IP, targetIp: GATEWAY }),
+    want: "arp",
+  },
+  {
+    name: "ARP probe (sender 0.0.0.0) before any lease",
+    frame: arpFrame({ senderIp: "0.0.0.0", targetIp: VM_IP }),
+    setup: { lease: false },
+    want: "arp",
+  },
+  {
+    name: "ARP probe (sender 0.0.0.0) once a lease is held",
+    frame: arpFrame({ senderIp: "0.0.0.0", targetIp: VM_IP }),
+    want: "arp-spoof",
+  },
+  {
+    name: "ARP probe (sender 0.0.0.0) after the lease expired",
+    frame: arpFrame({ senderIp: "0.0.0.0", targetIp: VM_IP }),
+    at: T0 + LEASE_SECONDS * 1000,
+    want: "arp",
+  },
+  {
+    name: "ARP claiming the gateway's address (poisoning)",
+    frame: arpFrame({ operation: ArpOperation.REPLY, senderIp: GATEWAY, targetIp: GATEWAY }),
+    want: "arp-spoof",
+  },
+  {
+    name: "ARP claiming an address before any lease",
+    frame: arpFrame({ senderIp: VM_IP, targetIp: GATEWAY }),
+    setup: { lease: false },
+    want: "arp-spoof",
+  },
+  {
+    name: "ARP whose sender MAC is not the frame's (VM) MAC",
+    frame: arpFrame({ senderMac: OTHER_MAC, senderIp: VM_IP, targetIp: GATEWAY }),
+    want: "arp-spoof",
+  },
+  {
+    name: "ARP with operation 3 (RARP request)",
+    frame: arpFrame({ operation: 3, senderIp: VM_IP, targetIp: GATEWAY }),
+    want: "arp-operation",
+  },
+  {
+    name: "ARP for a hardware type other than Ethernet",
+    frame: mutate(arpFrame({ senderIp: VM_IP, targetIp: GATEWAY }), (b) => writeU16(b, 14, 6)),
+    want: "malformed-arp",
+  },
+  {
+    name: "ARP for a protocol other than IPv4",
+    frame: mutate(arpFrame({ senderIp: VM_IP, targetIp: GATEWAY }), (b) => writeU16(b, 16, EtherType.IPV6)),
+    want: "malformed-arp",
+  },
+  {
+    name: "ARP with protocol length 3",
+    frame: mutate(arpFrame({ senderIp: VM_IP, targetIp: GATEWAY }), (b) => {
+      b[19] = 3;
+    }),
+    want: "malformed-arp",
+  },
+  {
+    name: "ARP truncated to 27 bytes",
+    frame: arpFrame({ senderIp: VM_IP, targetIp: GATEWAY }).subarray(0, 14 + 27),
+    want: "malformed-arp",
+  },
+  // IPv4 structure
+  {
+    name: "IPv4 header truncated",
+    frame: tcpFrame({ dst: "1.1.1.1", dport: 443 }).subarray(0, 14 + 19),
+    want: "malformed-ipv4",
+  },
+  {
+    name: "IPv4 total length beyond the frame",
+    frame: mutate(tcpFrame({ dst: "1.1.1.1", dport: 443 }), (b) => writeU16(b, 16, 1400)),
+    want: "malformed-ipv4",
+  },
+  {
+    name: "IPv4 header length below 20 bytes",
+    frame: mutate(tcpFrame({ dst: "1.1.1.1", dport: 443 }), (b) => {
+      b[14] = 0x44;
+    }),
+    want: "malformed-ipv4",
+  },
+  {
+    name: "IP version 6 inside an IPv4 EtherType",
+    frame: mutate(tcpFrame({ dst: "1.1.1.1", dport: 443 }), (b) => {
+      b[14] = 0x65;
+    }),
+    want: "malformed-ipv4",
+  },
+  {
+    name: "IPv4 with options (loose source route)",
+    frame: tcpFrame({ dst: "1.1.1.1", dport: 443, ip: { options: new Uint8Array([0x83, 3, 4, 0]) } }),
+    want: "ipv4-options",
+  },
+  // Source address and lease
+  {
+    name: "TCP to a global address",
+    frame: tcpFrame({ dst: "1.1.1.1", dport: 443 }),
+    want: "global-destination",
+  },
+  { name: "ICMP to a global address", frame: icmpEchoFrame({ dst: "8.8.8.8" }), want: "global-destination" },
+  {
+    name: "UDP to multicast (global)",
+    frame: udpFrame({ dst: "224.0.0.251", dport: 5353 }),
+    want: "global-destination",
+  },
+  {
+    name: "TCP to a global address before any lease",
+    frame: tcpFrame({ src: "0.0.0.0", dst: "1.1.1.1", dport: 443 }),
+    setup: { lease: false },
+    want: "no-lease",
+  },
+  {
+    name: "TCP from the leased address after the lease expired",
+    frame: tcpFrame({ dst: "1.1.1.1", dport: 443 }),
+    at: T0 + LEASE_SECONDS * 1000,
+    want: "no-lease",
+  },
+  {
+    name: "TCP from another source address",
+    frame: tcpFrame({ src: "192.168.64.6", dst: "1.1.1.1", dport: 443 }),
+    want: "ip-spoof",
+  },
+  // Destinations
+  { name: "TCP to the gateway", frame: tcpFrame({ dst: GATEWAY, dport: 22 }), want: "gateway" },
+  { name: "ping to the gateway", frame: icmpEchoFrame({ dst: GATEWAY }), want: "gateway" },
+  {
+    name: "TCP to another VM on the same network",
+    frame: tcpFrame({ dst: "192.168.64.6", dport: 22 }),
+    want: "not-allowed-destination",
+  },
+  {
+    name: "TCP to a private LAN",
+    frame: tcpFrame({ dst: "10.1.2.3", dport: 80 }),
+    want: "not-allowed-destination",
+  },
+  {
+    name: "TCP to loopback",
+    frame: tcpFrame({ dst: "127.0.0.1", dport: 80 }),
+    want: "not-allowed-destination",
+  },
+  {
+    name: "UDP to the subnet broadcast",
+    frame: udpFrame({ dst: "192.168.64.255", dport: 137 }),
+    want: "not-allowed-destination",
+  },
+  // DNS
+  {
+    name: "DNS to a DHCP-provided private server",
+    frame: udpFrame({ dst: "10.0.0.53", dport: 53 }),
+    want: "dns",
+  },
+  {
+    name: "DNS to a private server the lease did not name",
+    frame: udpFrame({ dst: "10.0.0.54", dport: 53 }),
+    want: "not-allowed-destination",
+  },
+  {
+    name: "non-DNS UDP to the DHCP-provided server",
+    frame: udpFrame({ dst: "10.0.0.53", dport: 5353 }),
+    want: "not-allowed-destination",
+  },
+  {
+    name: "TCP/53 to the DHCP-provided private server (UDP only, as the original)",
+    frame: tcpFrame({ dst: "10.0.0.53", dport: 53 }),
+    want: "not-allowed-destination",
+  },
+  {
+    name: "a later fragment to the DNS server (no ports to check)",
+    frame: udpFrame({ dst: "10.0.0.53", dport: 53, ip: { fragmentOffset: 8, dontFragment: false } }),
+    want: "not-allowed-destination",
+  },
+  {
+    name: "UDP to the DNS server with a UDP length beyond the packet",
+    frame: mutate(udpFrame({ dst: "10.0.0.53", dport: 53 }), (b) => writeU16(b, 14 + 20 + 4, 200)),
+    want: "malformed-udp",
+  },
+  // DHCP
+  {
+    name: "DHCPDISCOVER broadcast before any lease",
+    frame: dhcpClientFrame(),
+    setup: { lease: false },
+    want: "dhcp",
+  },
+  {
+    name: "DHCPREQUEST broadcast while holding a lease",
+    frame: dhcpClientFrame({ messageType: DhcpMessageType.REQUEST }),
+    want: "dhcp",
+  },
+  {
+    name: "DHCP renewal unicast to the gateway, even with --block @host",
+    frame: dhcpClientFrame({ src: VM_IP, dst: GATEWAY, messageType: DhcpMessageType.REQUEST }),
+    setup: { block: ["@host"] },
+    want: "dhcp",
+  },
+  {
+    name: "DHCPDISCOVER on behalf of another MAC (pool exhaustion)",
+    frame: dhcpClientFrame({ chaddr: OTHER_MAC }),
+    setup: { lease: false },
+    want: "dhcp-spoof",
+  },
+  {
+    name: "DHCP to broadcast with a truncated BOOTP message",
+    frame: udpFrame({ src: "0.0.0.0", dstMac: BROADCAST, dst: "255.255.255.255", sport: 68, dport: 67 }),
+    setup: { lease: false },
+    want: "dhcp-spoof",
+  },
+  {
+    name: "non-DHCP UDP to the limited broadcast",
+    frame: udpFrame({ dst: "255.255.255.255", dport: 9 }),
+    want: "not-allowed-destination",
+  },
+  // Rules
+  {
+    name: "--allow opens a private network",
+    frame: tcpFrame({ dst: "10.1.2.3", dport: 80 }),
+    setup: { allow: ["10.0.0.0/8"] },
+    want: "allowed-by-rule",
+  },
+  {
+    name: "--block closes a global network",
+    frame: tcpFrame({ dst: "1.1.1.1", dport: 443 }),
+    setup: { block: ["1.1.1.0/24"] },
+    want: "blocked-by-rule",
+  },
+  {
+    name: "--block @host closes the gateway",
+    frame: tcpFrame({ dst: GATEWAY, dport: 22 }),
+    setup: { block: ["@host"] },
+    want: "blocked-by-rule",
+  },
+  {
+    name: "--block 0.0.0.0/0 --allow @host: the gateway stays reachable",
+    frame: tcpFrame({ dst: GATEWAY, dport: 22 }),
+    setup: { block: ["0.0.0.0/0"], allow: ["@host"] },
+    want: "allowed-by-rule",
+  },
+  {
+    name: "--block 0.0.0.0/0 --allow @host: the internet is closed",
+    frame: tcpFrame({ dst: "1.1.1.1", dport: 443 }),
+    setup: { block: ["0.0.0.0/0"], allow: ["@host"] },
+    want: "blocked-by-rule",
+  },
+  {
+    name: "--block on the DNS server wins over the lease's DNS permission",
+    frame: udpFrame({ dst: "10.0.0.53", dport: 53 }),
+    setup: { block: ["10.0.0.0/8"] },
+    want: "blocked-by-rule",
+  },
+  {
+    name: "--allow 0.0.0.0/0 lets VMs talk to each other",
+    frame: tcpFrame({ dst: "192.168.64.6", dport: 22 }),
+    setup: { allow: ["0.0.0.0/0"] },
+    want: "allowed-by-rule",
+  },
+  {
+    name: "rules never apply to a spoofed source",
+    frame: tcpFrame({ src: "192.168.64.6", dst: "10.1.2.3", dport: 80 }),
+    setup: { allow: ["0.0.0.0/0"] },
+    want: "ip-spoof",
+  },
+  {
+    name: "rules never apply without a lease",
+    frame: tcpFrame({ src: "0.0.0.0", dst: "10.1.2.3", dport: 80 }),
+    setup: { allow: ["0.0.0.0/0"], lease: false },
+    want: "no-lease",
+  },
+];
+
+describe("what a VM may send (decideFromVm)", () => {
+  for (const row of vmRows) {
+    test(`${row.name} → ${row.want}`, () => {
+      const policy = newPolicy(row.setup);
+      expect(fromVm(policy, row.frame, row.at)).toBe(row.want);
+    });
+  }
+
+  test("every VM-side reason is covered by a row of the table", () => {
+    const covered = new Set(vmRows.map((row) => row.want));
+    const hostOnly = new Set(["host-arp", "host-ipv4"]);
+    const missing = REASON_NAMES.filter((name) => !hostOnly.has(name) && !covered.has(name));
+    expect(missing).toEqual([]);
+  });
+});
+
+describe("what a VM may receive (observeFromHost)", () => {
+  const hostRows: Row[] = [
+    {
+      name: "ARP from the host",
+      frame: arpFrame({ srcMac: "5e:00:00:00:00:01", senderIp: GATEWAY, targetIp: VM_IP }),
+      want: "host-arp",
+    },
+    {
+      name: "IPv4 from the host",
+      frame: tcpFrame({
+        srcMac: "5e:00:00:00:00:01",
+        dstMac: VM_MAC,
+        src: "1.1.1.1",
+        dst: VM_IP,
+        dport: 40000,
+      }),
+      want: "host-ipv4",
+    },
+    {
+      name: "IPv6 from the host",
+      frame: etherFrame(EtherType.IPV6, 46, "5e:00:00:00:00:01"),
+      want: "non-ip-ethertype",
+    },
+    { name: "a runt from the host", frame: new Uint8Array(10), want: "malformed-ethernet" },
+  ];
+  for (const row of hostRows) {
+    test(`${row.name} → ${row.want}`, () => {
+      const policy = newPolicy({ lease: false });
+      expect(reasonName(policy.observeFromHost(row.frame, 0, row.frame.length, T0))).toBe(row.want);
+    });
+  }
+});
+
+describe("DHCP snooping learns the lease from the host's server", () => {
+  const ack = (extra: Partial<Parameters<typeof dhcpServerFrame>[0]> = {}) =>
+    dhcpServerFrame({
+      messageType: DhcpMessageType.ACK,
+      leaseTimeSeconds: 120,
+      dnsServers: ["10.0.0.53"],
+      ...extra,
+    });
+
+  function snoop(policy: Policy, frame: Uint8Array, nowMs = T0): ReasonCode {
+    return policy.observeFromHost(frame, 0, frame.length, nowMs);
+  }
+
+  test("an ACK from the gateway grants the address, lease time and DNS servers", () => {
+    const policy = newPolicy({ lease: false });
+    expect(snoop(policy, ack())).toBe(Reason.PASS_HOST_IPV4);
+    expect(policy.lastSnoopEvent).toBe(SnoopEvent.LEASE_GRANTED);
+    expect(policy.lease.address).toBe(parseIpv4(VM_IP)!);
+    expect(policy.lease.isDnsServer(parseIpv4("10.0.0.53")!)).toBe(true);
+    expect(policy.lease.isDnsServer(parseIpv4(GATEWAY)!)).toBe(false);
+    expect(policy.lease.isValidAt(T0 + 119_999)).toBe(true);
+    expect(policy.lease.isValidAt(T0 + 120_000)).toBe(false);
+  });
+
+  test("a broadcast ACK (client asked for broadcast) is learned too", () => {
+    const policy = newPolicy({ lease: false });
+    snoop(policy, ack({ dstMac: BROADCAST, dst: "255.255.255.255" }));
+    expect(policy.lease.isValidAt(T0)).toBe(true);
+  });
+
+  test("a renewal ACK moves the expiry and can change the address", () => {
+    const policy = newPolicy({ lease: false });
+    snoop(policy, ack());
+    const generation = policy.lease.generation;
+    snoop(policy, ack({ yourAddress: "192.168.64.7", leaseTimeSeconds: 600 }), T0 + 60_000);
+    expect(policy.lease.generation).toBe(generation + 1);
+    expect(policy.lease.address).toBe(parseIpv4("192.168.64.7")!);
+    expect(policy.lease.isValidAt(T0 + 60_000 + 599_000)).toBe(true);
+  });
+
+  test("an infinite lease (0xffffffff) never expires", () => {
+    const policy = newPolicy({ lease: false });
+    snoop(policy, ack({ leaseTimeSeconds: 0xffffffff }));
+    expect(policy.lease.isValidAt(Number.MAX_SAFE_INTEGER)).toBe(true);
+  });
+
+  test("a NAK forgets the lease", () => {
+    const policy = newPolicy();
+    snoop(policy, dhcpServerFrame({ messageType: DhcpMessageType.NAK }));
+    expect(policy.lastSnoopEvent).toBe(SnoopEvent.LEASE_REFUSED);
+    expect(policy.lease.isValidAt(T0)).toBe(false);
+    expect(fromVm(policy, tcpFrame({ dst: "1.1.1.1", dport: 443 }))).toBe("no-lease");
+  });
+
+  const ignored: Array<[string, Uint8Array]> = [
+    [
+      "an OFFER (not yet a lease)",
+      dhcpServerFrame({ messageType: DhcpMessageType.OFFER, leaseTimeSeconds: 120 }),
+    ],
+    [
+      "an ACK without a lease time (answer to DHCPINFORM)",
+      dhcpServerFrame({ messageType: DhcpMessageType.ACK }),
+    ],
+    ["an ACK from a rogue server that is not the gateway", ack({ from: "192.168.64.66" })],
+    ["an ACK about another client's MAC", ack({ clientMac: OTHER_MAC })],
+    ["an ACK to another VM's MAC", ack({ dstMac: OTHER_MAC })],
+    ["an ACK granting 0.0.0.0", ack({ yourAddress: "0.0.0.0" })],
+    ["an ACK cut short inside its options", ack().subarray(0, ack().length - 3)],
+  ];
+  for (const [name, frame] of ignored) {
+    test(`ignores ${name}`, () => {
+      const policy = newPolicy({ lease: false });
+      snoop(policy, frame);
+      expect(policy.lease.held).toBe(false);
+      expect(policy.lastSnoopEvent).toBe(SnoopEvent.NONE);
+    });
+  }
+});
+
+// Ported from Cirrus Labs softnet (lib/proxy/mod.rs and vm.rs tests), same inputs, same outcomes.
+describe("behaviour ported from the original's tests", () => {
+  test("blocking takes precedence over allowing the same prefix", () => {
+    const policy = newPolicy({ allow: ["66.66.0.0/16"], block: ["66.66.0.0/16"] });
+    expect(policy.rules.entries()).toEqual([{ network: "66.66.0.0/16", action: "block" }]);
+    expect(fromVm(policy, tcpFrame({ dst: "66.66.66.66", dport: 80 }))).toBe("blocked-by-rule");
+  });
+
+  test("block wins the tie whatever order the flags come in", () => {
+    const gateway = parseIpv4(GATEWAY)!;
+    const blockFirst = RuleTable.compile(
+      [...rules([], ["66.66.0.0/16"]), ...rules(["66.66.0.0/16"])],
+      gateway,
+    );
+    expect(blockFirst.entries()).toEqual([{ network: "66.66.0.0/16", action: "block" }]);
+  });
+
+  test("the longest prefix match wins", () => {
+    const policy = newPolicy({ allow: ["33.33.33.33/32"], block: ["33.33.33.0/24"] });
+    expect(fromVm(policy, tcpFrame({ dst: "33.33.33.32", dport: 80 }))).toBe("blocked-by-rule");
+    expect(fromVm(policy, tcpFrame({ dst: "33.33.33.33", dport: 80 }))).toBe("allowed-by-rule");
+    expect(fromVm(policy, tcpFrame({ dst: "33.33.33.34", dport: 80 }))).toBe("blocked-by-rule");
+  });
+
+  test("@host resolves to the gateway once the host link knows it", () => {
+    const table = RuleTable.compile(rules(["@host"]), parseIpv4("192.168.64.1")!);
+    expect(table.entries()).toEqual([{ network: "192.168.64.1/32", action: "allow" }]);
+    expect(RuleTable.compile(rules(["@host"]), undefined).size).toBe(0);
+  });
+
+  test("ARP: unspecified request allowed without lease; reply for leased IP allowed; unknown operation refused", () => {
+    const noLease = newPolicy({ lease: false });
+    expect(fromVm(noLease, arpFrame({ senderIp: "0.0.0.0", targetIp: "192.168.0.2" }))).toBe("arp");
+    const leased = newPolicy();
+    expect(
+      fromVm(leased, arpFrame({ operation: ArpOperation.REPLY, senderIp: VM_IP, targetIp: GATEWAY })),
+    ).toBe("arp");
+    expect(fromVm(noLease, arpFrame({ operation: 3, senderIp: "0.0.0.0", targetIp: GATEWAY }))).toBe(
+      "arp-operation",
+    );
+  });
+});
+
+describe("counters", () => {
+  test("count every decision by reason, in both directions", () => {
+    const policy = newPolicy();
+    const frame = tcpFrame({ dst: "1.1.1.1", dport: 443 });
+    for (let i = 0; i < 3; i++) policy.decideFromVm(frame, 0, frame.length, T0 + 1);
+    const spoof = tcpFrame({ srcMac: OTHER_MAC, dst: "1.1.1.1", dport: 443 });
+    policy.decideFromVm(spoof, 0, spoof.length, T0 + 1);
+    expect(policy.counters[Reason.PASS_GLOBAL]).toBe(3);
+    expect(policy.counters[Reason.MAC_SPOOF]).toBe(1);
+    // The lease-granting ACK of newPolicy() went through observeFromHost.
+    expect(policy.counters[Reason.PASS_HOST_IPV4]).toBe(1);
+    expect(policy.counters.length).toBe(REASON_COUNT);
+  });
+
+  test("pass and drop reasons are told apart", () => {
+    expect(isPass(Reason.PASS_DNS)).toBe(true);
+    expect(isPass(Reason.PASS_HOST_IPV4)).toBe(true);
+    expect(isPass(Reason.MALFORMED_ETHERNET)).toBe(false);
+    expect(isPass(Reason.NOT_ALLOWED_DESTINATION)).toBe(false);
+  });
+});
+
+describe("frames inside a larger buffer (as the loop hands them over)", () => {
+  test("decisions read only [offset, offset+length)", () => {
+    const policy = newPolicy();
+    const frame = tcpFrame({ dst: "1.1.1.1", dport: 443, flags: TcpFlag.SYN });
+    const arena = new Uint8Array(4096).fill(0xee);
+    arena.set(frame, 2048);
+    expect(reasonName(policy.decideFromVm(arena, 2048, frame.length, T0 + 1))).toBe("global-destination");
+    // One byte short: the IPv4 total length no longer fits what arrived.
+    expect(reasonName(policy.decideFromVm(arena, 2048, frame.length - 1, T0 + 1))).toBe("malformed-ipv4");
+  });
+});

@@ -12,15 +12,15 @@ import { parseRuleTarget, type Rule, RuleTable } from "../src/policy/rules.ts";
 import { parseIpv4, parseMac } from "../src/wire/bytes.ts";
 import { DhcpMessageType } from "../src/wire/dhcp.ts";
 import {
-  GATEWAY,
-  OTHER_MAC,
-  VM_IP,
-  VM_MAC,
   arpFrame,
   dhcpClientFrame,
   dhcpServerFrame,
+  GATEWAY,
+  OTHER_MAC,
   tcpFrame,
   udpFrame,
+  VM_IP,
+  VM_MAC,
 } from "../test/support/frames.ts";
 
 const DECISIONS = 1_000_000;
@@ -32,7 +32,11 @@ const rules: Rule[] = ["10.0.0.0/8", "192.168.1.0/24", "@host"].map((t) => ({
 }));
 rules.push({ action: "block", target: parseRuleTarget("10.66.0.0/16") as never });
 const policy = new Policy({ vmMac: parseMac(VM_MAC)!, gateway, rules: RuleTable.compile(rules, gateway) });
-const ack = dhcpServerFrame({ messageType: DhcpMessageType.ACK, leaseTimeSeconds: 3600, dnsServers: [GATEWAY] });
+const ack = dhcpServerFrame({
+  messageType: DhcpMessageType.ACK,
+  leaseTimeSeconds: 3600,
+  dnsServers: [GATEWAY],
+});
 policy.observeFromHost(ack, 0, ack.length, 0);
 
 const cases: Array<[string, Uint8Array, "vm" | "host"]> = [
@@ -44,7 +48,11 @@ const cases: Array<[string, Uint8Array, "vm" | "host"]> = [
   ["spoofed MAC (dropped)", tcpFrame({ srcMac: OTHER_MAC, dst: "1.1.1.1", dport: 443 }), "vm"],
   ["spoofed IP (dropped)", tcpFrame({ src: "192.168.64.9", dst: "1.1.1.1", dport: 443 }), "vm"],
   ["private LAN (dropped)", tcpFrame({ dst: "172.16.0.1", dport: 443 }), "vm"],
-  ["host → VM TCP", tcpFrame({ srcMac: "5e:00:00:00:00:01", dstMac: VM_MAC, src: "1.1.1.1", dst: VM_IP, dport: 5 }), "host"],
+  [
+    "host → VM TCP",
+    tcpFrame({ srcMac: "5e:00:00:00:00:01", dstMac: VM_MAC, src: "1.1.1.1", dst: VM_IP, dport: 5 }),
+    "host",
+  ],
   ["host → VM DHCP ACK (snooped)", ack, "host"],
 ];
 
@@ -94,5 +102,9 @@ for (const [name, frame, direction] of cases) {
   );
 }
 const mean = vmTotalNs / vmCases;
-console.log(`mean VM→host decision: ${mean.toFixed(1)} ns (target ≤ 150 ns: ${(mean / 150).toFixed(2)}× of budget)`);
-console.log("heap/objects Δ are measured without a GC in between: 0 or near 0 means no per-decision allocation.");
+console.log(
+  `mean VM→host decision: ${mean.toFixed(1)} ns (target ≤ 150 ns: ${(mean / 150).toFixed(2)}× of budget)`,
+);
+console.log(
+  "heap/objects Δ are measured without a GC in between: 0 or near 0 means no per-decision allocation.",
+);

@@ -6,22 +6,22 @@
 import { Policy } from "../src/policy/policy.ts";
 import { isPass, REASON_EXPLANATIONS, type ReasonCode, reasonName } from "../src/policy/reasons.ts";
 import { parseRuleTarget, type Rule, RuleTable } from "../src/policy/rules.ts";
-import { parseIpv4, parseMac } from "../src/wire/bytes.ts";
 import { ArpOperation } from "../src/wire/arp.ts";
+import { parseIpv4, parseMac } from "../src/wire/bytes.ts";
 import { DhcpMessageType } from "../src/wire/dhcp.ts";
 import { EtherType } from "../src/wire/ethernet.ts";
 import {
-  GATEWAY,
-  OTHER_MAC,
-  VM_IP,
-  VM_MAC,
   arpFrame,
   dhcpClientFrame,
   dhcpServerFrame,
   etherFrame,
+  GATEWAY,
   icmpEchoFrame,
+  OTHER_MAC,
   tcpFrame,
   udpFrame,
+  VM_IP,
+  VM_MAC,
 } from "../test/support/frames.ts";
 
 const rules: Rule[] = [{ action: "block", target: parseRuleTarget("1.1.1.0/24") as never }];
@@ -35,7 +35,9 @@ function show(direction: "VM → host" | "host → VM", what: string, frame: Uin
       ? policy.decideFromVm(frame, 0, frame.length, now)
       : policy.observeFromHost(frame, 0, frame.length, now);
   const verdict = isPass(reason) ? "\x1b[32mpass\x1b[0m" : "\x1b[31mdrop\x1b[0m";
-  console.log(`${direction}  ${what.padEnd(52)} ${verdict}  ${reasonName(reason).padEnd(24)} ${REASON_EXPLANATIONS[reason]}`);
+  console.log(
+    `${direction}  ${what.padEnd(52)} ${verdict}  ${reasonName(reason).padEnd(24)} ${REASON_EXPLANATIONS[reason]}`,
+  );
 }
 
 console.log(`VM ${VM_MAC}, gateway ${GATEWAY}, rules: --block 1.1.1.0/24\n`);
@@ -44,7 +46,11 @@ show("VM → host", "DHCPDISCOVER (broadcast)", dhcpClientFrame());
 show("VM → host", "DHCPDISCOVER for an invented MAC", dhcpClientFrame({ chaddr: OTHER_MAC }));
 show("VM → host", `TCP to 8.8.8.8:443 from ${VM_IP}`, tcpFrame({ dst: "8.8.8.8", dport: 443 }));
 show("VM → host", "ARP probe for its future address", arpFrame({ senderIp: "0.0.0.0", targetIp: VM_IP }));
-show("host → VM", `DHCPACK ${VM_IP}, 600 s, DNS ${GATEWAY}`, dhcpServerFrame({ messageType: DhcpMessageType.ACK, leaseTimeSeconds: 600, dnsServers: [GATEWAY] }));
+show(
+  "host → VM",
+  `DHCPACK ${VM_IP}, 600 s, DNS ${GATEWAY}`,
+  dhcpServerFrame({ messageType: DhcpMessageType.ACK, leaseTimeSeconds: 600, dnsServers: [GATEWAY] }),
+);
 console.log(`\n-- lease learned: ${VM_IP} until t=600 s`);
 now = 1000;
 show("VM → host", "TCP to 8.8.8.8:443", tcpFrame({ dst: "8.8.8.8", dport: 443 }));
@@ -55,11 +61,23 @@ show("VM → host", "TCP to another VM 192.168.64.6:22", tcpFrame({ dst: "192.16
 show("VM → host", "TCP to the LAN 10.0.0.5:445", tcpFrame({ dst: "10.0.0.5", dport: 445 }));
 show("VM → host", "DNS to a LAN resolver 10.0.0.53", udpFrame({ dst: "10.0.0.53", dport: 53 }));
 console.log("\n-- a hostile guest");
-show("VM → host", "ARP reply claiming to be the gateway", arpFrame({ operation: ArpOperation.REPLY, senderIp: GATEWAY, targetIp: GATEWAY }));
-show("VM → host", "TCP with a forged source 192.168.64.77", tcpFrame({ src: "192.168.64.77", dst: "8.8.8.8", dport: 443 }));
+show(
+  "VM → host",
+  "ARP reply claiming to be the gateway",
+  arpFrame({ operation: ArpOperation.REPLY, senderIp: GATEWAY, targetIp: GATEWAY }),
+);
+show(
+  "VM → host",
+  "TCP with a forged source 192.168.64.77",
+  tcpFrame({ src: "192.168.64.77", dst: "8.8.8.8", dport: 443 }),
+);
 show("VM → host", "frame from a forged MAC", tcpFrame({ srcMac: OTHER_MAC, dst: "8.8.8.8", dport: 443 }));
 show("VM → host", "IPv6", etherFrame(EtherType.IPV6));
 console.log("\n-- after the lease expired (t=601 s)");
 now = 601_000;
 show("VM → host", "TCP to 8.8.8.8:443", tcpFrame({ dst: "8.8.8.8", dport: 443 }));
-show("VM → host", "DHCPREQUEST (broadcast renewal)", dhcpClientFrame({ messageType: DhcpMessageType.REQUEST }));
+show(
+  "VM → host",
+  "DHCPREQUEST (broadcast renewal)",
+  dhcpClientFrame({ messageType: DhcpMessageType.REQUEST }),
+);

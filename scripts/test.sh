@@ -26,4 +26,4 @@ biome check src test scripts
 
 step "tests (bun test)"
 # Files run one after another (no --parallel): the end-to-end files build network namespaces.
-bun test "$@"
+bun test --timeout 60000 "$@"

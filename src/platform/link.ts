@@ -24,8 +24,10 @@ export class FrameBatch {
     if (!Number.isInteger(slotSize) || slotSize < 64 || slotSize > 65536) {
       throw new RangeError(`FrameBatch slotSize must be 64..65536, got ${slotSize}`);
     }
-    this.bytes = new Uint8Array(capacity * slotSize);
-    this.lengths = new Int32Array(capacity);
+    // Backed by explicit ArrayBuffers: JavaScriptCore keeps small typed arrays inline and moves
+    // them on first `.buffer` access, which would leave a pointer handed to the kernel dangling.
+    this.bytes = new Uint8Array(new ArrayBuffer(capacity * slotSize));
+    this.lengths = new Int32Array(new ArrayBuffer(capacity * 4));
   }
 
   /** Byte offset of slot i inside `bytes`. */

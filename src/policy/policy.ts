@@ -127,10 +127,11 @@ export class Policy {
       }
     }
 
-    // DHCP to the limited broadcast address passes with or without a lease, or the VM could never
-    // get one. The payload must ask on behalf of this VM's MAC: otherwise a guest could drain the
-    // host's address pool with invented client addresses.
-    if (destination === LIMITED_BROADCAST && isFirstUdp) {
+    // DHCP to the host's server passes with or without a lease, or the VM could never get one:
+    // broadcast, and unicast to the gateway too, so a VM that keeps its lease across a softnet
+    // restart renews at T1 instead of losing its network until T2. The payload must ask on behalf
+    // of this VM's MAC: otherwise a guest could drain the pool with invented client addresses.
+    if ((destination === LIMITED_BROADCAST || destination === this.gateway) && isFirstUdp) {
       if (!udpValid) return Reason.MALFORMED_UDP;
       if (isDhcpRequestPorts(bytes, udp)) {
         return this.isOwnDhcpRequest(bytes, udp) ? Reason.PASS_DHCP : Reason.DHCP_SPOOF;

@@ -306,6 +306,23 @@ const vmRows: Row[] = [
     want: "dhcp",
   },
   {
+    name: "DHCP renewal unicast to the gateway while softnet knows no lease (softnet restarted)",
+    frame: dhcpClientFrame({ src: VM_IP, dst: GATEWAY, messageType: DhcpMessageType.REQUEST }),
+    setup: { lease: false },
+    want: "dhcp",
+  },
+  {
+    name: "DHCP unicast to the gateway on behalf of another MAC",
+    frame: dhcpClientFrame({
+      src: VM_IP,
+      dst: GATEWAY,
+      chaddr: OTHER_MAC,
+      messageType: DhcpMessageType.REQUEST,
+    }),
+    setup: { lease: false },
+    want: "dhcp-spoof",
+  },
+  {
     name: "DHCPDISCOVER on behalf of another MAC (pool exhaustion)",
     frame: dhcpClientFrame({ chaddr: OTHER_MAC }),
     setup: { lease: false },

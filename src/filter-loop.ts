@@ -1,0 +1,232 @@
+/**
+ * The filter loop: where the pure policy meets the links.
+ *
+ * Each direction has a preallocated FrameBatch. Draining a link means: receive a batch, decide on
+ * every frame in place, list the accepted slots, send them to the other link from the same memory.
+ * Nothing is allocated per frame; the only per-frame work besides the decision is a counter
+ * increment. Drops are logged through a per-reason token bucket, so a flood of forged frames costs a
+ * few log lines, not a log line each.
+ *
+ * The loop does not wait by itself: the runtime wires drainFromVm/drainFromHost to readiness
+ * notifications (a Reactor on Linux, the vmnet event pipe on macOS) and calls tick() once a second.
+ */
+
+import type { Logger } from "./log.ts";
+import { RateLimiter } from "./log.ts";
+import type { FrameBatch, FrameLink } from "./platform/link.ts";
+import { type Policy, SnoopEvent } from "./policy/policy.ts";
+import { isPass, REASON_COUNT, REASON_EXPLANATIONS, Reason, reasonName } from "./policy/reasons.ts";
+import { reportWarningOnce } from "./sentry.ts";
+import { formatIpv4 } from "./wire/bytes.ts";
+import { describeFrame } from "./wire/describe.ts";
+
+/** Why the loop stopped. */
+export type StopCause =
+  | { kind: "vm-closed" }
+  | { kind: "signal"; signal: string }
+  | { kind: "fatal"; error: unknown };
+
+export interface FilterLoopOptions {
+  policy: Policy;
+  vm: FrameLink;
+  host: FrameLink;
+  /** Frames from the VM land here. */
+  vmBatch: FrameBatch;
+  /** Frames from the host land here. */
+  hostBatch: FrameBatch;
+  logger: Logger;
+  /** Monotonic milliseconds; the policy's lease expiry is measured with it. */
+  clock: () => number;
+  /** Called when the lease changes (granted, renewed, refused, expired). */
+  onLeaseChange?: () => void;
+  /** Called once when the loop must stop. */
+  onStop: (cause: StopCause) => void;
+}
+
+/** Reasons that mean a guest tried to impersonate someone: logged at warn, others at debug. */
+const SPOOF_REASONS = new Set<number>([
+  Reason.MAC_SPOOF,
+  Reason.ARP_SPOOF,
+  Reason.IP_SPOOF,
+  Reason.DHCP_SPOOF,
+]);
+
+export class FilterLoop {
+  /** Frames accepted but not delivered because the receiving side had no room (ENOBUFS/EAGAIN). */
+  droppedToHost = 0;
+  droppedToVm = 0;
+  forwardedToHost = 0;
+  forwardedToVm = 0;
+  private readonly vmSlots: Uint16Array;
+  private readonly hostSlots: Uint16Array;
+  private readonly dropLog = new RateLimiter(REASON_COUNT, 5, 1);
+  private readonly debugEnabled: boolean;
+  private stopped = false;
+  private leaseWasValid = false;
+  private readonly countersAtLastSummary = new Float64Array(REASON_COUNT);
+
+  constructor(private readonly options: FilterLoopOptions) {
+    this.vmSlots = new Uint16Array(options.vmBatch.capacity);
+    this.hostSlots = new Uint16Array(options.hostBatch.capacity);
+    this.debugEnabled = options.logger.enabled("debug");
+  }
+
+  get policy(): Policy {
+    return this.options.policy;
+  }
+
+  /**
+   * Moves up to `budget` frames from the VM to the host. Returns true when the budget ran out
+   * before the VM socket was empty (call again soon), false when it is drained.
+   */
+  drainFromVm(budget: number): boolean {
+    const { vm, host, vmBatch: batch, policy, clock } = this.options;
+    const slots = this.vmSlots;
+    let handled = 0;
+    while (handled < budget && !this.stopped) {
+      const received = this.receive(vm, batch);
+      if (received <= 0) return false;
+      const now = clock();
+      let accepted = 0;
+      for (let slot = 0; slot < received; slot++) {
+        const offset = slot * batch.slotSize;
+        const reason = policy.decideFromVm(batch.bytes, offset, batch.lengths[slot], now);
+        if (isPass(reason)) slots[accepted++] = slot;
+        else this.logDrop(reason, batch, slot, now);
+      }
+      if (accepted > 0) {
+        const sent = host.send(batch, slots, accepted);
+        if (sent < 0) {
+          this.stop({ kind: "fatal", error: new Error(`${host.description} went away`) });
+          return false;
+        }
+        this.forwardedToHost += sent;
+        this.droppedToHost += accepted - sent;
+      }
+      handled += received;
+      if (received < batch.capacity) return false;
+    }
+    return !this.stopped;
+  }
+
+  /** Moves up to `budget` frames from the host to the VM, snooping DHCP on the way. */
+  drainFromHost(budget: number): boolean {
+    const { vm, host, hostBatch: batch, policy, clock } = this.options;
+    const slots = this.hostSlots;
+    let handled = 0;
+    while (handled < budget && !this.stopped) {
+      const received = this.receive(host, batch);
+      if (received <= 0) return false;
+      const now = clock();
+      let accepted = 0;
+      for (let slot = 0; slot < received; slot++) {
+        const offset = slot * batch.slotSize;
+        const reason = policy.observeFromHost(batch.bytes, offset, batch.lengths[slot], now);
+        if (isPass(reason)) slots[accepted++] = slot;
+      }
+      if (policy.lastSnoopEvent !== SnoopEvent.NONE) this.leaseEvent(now);
+      if (accepted > 0) {
+        const sent = vm.send(batch, slots, accepted);
+        if (sent < 0) {
+          this.stop({ kind: "vm-closed" });
+          return false;
+        }
+        this.forwardedToVm += sent;
+        if (sent < accepted) {
+          this.droppedToVm += accepted - sent;
+          // The VM is not reading fast enough; the original tolerates this the same way.
+          reportWarningOnce("enobufs-to-vm", "frames to the VM dropped: its socket buffer is full (ENOBUFS)");
+        }
+      }
+      handled += received;
+      if (received < batch.capacity) return false;
+    }
+    return !this.stopped;
+  }
+
+  /** Once a second: notice lease expiry, and summarise drops at info level once a minute. */
+  tick(): void {
+    const now = this.options.clock();
+    const valid = this.options.policy.lease.isValidAt(now);
+    if (this.leaseWasValid && !valid) {
+      this.leaseWasValid = false;
+      this.options.logger.info(
+        `lease for ${formatIpv4(this.options.policy.lease.address)} expired; the VM must renew it`,
+      );
+      this.options.onLeaseChange?.();
+    }
+  }
+
+  /** A line like "dropped since last summary: 3 mac-spoof, 1 not-allowed-destination", or "". */
+  dropSummary(): string {
+    const counters = this.options.policy.counters;
+    const parts: string[] = [];
+    for (let reason = 0; reason < REASON_COUNT; reason++) {
+      if (isPass(reason as never)) continue;
+      const delta = counters[reason] - this.countersAtLastSummary[reason];
+      if (delta > 0) parts.push(`${delta} ${reasonName(reason)}`);
+      this.countersAtLastSummary[reason] = counters[reason];
+    }
+    if (this.droppedToHost + this.droppedToVm > 0) {
+      parts.push(
+        `${this.droppedToHost} to host and ${this.droppedToVm} to VM for lack of buffer space (total)`,
+      );
+    }
+    return parts.join(", ");
+  }
+
+  stop(cause: StopCause): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.options.onStop(cause);
+  }
+
+  private receive(link: FrameLink, batch: FrameBatch): number {
+    let received: number;
+    try {
+      received = link.receive(batch);
+    } catch (error) {
+      this.stop({ kind: "fatal", error });
+      return 0;
+    }
+    if (received < 0) {
+      if (link === this.options.vm) this.stop({ kind: "vm-closed" });
+      else this.stop({ kind: "fatal", error: new Error(`${link.description} went away`) });
+      return 0;
+    }
+    return received;
+  }
+
+  private leaseEvent(now: number): void {
+    const { policy, logger } = this.options;
+    const lease = policy.lease;
+    if (policy.lastSnoopEvent === SnoopEvent.LEASE_GRANTED) {
+      const seconds = Number.isFinite(lease.expiresAtMs)
+        ? `${Math.round((lease.expiresAtMs - now) / 1000)} s`
+        : "ever";
+      const dns =
+        Array.from(lease.dnsServers.subarray(0, lease.dnsServerCount), formatIpv4).join(", ") || "none";
+      logger.info(
+        `lease ${this.leaseWasValid ? "renewed" : "learned"}: ${formatIpv4(lease.address)} for ${seconds}, DNS ${dns}`,
+      );
+      this.leaseWasValid = true;
+    } else {
+      logger.info("lease refused by the DHCP server (NAK): the VM has no address until it asks again");
+      this.leaseWasValid = false;
+    }
+    policy.lastSnoopEvent = SnoopEvent.NONE;
+    this.options.onLeaseChange?.();
+  }
+
+  private logDrop(reason: number, batch: FrameBatch, slot: number, now: number): void {
+    const spoof = SPOOF_REASONS.has(reason);
+    if (!spoof && !this.debugEnabled) return;
+    const suppressed = this.dropLog.take(reason, now);
+    if (suppressed < 0) return;
+    const frame = describeFrame(batch.bytes, slot * batch.slotSize, batch.lengths[slot]);
+    const more = suppressed > 0 ? ` (${suppressed} more like it not logged)` : "";
+    const line = `dropped from VM: ${reasonName(reason)}: ${REASON_EXPLANATIONS[reason]}: ${frame}${more}`;
+    if (spoof) this.options.logger.warn(line);
+    else this.options.logger.debug(line);
+  }
+}

@@ -1,0 +1,149 @@
+// Readiness reactor, compiled at run time by bun:ffi `cc` (TinyCC). Linux only.
+//
+// One native thread sleeps in epoll_wait. Every registration is EPOLLONESHOT: when its fd becomes
+// ready the kernel disarms it, and the thread hands (index, events) to a threadsafe JSCallback,
+// which queues the call onto the JavaScript thread and returns at once. JavaScript drains the fd and
+// re-arms the registration with reactor_rearm (epoll_ctl MOD). So the thread wakes once per burst,
+// never spins, and never touches a frame; all the filtering stays on the JavaScript thread.
+//
+// No #include and no libraries: the code is compiled with -nostdlib and calls libc only through
+// the function pointers JavaScript passes in (struct libc_functions). Left to itself TinyCC would
+// resolve libc by reading the development linker script /usr/lib/<triple>/libc.so, which exists only
+// where libc6-dev (or the distribution's equivalent) is installed, and it would read system headers
+// for any #include. A setuid binary should read neither. Functions return 0 or a negative errno, so
+// JavaScript never has to read errno across threads.
+
+typedef unsigned long size_t;
+typedef long ssize_t;
+typedef unsigned long pthread_t;
+typedef unsigned int uint32_t;
+typedef unsigned long long uint64_t;
+
+// The kernel's struct epoll_event is packed on x86_64 only (12 bytes); elsewhere it is 16 bytes.
+#if defined(__x86_64__)
+struct epoll_event { uint32_t events; uint64_t data; } __attribute__((packed));
+#else
+struct epoll_event { uint32_t events; uint64_t data; };
+#endif
+
+// Filled by reactor.ts in this order from the addresses of its libc bindings.
+struct libc_functions {
+  int (*epoll_create1)(int flags);
+  int (*epoll_ctl)(int epfd, int op, int fd, struct epoll_event *event);
+  int (*epoll_wait)(int epfd, struct epoll_event *events, int maxevents, int timeout);
+  int (*eventfd)(unsigned int initval, int flags);
+  ssize_t (*write)(int fd, const void *buf, size_t count);
+  int (*close)(int fd);
+  int (*pthread_create)(pthread_t *thread, const void *attr, void *(*start)(void *), void *arg);
+  int (*pthread_join)(pthread_t thread, void **result);
+  void *(*calloc)(size_t count, size_t size);
+  void (*free)(void *p);
+  int *(*errno_location)(void);
+};
+
+#define EPOLL_CTL_ADD 1
+#define EPOLL_CTL_DEL 2
+#define EPOLL_CTL_MOD 3
+#define EPOLLIN 0x001u
+#define EPOLLONESHOT (1u << 30)
+#define O_CLOEXEC 02000000
+#define EINTR 4
+#define ENOMEM 12
+#define MAX_EVENTS 16
+// epoll data of the stop eventfd; registration indexes are small non-negative ints.
+#define STOP_TOKEN 0xffffffffffffffffULL
+
+typedef void (*ready_callback)(int index, uint32_t events);
+
+struct reactor {
+  struct libc_functions libc;
+  ready_callback on_ready;
+  int epoll_fd;
+  int stop_fd;
+  int started;
+  pthread_t thread;
+};
+
+static int negative_errno(struct reactor *reactor) { return -*reactor->libc.errno_location(); }
+
+static void *reactor_thread(void *arg) {
+  struct reactor *reactor = arg;
+  struct epoll_event ready[MAX_EVENTS];
+  for (;;) {
+    int count = reactor->libc.epoll_wait(reactor->epoll_fd, ready, MAX_EVENTS, -1);
+    if (count < 0) {
+      if (*reactor->libc.errno_location() == EINTR) continue;
+      return 0;  // EBADF/EINVAL cannot happen while the reactor is alive; stop rather than spin
+    }
+    for (int i = 0; i < count; i++) {
+      if (ready[i].data == STOP_TOKEN) return 0;
+    }
+    for (int i = 0; i < count; i++) reactor->on_ready((int)ready[i].data, ready[i].events);
+  }
+}
+
+static int control(struct reactor *reactor, int op, int fd, uint32_t events, uint64_t data) {
+  struct epoll_event event;
+  event.events = events;
+  event.data = data;
+  return reactor->libc.epoll_ctl(reactor->epoll_fd, op, fd, &event) < 0 ? negative_errno(reactor) : 0;
+}
+
+// Returns a reactor, or 0 with *error set to a negative errno.
+void *reactor_create(const struct libc_functions *libc, ready_callback on_ready, int *error) {
+  struct reactor *reactor = libc->calloc(1, sizeof *reactor);
+  if (!reactor) {
+    *error = -ENOMEM;
+    return 0;
+  }
+  reactor->libc = *libc;
+  reactor->on_ready = on_ready;
+  reactor->stop_fd = -1;
+  reactor->epoll_fd = libc->epoll_create1(O_CLOEXEC);
+  if (reactor->epoll_fd >= 0) reactor->stop_fd = libc->eventfd(0, O_CLOEXEC);
+  // The stop eventfd is level-triggered and never read: once written, every epoll_wait sees it.
+  int result = reactor->stop_fd < 0 ? negative_errno(reactor)
+                                    : control(reactor, EPOLL_CTL_ADD, reactor->stop_fd, EPOLLIN, STOP_TOKEN);
+  if (result < 0) {
+    if (reactor->stop_fd >= 0) libc->close(reactor->stop_fd);
+    if (reactor->epoll_fd >= 0) libc->close(reactor->epoll_fd);
+    libc->free(reactor);
+    *error = result;
+    return 0;
+  }
+  *error = 0;
+  return reactor;
+}
+
+int reactor_add(struct reactor *reactor, int fd, uint32_t events, int index) {
+  return control(reactor, EPOLL_CTL_ADD, fd, events | EPOLLONESHOT, (uint64_t)index);
+}
+
+int reactor_rearm(struct reactor *reactor, int fd, uint32_t events, int index) {
+  return control(reactor, EPOLL_CTL_MOD, fd, events | EPOLLONESHOT, (uint64_t)index);
+}
+
+int reactor_remove(struct reactor *reactor, int fd) {
+  return control(reactor, EPOLL_CTL_DEL, fd, 0, 0);
+}
+
+int reactor_start(struct reactor *reactor) {
+  int result = reactor->libc.pthread_create(&reactor->thread, 0, reactor_thread, reactor);  // an errno
+  if (result == 0) reactor->started = 1;
+  return -result;
+}
+
+// Wakes the thread through the eventfd, waits for it to return, and frees everything. Once this
+// returns the thread will never call on_ready again, so the JSCallback may be closed.
+void reactor_destroy(struct reactor *reactor) {
+  if (reactor->started) {
+    uint64_t one = 1;
+    while (reactor->libc.write(reactor->stop_fd, &one, sizeof one) < 0 &&
+           *reactor->libc.errno_location() == EINTR) {
+    }
+    reactor->libc.pthread_join(reactor->thread, 0);
+  }
+  reactor->libc.close(reactor->stop_fd);
+  reactor->libc.close(reactor->epoll_fd);
+  reactor->libc.free(reactor);
+}

@@ -1,0 +1,258 @@
+/**
+ * Readiness notifications for file descriptors, delivered on the JavaScript thread without polling.
+ *
+ * Bun's event loop cannot watch an arbitrary fd (a TAP device, a pipe written by native code), so a
+ * small native thread (reactor.c, compiled by TinyCC) waits in epoll_wait on EPOLLONESHOT
+ * registrations and posts each ready registration to the JavaScript thread through a threadsafe
+ * JSCallback. The handler drains its fd, and the reactor re-arms the registration only when the
+ * handler says it is done, so:
+ * - an idle softnet sleeps in epoll_wait (no timers, no busy polling: ~0 % CPU);
+ * - a busy link is drained in bounded slices (the handler's budget) with setImmediate between
+ *   slices, so timers, signals and the other link get their turn;
+ * - the native thread never touches frames or JavaScript values.
+ *
+ * Linux only. macOS would need the same shape over kqueue with EV_DISPATCH.
+ */
+import { cc, FFIType, JSCallback, type Pointer } from "bun:ffi";
+import { readFileSync } from "node:fs";
+import { SoftnetError } from "../errors.ts";
+import { Errno, functionAddress, lastSysError, libc, MFD_CLOEXEC, pthread, SysError } from "./libc.ts";
+// `type: "file"` makes `bun build --compile` embed the C source; the import is its path.
+import reactorSourcePath from "./reactor.c" with { type: "file" };
+
+export const EPOLLIN = 0x001;
+export const EPOLLOUT = 0x004;
+export const EPOLLERR = 0x008;
+export const EPOLLHUP = 0x010;
+
+/**
+ * Runs on the JavaScript thread when the watched fd is ready; `events` is the epoll mask (EPOLLIN,
+ * EPOLLERR, ...; 0 when the reactor resumes a handler that returned true).
+ * Return false once the fd is drained (read until EAGAIN): the registration is re-armed.
+ * Return true when the handler stopped early because its budget ran out: it is called again after
+ * a setImmediate, and the registration stays disarmed until it returns false.
+ */
+export type ReadyHandler = (events: number) => boolean;
+
+const { i32, u32, ptr } = FFIType;
+
+const nativeSymbols = {
+  // void *reactor_create(const struct libc_functions *libc, ready_callback on_ready, int *error);
+  reactor_create: { args: [ptr, ptr, ptr], returns: ptr },
+  // int reactor_add(struct reactor *reactor, int fd, uint32_t events, int index);
+  reactor_add: { args: [ptr, i32, u32, i32], returns: i32 },
+  // int reactor_rearm(struct reactor *reactor, int fd, uint32_t events, int index);
+  reactor_rearm: { args: [ptr, i32, u32, i32], returns: i32 },
+  // int reactor_remove(struct reactor *reactor, int fd);
+  reactor_remove: { args: [ptr, i32], returns: i32 },
+  // int reactor_start(struct reactor *reactor);
+  reactor_start: { args: [ptr], returns: i32 },
+  // void reactor_destroy(struct reactor *reactor);
+  reactor_destroy: { args: [ptr], returns: FFIType.void },
+} as const;
+
+type NativeReactor = ReturnType<typeof compileReactor>;
+let compiled: NativeReactor | undefined;
+
+/**
+ * Compiles reactor.c once per process, on first use (a few milliseconds).
+ *
+ * The source always reaches TinyCC through a memfd: inside a `bun build --compile` binary the
+ * embedded file lives at /$bunfs/..., a path only Bun's own file APIs understand, so TinyCC cannot
+ * open it. A memfd has no name in the file system (nothing to race or replace, which matters for a
+ * setuid binary), and /proc/self/fd/N lets TinyCC open it like a file. Using the same path when
+ * running from the source tree means the tests exercise exactly what the release binary does.
+ *
+ * `flags` is always given: when it is absent Bun takes TinyCC's options from the BUN_TCC_OPTIONS
+ * environment variable (verified on 1.4.5: -D and -nostdlib from it take effect), which would let
+ * whoever starts a setuid-root softnet change code that then runs as root. -nostdlib keeps TinyCC
+ * from searching the file system for libc at all (see reactor.c).
+ */
+function compileReactor() {
+  const source = readFileSync(reactorSourcePath, "utf8");
+  const memfd = libc.memfd_create("softnet-reactor.c", MFD_CLOEXEC);
+  if (memfd < 0) {
+    throw new SoftnetError("cannot compile the readiness reactor", { cause: lastSysError("memfd_create") });
+  }
+  try {
+    const bytes = Buffer.from(source, "utf8");
+    let written = 0;
+    while (written < bytes.length) {
+      const result = libc.write(memfd, bytes.subarray(written), bytes.length - written);
+      if (result < 0) {
+        throw new SoftnetError("cannot compile the readiness reactor", { cause: lastSysError("write") });
+      }
+      written += result;
+    }
+    return cc({ source: `/proc/self/fd/${memfd}`, flags: ["-std=c11", "-nostdlib"], symbols: nativeSymbols })
+      .symbols;
+  } finally {
+    libc.close(memfd);
+  }
+}
+
+/** struct libc_functions in reactor.c, in declaration order. */
+function libcFunctionTable(): BigUint64Array {
+  const functions = [
+    libc.epoll_create1,
+    libc.epoll_ctl,
+    libc.epoll_wait,
+    libc.eventfd,
+    libc.write,
+    libc.close,
+    pthread.pthread_create,
+    pthread.pthread_join,
+    libc.calloc,
+    libc.free,
+    libc.__errno_location,
+  ];
+  return BigUint64Array.from(functions, (fn) => BigInt(functionAddress(fn)));
+}
+
+interface Registration {
+  readonly index: number;
+  readonly fd: number;
+  readonly events: number;
+  readonly handler: ReadyHandler;
+  /** Preallocated continuation for setImmediate, so a busy link allocates no closure per slice. */
+  readonly resume: () => void;
+  active: boolean;
+}
+
+/** One native thread watching any number of fds; see the module comment. */
+export class Reactor {
+  private native: Pointer | null;
+  private readonly callback: JSCallback;
+  private readonly registrations: Registration[] = [];
+  /** A reactor with watched fds keeps the process alive, like an open socket would. */
+  private keepAlive: ReturnType<typeof setInterval> | undefined;
+
+  constructor() {
+    compiled ??= compileReactor();
+    this.callback = new JSCallback((index: number, events: number) => this.dispatch(index, events), {
+      args: [i32, u32],
+      returns: FFIType.void,
+      threadsafe: true,
+    });
+    const error = new Int32Array(1);
+    const table = libcFunctionTable();
+    const handle = compiled.reactor_create(table, this.callback.ptr, error);
+    if (handle === null) {
+      this.callback.close();
+      throw new SoftnetError("cannot start the readiness reactor", {
+        cause: new SysError("epoll_create1/eventfd", -error[0]!),
+        hint: error[0] === -Errno.EMFILE ? "too many open files: raise the limit (ulimit -n)" : undefined,
+      });
+    }
+    this.native = handle as Pointer;
+    const started = compiled.reactor_start(this.native);
+    if (started < 0) {
+      compiled.reactor_destroy(this.native);
+      this.native = null;
+      this.callback.close();
+      throw new SoftnetError("cannot start the readiness reactor thread", {
+        cause: new SysError("pthread_create", -started),
+      });
+    }
+  }
+
+  /**
+   * Starts watching `fd` for `events` (EPOLLIN by default; EPOLLERR and EPOLLHUP are always
+   * reported). Returns the registration index for unwatch(). The handler is first called as soon
+   * as the fd is ready, which may be right away.
+   */
+  watch(fd: number, handler: ReadyHandler, events: number = EPOLLIN): number {
+    const native = this.requireOpen();
+    const index = this.registrations.length;
+    const registration: Registration = {
+      index,
+      fd,
+      events,
+      handler,
+      active: true,
+      resume: () => {
+        if (registration.active && this.native !== null) this.run(registration, 0);
+      },
+    };
+    const result = compiled!.reactor_add(native, fd, events, index);
+    if (result < 0) {
+      throw new SoftnetError(`cannot watch fd ${fd} for readiness`, {
+        cause: new SysError("epoll_ctl(ADD)", -result),
+        hint: result === -Errno.EPERM ? "epoll cannot watch regular files or directories" : undefined,
+      });
+    }
+    this.registrations.push(registration);
+    this.keepAlive ??= setInterval(() => {}, 2 ** 30);
+    return index;
+  }
+
+  /** Stops watching; call it before closing the fd. Calls already queued for it are ignored. */
+  unwatch(index: number): void {
+    const registration = this.registrations[index];
+    if (registration === undefined || !registration.active) return;
+    registration.active = false;
+    if (this.native !== null) compiled!.reactor_remove(this.native, registration.fd);
+    if (this.registrations.every((r) => !r.active)) this.releaseKeepAlive();
+  }
+
+  /**
+   * Stops the native thread (it is woken through an eventfd and joined) and releases everything.
+   * Handlers are never called after close() returns. Idempotent.
+   */
+  close(): void {
+    if (this.native === null) return;
+    for (const registration of this.registrations) registration.active = false;
+    compiled!.reactor_destroy(this.native);
+    this.native = null;
+    this.releaseKeepAlive();
+    // The thread is joined, so no new calls can be queued; calls it queued before stopping may still
+    // be waiting in the event loop's task queue and hold the callback. Close it one macrotask later,
+    // after the loop has drained them (each returns at once: the reactor is closed).
+    const callback = this.callback;
+    setTimeout(() => callback.close(), 0).unref();
+  }
+
+  get closed(): boolean {
+    return this.native === null;
+  }
+
+  private dispatch(index: number, events: number): void {
+    const registration = this.registrations[index];
+    if (registration === undefined || !registration.active || this.native === null) return;
+    this.run(registration, events);
+  }
+
+  private run(registration: Registration, events: number): void {
+    // If the handler throws, the registration stays disarmed and the exception propagates to the
+    // process (an uncaught exception): a broken link must not be silently retried in a loop.
+    if (registration.handler(events)) {
+      setImmediate(registration.resume);
+      return;
+    }
+    // The handler may have unwatched its fd or closed the whole reactor.
+    if (!registration.active || this.native === null) return;
+    const result = compiled!.reactor_rearm(
+      this.native,
+      registration.fd,
+      registration.events,
+      registration.index,
+    );
+    if (result < 0) {
+      registration.active = false;
+      throw new SoftnetError(`cannot re-arm readiness for fd ${registration.fd}`, {
+        cause: new SysError("epoll_ctl(MOD)", -result),
+        hint: "was the fd closed without unwatch()?",
+      });
+    }
+  }
+
+  private requireOpen(): Pointer {
+    if (this.native === null) throw new SoftnetError("the readiness reactor is closed");
+    return this.native;
+  }
+
+  private releaseKeepAlive(): void {
+    if (this.keepAlive !== undefined) clearInterval(this.keepAlive);
+    this.keepAlive = undefined;
+  }
+}

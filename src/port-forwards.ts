@@ -1,0 +1,88 @@
+/**
+ * Keeps the host's port forwards (--expose) in line with the VM's lease: installed once the VM
+ * holds a valid lease, moved when its address changes, removed when the lease expires or is
+ * refused, and on exit. The platform does the installing (nftables on Linux, vmnet on macOS);
+ * this module only decides what should exist. Changes are serialised: a reconcile that arrives
+ * while another runs is folded into one more pass afterwards.
+ */
+import type { ExposedPort } from "./cli.ts";
+import { describeError } from "./errors.ts";
+import type { Logger } from "./log.ts";
+import { formatIpv4 } from "./wire/bytes.ts";
+
+export interface PortForwardBackend {
+  /** Forwards TCP `externalPort` on the host to `address:internalPort`, for every exposed port. */
+  install(ports: readonly ExposedPort[], address: number): Promise<void>;
+  /** Removes every forward this softnet installed. Safe to call when none are installed. */
+  removeAll(): Promise<void>;
+}
+
+export class PortForwards {
+  /** The address the forwards currently point to, or -1 when none are installed. */
+  private installedFor = -1;
+  private running: Promise<void> | undefined;
+  private again = false;
+  private closed = false;
+
+  constructor(
+    private readonly ports: readonly ExposedPort[],
+    private readonly backend: PortForwardBackend,
+    private readonly logger: Logger,
+    /** Where the forwards should point now: the leased address, or -1 without a valid lease. */
+    private readonly desiredAddress: () => number,
+  ) {}
+
+  get installedAddress(): number {
+    return this.installedFor;
+  }
+
+  /** Brings the installed forwards in line with desiredAddress(); resolves when they are. */
+  reconcile(): Promise<void> {
+    if (this.ports.length === 0 || this.closed) return Promise.resolve();
+    if (this.running !== undefined) {
+      this.again = true;
+      return this.running;
+    }
+    this.running = this.loop().finally(() => {
+      this.running = undefined;
+    });
+    return this.running;
+  }
+
+  /** Removes everything and refuses further changes (used at exit). */
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.running?.catch(() => {});
+    if (this.installedFor !== -1) {
+      const address = this.installedFor;
+      this.installedFor = -1;
+      await this.backend.removeAll();
+      this.logger.info(`port forwards to ${formatIpv4(address)} removed`);
+    }
+  }
+
+  private async loop(): Promise<void> {
+    do {
+      this.again = false;
+      const desired = this.desiredAddress();
+      if (desired === this.installedFor) continue;
+      const list = this.ports.map((p) => `${p.externalPort}→${p.internalPort}`).join(", ");
+      try {
+        if (desired === -1) {
+          await this.backend.removeAll();
+          this.logger.info(`port forwards removed (${list}): the VM has no valid lease`);
+        } else {
+          await this.backend.install(this.ports, desired);
+          this.logger.info(`port forwards installed: TCP ${list} to ${formatIpv4(desired)}`);
+        }
+        this.installedFor = desired;
+      } catch (error) {
+        // Not fatal: the VM keeps its network; the next lease change or tick tries again.
+        this.logger.error(
+          `could not update port forwards (${list}): ${describeError(error)}`,
+        );
+        return;
+      }
+    } while (this.again && !this.closed);
+  }
+}

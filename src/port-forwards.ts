@@ -78,9 +78,7 @@ export class PortForwards {
         this.installedFor = desired;
       } catch (error) {
         // Not fatal: the VM keeps its network; the next lease change or tick tries again.
-        this.logger.error(
-          `could not update port forwards (${list}): ${describeError(error)}`,
-        );
+        this.logger.error(`could not update port forwards (${list}): ${describeError(error)}`);
         return;
       }
     } while (this.again && !this.closed);

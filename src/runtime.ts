@@ -6,12 +6,12 @@
 import type { SoftnetOptions } from "./cli.ts";
 import { describeRules } from "./cli.ts";
 import { SoftnetError, UsageError } from "./errors.ts";
+import { FilterLoop, type StopCause } from "./filter-loop.ts";
 import { Logger } from "./log.ts";
 import { FrameBatch } from "./platform/link.ts";
 import { Policy } from "./policy/policy.ts";
 import { allowsEverything, RuleTable } from "./policy/rules.ts";
 import { PortForwards } from "./port-forwards.ts";
-import { FilterLoop, type StopCause } from "./filter-loop.ts";
 import { formatIpv4, formatMac } from "./wire/bytes.ts";
 
 /** Frames per receive call, per direction: enough to amortise a syscall, small enough to stay in cache. */

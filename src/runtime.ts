@@ -50,6 +50,7 @@ async function runOnLinux(options: SoftnetOptions, logger: Logger): Promise<numb
   const { dropPrivileges, describeTarget, resolveDropTarget } = await import("./platform/privileges.ts");
   const { Reactor } = await import("./platform/reactor.ts");
   const nftables = await import("./platform/linux/nftables.ts");
+  const { UnixPeerWatch } = await import("./platform/linux/peer-watch.ts");
 
   // Everything that needs root happens here, before a single frame is read.
   const target = resolveDropTarget(options, process.env);
@@ -63,6 +64,14 @@ async function runOnLinux(options: SoftnetOptions, logger: Logger): Promise<numb
     const forwardBackend =
       nft === undefined ? undefined : new nftables.NftablesPortForwards(nft, host.name, options.bridge);
     if (forwardBackend !== undefined) await forwardBackend.removeAll(); // leftovers of a crashed run
+    const peerWatch = UnixPeerWatch.open(options.vmFd);
+    if (typeof peerWatch === "string") {
+      logger.debug(
+        `cannot watch the VM end for closing (${peerWatch}); SIGINT or a failed send will stop softnet`,
+      );
+    } else {
+      cleanups.push(() => peerWatch.close());
+    }
 
     dropPrivileges(target, { keepNetAdmin: forwardBackend !== undefined });
 
@@ -104,6 +113,7 @@ async function runOnLinux(options: SoftnetOptions, logger: Logger): Promise<numb
     let ticks = 0;
     const timer = setInterval(() => {
       loop.tick();
+      if (typeof peerWatch !== "string" && peerWatch.peerState() === "gone") loop.stop({ kind: "vm-closed" });
       void forwards?.reconcile(); // retries a failed update; a no-op when nothing changed
       if (++ticks % DROP_SUMMARY_EVERY_TICKS === 0) {
         const summary = loop.dropSummary();

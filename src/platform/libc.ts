@@ -36,6 +36,10 @@ export const libc = dlopen(LIBC_SONAME, {
   setsockopt: { args: [i32, i32, i32, pointer, u32], returns: i32 },
   // int getpeername(int sockfd, struct sockaddr *addr, socklen_t *addrlen);
   getpeername: { args: [i32, pointer, pointer], returns: i32 },
+  // ssize_t send(int sockfd, const void *buf, size_t len, int flags);
+  send: { args: [i32, pointer, u64, i32], returns: i32 },
+  // int setns(int fd, int nstype);
+  setns: { args: [i32, i32], returns: i32 },
   // int shutdown(int sockfd, int how);
   shutdown: { args: [i32, i32], returns: i32 },
   // int recvmmsg(int sockfd, struct mmsghdr *msgvec, unsigned int vlen, int flags, struct timespec *timeout);
@@ -231,3 +235,5 @@ export const O_CLOEXEC = 0o2000000;
 export const EFD_CLOEXEC = 0o2000000;
 export const EFD_NONBLOCK = 0o4000;
 export const MFD_CLOEXEC = 1;
+export const AF_NETLINK = 16;
+export const CLONE_NEWNET = 0x40000000;

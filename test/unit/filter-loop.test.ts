@@ -1,0 +1,256 @@
+/**
+ * The filter loop with in-memory links: frames are decided in place and only accepted slots are
+ * forwarded, a full receiver drops and counts instead of failing, budgets bound each drain, the
+ * lease events reach the port forwards, and a vanished VM stops the loop cleanly.
+ */
+import { describe, expect, test } from "bun:test";
+import { FilterLoop, type StopCause } from "../../src/filter-loop.ts";
+import { Logger } from "../../src/log.ts";
+import { FrameBatch, type FrameLink } from "../../src/platform/link.ts";
+import { Policy } from "../../src/policy/policy.ts";
+import { RuleTable } from "../../src/policy/rules.ts";
+import { type PortForwardBackend, PortForwards } from "../../src/port-forwards.ts";
+import { formatIpv4, parseIpv4, parseMac } from "../../src/wire/bytes.ts";
+import { DhcpMessageType } from "../../src/wire/dhcp.ts";
+import { dhcpServerFrame, GATEWAY, OTHER_MAC, tcpFrame, VM_IP, VM_MAC } from "../support/frames.ts";
+
+/** A link backed by arrays: `incoming` is what receive() hands out, `sent` what send() got. */
+class MemoryLink implements FrameLink {
+  readonly pollFd = -1;
+  incoming: Uint8Array[] = [];
+  sent: Uint8Array[] = [];
+  /** How many more frames send() accepts before reporting "no room" (ENOBUFS/EAGAIN). */
+  room = Number.POSITIVE_INFINITY;
+  gone = false;
+  receives = 0;
+  constructor(readonly description: string) {}
+  receive(batch: FrameBatch): number {
+    this.receives++;
+    if (this.gone) return -1;
+    let count = 0;
+    while (count < batch.capacity && this.incoming.length > 0) {
+      const frame = this.incoming.shift()!;
+      batch.bytes.set(frame, batch.offsetOf(count));
+      batch.lengths[count++] = frame.length;
+    }
+    batch.count = count;
+    return count;
+  }
+  send(batch: FrameBatch, slots: Uint16Array, count: number): number {
+    if (this.gone) return -1;
+    let sent = 0;
+    for (; sent < count && this.room > 0; sent++, this.room--) {
+      const offset = batch.offsetOf(slots[sent]);
+      this.sent.push(batch.bytes.slice(offset, offset + batch.lengths[slots[sent]]));
+    }
+    return sent;
+  }
+  close(): void {}
+}
+
+function setup(batchCapacity = 4) {
+  const gateway = parseIpv4(GATEWAY)!;
+  const policy = new Policy({ vmMac: parseMac(VM_MAC)!, gateway, rules: RuleTable.compile([], gateway) });
+  const vm = new MemoryLink("vm");
+  const host = new MemoryLink("host");
+  const lines: string[] = [];
+  const stops: StopCause[] = [];
+  let leaseChanges = 0;
+  let now = 1000;
+  const loop = new FilterLoop({
+    policy,
+    vm,
+    host,
+    vmBatch: new FrameBatch(batchCapacity, 1518),
+    hostBatch: new FrameBatch(batchCapacity, 1518),
+    logger: new Logger("debug", (line) => lines.push(line)),
+    clock: () => now,
+    onLeaseChange: () => leaseChanges++,
+    onStop: (cause) => stops.push(cause),
+  });
+  const grantLease = (seconds = 600) => {
+    host.incoming.push(dhcpServerFrame({ messageType: DhcpMessageType.ACK, leaseTimeSeconds: seconds }));
+    loop.drainFromHost(1024);
+  };
+  return {
+    policy,
+    vm,
+    host,
+    lines,
+    stops,
+    loop,
+    grantLease,
+    leaseChanges: () => leaseChanges,
+    advance: (ms: number) => {
+      now += ms;
+    },
+  };
+}
+
+describe("the filter loop", () => {
+  test("forwards accepted frames byte for byte and drops the rest", () => {
+    const { vm, host, loop, grantLease } = setup();
+    grantLease();
+    const good = tcpFrame({ dst: "1.1.1.1", dport: 443 });
+    const spoofed = tcpFrame({ srcMac: OTHER_MAC, dst: "1.1.1.1", dport: 443 });
+    const privateDst = tcpFrame({ dst: "10.0.0.1", dport: 443 });
+    vm.incoming.push(good, spoofed, privateDst, good);
+    expect(loop.drainFromVm(1024)).toBe(false);
+    expect(host.sent).toEqual([good, good]);
+    expect(loop.forwardedToHost).toBe(2);
+  });
+
+  test("spoofing is logged at warn with its reason, rate limited per reason", () => {
+    const { vm, loop, lines, grantLease } = setup();
+    grantLease();
+    for (let i = 0; i < 50; i++)
+      vm.incoming.push(tcpFrame({ srcMac: OTHER_MAC, dst: "1.1.1.1", dport: 443 }));
+    loop.drainFromVm(1024);
+    const warnings = lines.filter((line) => line.includes("warn: dropped from VM: mac-spoof"));
+    expect(warnings.length).toBe(5); // the burst, then silence until tokens refill
+    expect(warnings[0]).toContain(`${OTHER_MAC} > `);
+  });
+
+  test("a receiver without room drops and counts, and the loop goes on", () => {
+    const { vm, host, loop, grantLease } = setup();
+    grantLease();
+    host.room = 1;
+    for (let i = 0; i < 3; i++) vm.incoming.push(tcpFrame({ dst: "1.1.1.1", dport: 443 }));
+    loop.drainFromVm(1024);
+    expect(loop.forwardedToHost).toBe(1);
+    expect(loop.droppedToHost).toBe(2);
+    host.room = Number.POSITIVE_INFINITY;
+    vm.incoming.push(tcpFrame({ dst: "1.1.1.1", dport: 443 }));
+    loop.drainFromVm(1024);
+    expect(loop.forwardedToHost).toBe(2);
+  });
+
+  test("a drain stops at its budget and says there is more", () => {
+    const { vm, loop, grantLease } = setup(4);
+    grantLease();
+    for (let i = 0; i < 20; i++) vm.incoming.push(tcpFrame({ dst: "1.1.1.1", dport: 443 }));
+    expect(loop.drainFromVm(8)).toBe(true);
+    expect(vm.incoming.length).toBe(12);
+    expect(loop.drainFromVm(1024)).toBe(false);
+    expect(vm.incoming.length).toBe(0);
+  });
+
+  test("the lease learned from the host is logged and announced; its expiry too", () => {
+    const { loop, lines, grantLease, leaseChanges, advance, policy } = setup();
+    grantLease(120);
+    expect(lines.some((line) => line.includes(`lease learned: ${VM_IP} for 120 s`))).toBe(true);
+    expect(leaseChanges()).toBe(1);
+    grantLease(120);
+    expect(lines.some((line) => line.includes(`lease renewed: ${VM_IP}`))).toBe(true);
+    advance(120_000);
+    loop.tick();
+    expect(policy.lease.isValidAt(1000 + 120_000)).toBe(false);
+    expect(lines.some((line) => line.includes(`lease for ${VM_IP} expired`))).toBe(true);
+    expect(leaseChanges()).toBe(3);
+  });
+
+  test("the VM going away stops the loop as a clean stop, once", () => {
+    const { vm, host, loop, stops, grantLease } = setup();
+    grantLease();
+    vm.gone = true;
+    host.incoming.push(
+      tcpFrame({ srcMac: "5e:00:00:00:00:01", dstMac: VM_MAC, src: "1.1.1.1", dst: VM_IP, dport: 40000 }),
+    );
+    loop.drainFromHost(1024);
+    loop.drainFromVm(1024);
+    expect(stops).toEqual([{ kind: "vm-closed" }]);
+  });
+
+  test("a host link that throws stops the loop with the error", () => {
+    const { host, loop, stops } = setup();
+    host.receive = () => {
+      throw new Error("boom");
+    };
+    loop.drainFromHost(1024);
+    expect(stops.length).toBe(1);
+    expect(stops[0].kind).toBe("fatal");
+  });
+});
+
+describe("port forwards follow the lease", () => {
+  class RecordingBackend implements PortForwardBackend {
+    calls: string[] = [];
+    failNext = false;
+    async install(ports: readonly { externalPort: number; internalPort: number }[], address: number) {
+      if (this.failNext) {
+        this.failNext = false;
+        throw new Error("nft said no");
+      }
+      this.calls.push(
+        `install ${ports.map((p) => `${p.externalPort}:${p.internalPort}`).join(",")} ${formatIpv4(address)}`,
+      );
+    }
+    async removeAll() {
+      this.calls.push("removeAll");
+    }
+  }
+
+  test("installed with a lease, moved on a new address, removed on expiry and at close", async () => {
+    const backend = new RecordingBackend();
+    let desired = -1;
+    const lines: string[] = [];
+    const forwards = new PortForwards(
+      [{ externalPort: 2222, internalPort: 22 }],
+      backend,
+      new Logger("info", (l) => lines.push(l)),
+      () => desired,
+    );
+    await forwards.reconcile();
+    expect(backend.calls).toEqual([]); // nothing installed, nothing to remove
+    desired = parseIpv4("192.168.64.5")!;
+    await forwards.reconcile();
+    await forwards.reconcile(); // no change, no call
+    desired = parseIpv4("192.168.64.7")!;
+    await forwards.reconcile();
+    desired = -1;
+    await forwards.reconcile();
+    desired = parseIpv4("192.168.64.7")!;
+    await forwards.reconcile();
+    await forwards.close();
+    expect(backend.calls).toEqual([
+      "install 2222:22 192.168.64.5",
+      "install 2222:22 192.168.64.7",
+      "removeAll",
+      "install 2222:22 192.168.64.7",
+      "removeAll",
+    ]);
+  });
+
+  test("a failed install is logged and retried on the next reconcile", async () => {
+    const backend = new RecordingBackend();
+    backend.failNext = true;
+    const lines: string[] = [];
+    const forwards = new PortForwards(
+      [{ externalPort: 2222, internalPort: 22 }],
+      backend,
+      new Logger("info", (l) => lines.push(l)),
+      () => parseIpv4("192.168.64.5")!,
+    );
+    await forwards.reconcile();
+    expect(lines.some((l) => l.includes("could not update port forwards (2222→22): nft said no"))).toBe(true);
+    await forwards.reconcile();
+    expect(backend.calls).toEqual(["install 2222:22 192.168.64.5"]);
+  });
+
+  test("reconciles that arrive while one runs are folded into one more pass", async () => {
+    const backend = new RecordingBackend();
+    let desired = parseIpv4("192.168.64.5")!;
+    const forwards = new PortForwards(
+      [{ externalPort: 1, internalPort: 2 }],
+      backend,
+      new Logger("error", () => {}),
+      () => desired,
+    );
+    const first = forwards.reconcile();
+    desired = parseIpv4("192.168.64.6")!;
+    const second = forwards.reconcile();
+    const third = forwards.reconcile();
+    await Promise.all([first, second, third]);
+    expect(backend.calls).toEqual(["install 1:2 192.168.64.5", "install 1:2 192.168.64.6"]);
+  });
+});

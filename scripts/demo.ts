@@ -1,83 +1,127 @@
 /**
- * A walk through softnet's policy with the real decision code: a VM boots, asks for a lease, gets
- * one, and tries things a well-behaved and a hostile guest would do. Each line shows the frame,
- * the verdict and its reason. (`npm run demo`; the Linux runtime will replace this with a real guest.)
+ * softnet's main job, end to end on one Linux machine (root): builds a throwaway network (a
+ * bridge with dnsmasq as the host's DHCP server, a "global" test host 8.8.8.8 and a private
+ * server, all inside network namespaces), boots a guest whose kernel network stack talks to
+ * softnet through a socket pair exactly as Tart's VM does, and shows what gets through and why.
+ * Everything is torn down at the end, also on Ctrl-C.
+ *
+ *   sudo npm run demo
  */
-import { Policy } from "../src/policy/policy.ts";
-import { isPass, REASON_EXPLANATIONS, type ReasonCode, reasonName } from "../src/policy/reasons.ts";
-import { parseRuleTarget, type Rule, RuleTable } from "../src/policy/rules.ts";
-import { ArpOperation } from "../src/wire/arp.ts";
-import { parseIpv4, parseMac } from "../src/wire/bytes.ts";
-import { DhcpMessageType } from "../src/wire/dhcp.ts";
-import { EtherType } from "../src/wire/ethernet.ts";
-import {
-  arpFrame,
-  dhcpClientFrame,
-  dhcpServerFrame,
-  etherFrame,
-  GATEWAY,
-  icmpEchoFrame,
-  OTHER_MAC,
-  tcpFrame,
-  udpFrame,
-  VM_IP,
-  VM_MAC,
-} from "../test/support/frames.ts";
+import { spawnSync } from "node:child_process";
+import { ADDRESSES, BANNER_PORT, BANNERS, type Forwarder, softnet, Topology } from "../test/e2e/lib/index.ts";
 
-const rules: Rule[] = [{ action: "block", target: parseRuleTarget("1.1.1.0/24") as never }];
-const gateway = parseIpv4(GATEWAY)!;
-const policy = new Policy({ vmMac: parseMac(VM_MAC)!, gateway, rules: RuleTable.compile(rules, gateway) });
-let now = 0;
-
-function show(direction: "VM → host" | "host → VM", what: string, frame: Uint8Array): void {
-  const reason: ReasonCode =
-    direction === "VM → host"
-      ? policy.decideFromVm(frame, 0, frame.length, now)
-      : policy.observeFromHost(frame, 0, frame.length, now);
-  const verdict = isPass(reason) ? "\x1b[32mpass\x1b[0m" : "\x1b[31mdrop\x1b[0m";
-  console.log(
-    `${direction}  ${what.padEnd(52)} ${verdict}  ${reasonName(reason).padEnd(24)} ${REASON_EXPLANATIONS[reason]}`,
+if (process.getuid?.() !== 0) {
+  console.error(
+    "softnet demo: run as root (it creates network namespaces, a bridge and TAP devices): sudo npm run demo",
   );
+  process.exit(1);
+}
+const deps = spawnSync("bash", [`${import.meta.dir}/e2e-deps.sh`], { stdio: "inherit" });
+if (deps.status !== 0) process.exit(1);
+
+const bold = (text: string) => `\x1b[1m${text}\x1b[0m`;
+const verdict = (ok: boolean, expected: boolean) =>
+  ok === expected
+    ? `\x1b[32m${ok ? "got through" : "blocked"}\x1b[0m`
+    : `\x1b[31m${ok ? "got through" : "blocked"} (unexpected!)\x1b[0m`;
+
+let shown = 0;
+function softnetSays(forwarder: Forwarder, pattern = /./): void {
+  const lines = forwarder.log.split("\n");
+  for (const line of lines.slice(shown))
+    if (line !== "" && pattern.test(line)) console.log(`      softnet │ ${line}`);
+  shown = lines.length - 1;
 }
 
-console.log(`VM ${VM_MAC}, gateway ${GATEWAY}, rules: --block 1.1.1.0/24\n`);
-console.log("-- before a lease");
-show("VM → host", "DHCPDISCOVER (broadcast)", dhcpClientFrame());
-show("VM → host", "DHCPDISCOVER for an invented MAC", dhcpClientFrame({ chaddr: OTHER_MAC }));
-show("VM → host", `TCP to 8.8.8.8:443 from ${VM_IP}`, tcpFrame({ dst: "8.8.8.8", dport: 443 }));
-show("VM → host", "ARP probe for its future address", arpFrame({ senderIp: "0.0.0.0", targetIp: VM_IP }));
-show(
-  "host → VM",
-  `DHCPACK ${VM_IP}, 600 s, DNS ${GATEWAY}`,
-  dhcpServerFrame({ messageType: DhcpMessageType.ACK, leaseTimeSeconds: 600, dnsServers: [GATEWAY] }),
-);
-console.log(`\n-- lease learned: ${VM_IP} until t=600 s`);
-now = 1000;
-show("VM → host", "TCP to 8.8.8.8:443", tcpFrame({ dst: "8.8.8.8", dport: 443 }));
-show("VM → host", "ping the gateway", icmpEchoFrame({ dst: GATEWAY }));
-show("VM → host", "DNS query to the gateway", udpFrame({ dst: GATEWAY, dport: 53 }));
-show("VM → host", "TCP to 1.1.1.1:443", tcpFrame({ dst: "1.1.1.1", dport: 443 }));
-show("VM → host", "TCP to another VM 192.168.64.6:22", tcpFrame({ dst: "192.168.64.6", dport: 22 }));
-show("VM → host", "TCP to the LAN 10.0.0.5:445", tcpFrame({ dst: "10.0.0.5", dport: 445 }));
-show("VM → host", "DNS to a LAN resolver 10.0.0.53", udpFrame({ dst: "10.0.0.53", dport: 53 }));
-console.log("\n-- a hostile guest");
-show(
-  "VM → host",
-  "ARP reply claiming to be the gateway",
-  arpFrame({ operation: ArpOperation.REPLY, senderIp: GATEWAY, targetIp: GATEWAY }),
-);
-show(
-  "VM → host",
-  "TCP with a forged source 192.168.64.77",
-  tcpFrame({ src: "192.168.64.77", dst: "8.8.8.8", dport: 443 }),
-);
-show("VM → host", "frame from a forged MAC", tcpFrame({ srcMac: OTHER_MAC, dst: "8.8.8.8", dport: 443 }));
-show("VM → host", "IPv6", etherFrame(EtherType.IPV6));
-console.log("\n-- after the lease expired (t=601 s)");
-now = 601_000;
-show("VM → host", "TCP to 8.8.8.8:443", tcpFrame({ dst: "8.8.8.8", dport: 443 }));
-show(
-  "VM → host",
-  "DHCPREQUEST (broadcast renewal)",
-  dhcpClientFrame({ messageType: DhcpMessageType.REQUEST }),
-);
+const topology = await Topology.create();
+try {
+  console.log(
+    bold("network: bridge br0 192.168.64.1/24 with dnsmasq; global host 8.8.8.8; private server 10.99.0.1"),
+  );
+  const guest = await topology.addGuest();
+  const args = ["--log-level", "debug", "--block", "1.1.1.0/24"];
+  console.log(bold(`\n▶ softnet --vm-fd 0 --vm-mac-address ${guest.mac} --bridge br0 ${args.join(" ")}`));
+  const forwarder = await guest.attach(softnet(args));
+  softnetSays(forwarder, /forwarding for VM/);
+
+  console.log(bold("\n▶ the guest asks for an address (busybox udhcpc)"));
+  const lease = await guest.dhcp();
+  console.log(
+    `  guest got ${lease.address}/${lease.prefixLength}, router ${lease.router}, DNS ${lease.dnsServers.join(", ")}`,
+  );
+  await Bun.sleep(100);
+  softnetSays(forwarder, /lease/);
+
+  const attempts: Array<[string, () => Promise<boolean>, boolean]> = [
+    ["ping the host (gateway) 192.168.64.1", () => guest.ping(ADDRESSES.gateway), true],
+    ["ping the global host 8.8.8.8", () => guest.ping(ADDRESSES.globalHost), true],
+    [
+      "TCP to 8.8.8.8:80",
+      async () =>
+        (await guest.tcpConnect(ADDRESSES.globalHost, BANNER_PORT)).stdout.includes(BANNERS.globalHost),
+      true,
+    ],
+    [
+      "DNS query to 10.99.0.53 (named by the lease)",
+      async () => (await guest.dnsQuery(ADDRESSES.secondDnsServer, "example.test")).answers.length > 0,
+      true,
+    ],
+    [
+      "DNS query to 10.99.0.1 (not named by the lease)",
+      async () => (await guest.dnsQuery(ADDRESSES.privateServer, "example.test")).answers.length > 0,
+      false,
+    ],
+    [
+      "TCP to the private server 10.99.0.1:80",
+      async () =>
+        (await guest.tcpConnect(ADDRESSES.privateServer, BANNER_PORT, { timeoutSeconds: 1 })).stdout.includes(
+          BANNERS.privateServer,
+        ),
+      false,
+    ],
+    ["ping 1.1.1.1 (--block 1.1.1.0/24)", () => guest.ping("1.1.1.1", { waitSeconds: 1 }), false],
+  ];
+  console.log(bold("\n▶ what the guest tries"));
+  for (const [what, attempt, expected] of attempts) {
+    const ok = await attempt();
+    console.log(`  ${what.padEnd(48)} ${verdict(ok, expected)}`);
+    softnetSays(forwarder, /dropped from VM: (?!non-ip-ethertype)/);
+  }
+
+  console.log(bold("\n▶ the guest turns hostile"));
+  const arpspoof = guest.spawn("arpspoof", [
+    "arpspoof",
+    "-i",
+    "eth0",
+    "-t",
+    ADDRESSES.gateway,
+    "192.168.64.50",
+  ]);
+  await Bun.sleep(2500);
+  await arpspoof.stop("SIGKILL");
+  console.log("  arpspoof: tells the host that 192.168.64.50 is at the guest's MAC");
+  softnetSays(forwarder, /arp-spoof/);
+  await guest.exec([
+    "hping3",
+    "-c",
+    "5",
+    "-i",
+    "u20000",
+    "-S",
+    "-p",
+    "80",
+    "-a",
+    "192.168.64.77",
+    ADDRESSES.globalHost,
+  ]);
+  console.log("  hping3: TCP SYNs with the forged source 192.168.64.77");
+  softnetSays(forwarder, /ip-spoof/);
+
+  console.log(bold("\n▶ Tart stops the VM: SIGINT"));
+  const status = await forwarder.stop("SIGINT");
+  softnetSays(forwarder, /stopped/);
+  console.log(`  softnet exited with status ${status}`);
+} finally {
+  await topology.teardown();
+  console.log(bold("\nnetwork torn down"));
+}

@@ -3,7 +3,7 @@
  * `02:00:00:00:00:01 > 5e:00:00:00:00:01 IPv4 192.168.64.5 > 10.0.0.1 TCP 40000 > 22`.
  * Builds strings, so it is called only for a frame that is actually going to be logged.
  */
-import { arpOperation, arpSenderIp, arpTargetIp, isEthernetIpv4Arp } from "./arp.ts";
+import { arpOperation, arpSenderIp, arpSenderMac, arpTargetIp, isEthernetIpv4Arp } from "./arp.ts";
 import { formatIpv4, formatMac, readU16 } from "./bytes.ts";
 import { Ethernet, EtherType, ethernetDestination, ethernetSource, isValidEthernet } from "./ethernet.ts";
 import {
@@ -28,7 +28,8 @@ export function describeFrame(bytes: Uint8Array, offset: number, length: number)
     const sender = formatIpv4(arpSenderIp(bytes, payload));
     const target = formatIpv4(arpTargetIp(bytes, payload));
     if (operation === 1) return `${macs} ARP who-has ${target} tell ${sender}`;
-    if (operation === 2) return `${macs} ARP reply ${sender} is-at sender MAC`;
+    if (operation === 2)
+      return `${macs} ARP reply ${sender} is-at ${formatMac(arpSenderMac(bytes, payload))}`;
     return `${macs} ARP operation ${operation}`;
   }
   if (etherType !== EtherType.IPV4) return `${macs} ethertype 0x${etherType.toString(16).padStart(4, "0")}`;

@@ -7,12 +7,14 @@ import { describe, expect, test } from "bun:test";
 import { emitArp, parseArp } from "../../src/wire/arp.ts";
 import { formatIpv4, formatMac, isMulticastMac, parseIpv4, parseMac } from "../../src/wire/bytes.ts";
 import { internetChecksum } from "../../src/wire/checksum.ts";
+import { describeFrame } from "../../src/wire/describe.ts";
 import { DhcpMessage, emitDhcp, parseDhcp, readDhcp } from "../../src/wire/dhcp.ts";
 import { emitEthernet, isValidEthernet, parseEthernet } from "../../src/wire/ethernet.ts";
 import { emitIcmp, parseIcmp } from "../../src/wire/icmp.ts";
 import { checkIpv4, emitIpv4, parseIpv4Packet } from "../../src/wire/ipv4.ts";
 import { checkTcp, emitTcp, parseTcp } from "../../src/wire/tcp.ts";
 import { emitUdp, isValidUdp, parseUdp } from "../../src/wire/udp.ts";
+import { arpFrame, etherFrame, tcpFrame } from "../support/frames.ts";
 
 const hex = (text: string) =>
   Uint8Array.from(
@@ -303,5 +305,29 @@ describe("DHCP", () => {
     const servers = Array.from({ length: 10 }, (_, i) => `10.0.0.${i + 1}`);
     const message = emitDhcp({ op: 2, xid: 1, clientMac: "02:00:00:00:00:01", dnsServers: servers });
     expect(parseDhcp(message)?.dnsServers).toEqual(servers.slice(0, 8));
+  });
+});
+
+describe("frame descriptions for logs", () => {
+  test.each([
+    [
+      "TCP",
+      tcpFrame({ dst: "10.0.0.1", dport: 22, sport: 40000 }),
+      "02:00:00:00:00:01 > 5e:00:00:00:00:01 IPv4 192.168.64.5 > 10.0.0.1 TCP 40000 > 22",
+    ],
+    [
+      "an ARP reply",
+      arpFrame({
+        operation: 2,
+        senderIp: "192.168.64.1",
+        targetIp: "192.168.64.9",
+        dstMac: "5e:00:00:00:00:01",
+      }),
+      "02:00:00:00:00:01 > 5e:00:00:00:00:01 ARP reply 192.168.64.1 is-at 02:00:00:00:00:01",
+    ],
+    ["IPv6", etherFrame(0x86dd), "02:00:00:00:00:01 > 5e:00:00:00:00:01 ethertype 0x86dd"],
+    ["a runt", new Uint8Array(5), "5-byte frame without a valid Ethernet II header"],
+  ])("%s", (_name, frame, text) => {
+    expect(describeFrame(frame, 0, frame.length)).toBe(text);
   });
 });

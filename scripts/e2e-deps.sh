@@ -17,6 +17,7 @@ packages=(
   netcat-openbsd  # TCP client/server in namespaces
   bind9-dnsutils  # dig
   iperf3          # TCP throughput of a real guest (benchmark)
+  sudo            # softnet escalates through passwordless sudo when started unprivileged
 )
 
 missing=()

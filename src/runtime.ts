@@ -47,7 +47,10 @@ async function runOnLinux(options: SoftnetOptions, logger: Logger): Promise<numb
 
   const { DatagramLink } = await import("./platform/linux/datagram-link.ts");
   const { openTapOnBridge } = await import("./platform/linux/tap.ts");
-  const { dropPrivileges, describeTarget, resolveDropTarget } = await import("./platform/privileges.ts");
+  const { dropPrivileges, describeTarget, escalateWithSudo, hasSetupPrivileges, resolveDropTarget } =
+    await import("./platform/privileges.ts");
+  // Without root or CAP_NET_ADMIN: become root through passwordless sudo (this process is replaced).
+  if (!hasSetupPrivileges()) throw escalateWithSudo(process.argv.slice(2));
   const { Reactor } = await import("./platform/reactor.ts");
   const nftables = await import("./platform/linux/nftables.ts");
   const { UnixPeerWatch } = await import("./platform/linux/peer-watch.ts");

@@ -8,7 +8,7 @@
  * no capability may remain but CAP_NET_ADMIN, kept only when --expose needs it for nftables.
  * Linux only for now; macOS has no setresuid and needs its own sequence.
  */
-import { CString, type Pointer, read } from "bun:ffi";
+import { CString, type Pointer, ptr, read } from "bun:ffi";
 import { readFileSync } from "node:fs";
 import { SoftnetError } from "../errors.ts";
 import { cString, lastSysError, libc, type SysError } from "./libc.ts";
@@ -128,6 +128,10 @@ function check(result: number, what: string): void {
  * and every capability of every other thread, is gone.
  */
 export function dropPrivileges(target: DropTarget, options: { keepNetAdmin: boolean }): void {
+  if (libc.geteuid() !== 0) {
+    dropCapabilitiesOnly(target, options.keepNetAdmin);
+    return;
+  }
   if (options.keepNetAdmin) check(libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0), "prctl(PR_SET_KEEPCAPS)");
   if (target.userName !== undefined) {
     check(libc.initgroups(cString(target.userName), target.gid), "initgroups");
@@ -138,22 +142,41 @@ export function dropPrivileges(target: DropTarget, options: { keepNetAdmin: bool
   check(libc.setresgid(target.gid, target.gid, target.gid), "setresgid");
   check(libc.setresuid(target.uid, target.uid, target.uid), "setresuid");
   if (options.keepNetAdmin && target.uid !== 0) {
-    const header = new Uint32Array([LINUX_CAPABILITY_VERSION_3, 0]);
-    // struct __user_cap_data_struct[2] { effective, permitted, inheritable }: bit 12 lives in [0].
-    const data = new Uint32Array(6);
-    data[0] = 1 << CAP_NET_ADMIN;
-    data[1] = 1 << CAP_NET_ADMIN;
-    data[2] = 1 << CAP_NET_ADMIN;
-    check(libc.capset(header, data), "capset");
-    check(
-      libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, CAP_NET_ADMIN, 0, 0),
-      "prctl(PR_CAP_AMBIENT_RAISE)",
-    );
+    keepOnlyNetAdmin();
     check(libc.prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0), "prctl(PR_SET_KEEPCAPS)");
   }
   // From here on no exec can raise privileges again (setuid binaries, file capabilities).
   check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)");
   verifyDropped(target, options.keepNetAdmin);
+}
+
+/** Permitted, effective and inheritable = {CAP_NET_ADMIN}, raised into the ambient set for nft. */
+function keepOnlyNetAdmin(): void {
+  setCapabilities(1 << CAP_NET_ADMIN);
+  check(libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, CAP_NET_ADMIN, 0, 0), "prctl(PR_CAP_AMBIENT_RAISE)");
+}
+
+function setCapabilities(mask: number): void {
+  const header = new Uint32Array([LINUX_CAPABILITY_VERSION_3, 0]);
+  // struct __user_cap_data_struct[2] { effective, permitted, inheritable }: bits 0-31 live in [0].
+  const data = new Uint32Array([mask, mask, mask, 0, 0, 0]);
+  check(libc.capset(header, data), "capset");
+}
+
+/**
+ * Started by a non-root user who holds CAP_NET_ADMIN (file capabilities, or a service manager's
+ * ambient set): the identity stays, the capabilities go. Another --user needs root.
+ */
+function dropCapabilitiesOnly(target: DropTarget, keepNetAdmin: boolean): void {
+  if (target.uid !== libc.getuid() || target.gid !== libc.getgid()) {
+    throw new SoftnetError("cannot drop privileges to another user or group without root", {
+      hint: "leave out --user/--group, or start softnet as root",
+    });
+  }
+  if (keepNetAdmin) keepOnlyNetAdmin();
+  else setCapabilities(0);
+  check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)");
+  verifyDropped(target, keepNetAdmin);
 }
 
 /** Reads the credentials back from the kernel; any mismatch is fatal. */
@@ -186,4 +209,89 @@ export function verifyDropped(target: DropTarget, keepNetAdmin: boolean): void {
 /** "nobody (uid 65534, gid 65534)" for the log. */
 export function describeTarget(target: DropTarget): string {
   return `${target.userName ?? "uid"} (uid ${target.uid}, gid ${target.gid}; ${target.chosenBy})`;
+}
+
+/** sudo's fixed location: never looked up through PATH (this code may run setuid root). */
+const SUDO_PATH = "/usr/bin/sudo";
+
+/**
+ * How this process was started, to start it again: the executable and the arguments before the
+ * user's. A compiled softnet is its own executable; from source it is bun plus the script.
+ */
+export function selfCommand(argv: readonly string[] = process.argv): {
+  executable: string;
+  prefix: string[];
+} {
+  const script = argv[1];
+  if (script === undefined || script.startsWith("/$bunfs/"))
+    return { executable: process.execPath, prefix: [] };
+  return { executable: process.execPath, prefix: [script] };
+}
+
+/** True when this process may set up the host link without sudo. */
+export function hasSetupPrivileges(): boolean {
+  if (libc.geteuid() === 0) return true;
+  const status = readFileSync("/proc/thread-self/status", "utf8");
+  const effective = BigInt(`0x${status.match(/^CapEff:\s*([0-9a-f]+)/m)?.[1] ?? "0"}`);
+  return (effective & BigInt(1 << CAP_NET_ADMIN)) !== 0n;
+}
+
+/**
+ * Not root: if passwordless sudo works for exactly this command (probed with
+ * --sudo-escalation-probing), replace this process with `sudo ... --sudo-escalation-done --user
+ * <real uid> --group <real gid>`, keeping the VM's fd, which execv leaves open. Returns only when
+ * escalation is impossible, with the error to report.
+ */
+export function escalateWithSudo(userArgs: readonly string[]): SoftnetError {
+  const fix =
+    "run softnet as root, allow it in sudoers (user ALL=(root) NOPASSWD: /path/to/softnet), " +
+    "or make it setuid root (chown root softnet && chmod u+s softnet)";
+  if (userArgs.includes("--sudo-escalation-done")) {
+    return new SoftnetError("root privileges are required, and sudo did not provide them", { hint: fix });
+  }
+  if (!Bun.file(SUDO_PATH).size) {
+    return new SoftnetError(`root privileges are required and sudo is not installed (${SUDO_PATH})`, {
+      hint: fix,
+    });
+  }
+  const { executable, prefix } = selfCommand();
+  const probe = Bun.spawnSync(
+    [SUDO_PATH, "-n", executable, ...prefix, ...userArgs, "--sudo-escalation-probing"],
+    {
+      stdin: "ignore",
+      stdout: "ignore",
+      stderr: "ignore",
+    },
+  );
+  if (probe.exitCode !== 0) {
+    return new SoftnetError("root privileges are required and passwordless sudo is not available", {
+      hint: fix,
+    });
+  }
+  const argv = [
+    "sudo",
+    "--non-interactive",
+    "--preserve-env=SENTRY_DSN,CIRRUS_SENTRY_TAGS",
+    executable,
+    ...prefix,
+    ...userArgs,
+    "--sudo-escalation-done",
+    // Whom to drop back to once root: the caller, unless the command line already says.
+    ...(userArgs.some((arg) => arg === "--user" || arg.startsWith("--user="))
+      ? []
+      : ["--user", String(libc.getuid())]),
+    ...(userArgs.some((arg) => arg === "--group" || arg.startsWith("--group="))
+      ? []
+      : ["--group", String(libc.getgid())]),
+  ];
+  const strings = argv.map(cString);
+  const pointers = new BigUint64Array(strings.length + 1);
+  strings.forEach((text, i) => {
+    pointers[i] = BigInt(ptr(text));
+  });
+  libc.execv(cString(SUDO_PATH), pointers);
+  return new SoftnetError("cannot run sudo to gain root privileges", {
+    cause: lastSysError("execv"),
+    hint: fix,
+  });
 }

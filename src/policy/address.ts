@@ -33,7 +33,7 @@ export function networkContains(network: number, prefixLength: number, address: 
   return (address & mask) >>> 0 === (network & mask) >>> 0;
 }
 
-export function isGlobal(address: number): boolean {
+function isGlobalSlow(address: number): boolean {
   if (address === GLOBAL_EXCEPTIONS_IN_192_0_0[0] || address === GLOBAL_EXCEPTIONS_IN_192_0_0[1]) return true;
   for (let i = 0; i < NON_GLOBAL_NETWORKS.length; i++) {
     const entry = NON_GLOBAL_NETWORKS[i];
@@ -41,6 +41,29 @@ export function isGlobal(address: number): boolean {
   }
   // Multicast (224.0.0.0/4) is global by this definition, as in the original.
   return true;
+}
+
+/**
+ * Per first octet: 1 = every address with it is global, 0 = none is, 2 = it depends (the octet
+ * starts a network shorter than /8's granularity covers). Built from the table above, so the two
+ * cannot disagree; most destinations are decided by one array read.
+ */
+const FIRST_OCTET_CLASS = (() => {
+  const classes = new Uint8Array(256);
+  for (let octet = 0; octet < 256; octet++) {
+    const first = octet * 0x1000000;
+    const covering = NON_GLOBAL_NETWORKS.some(
+      ([network, length]) => length <= 8 && networkContains(network, length, first),
+    );
+    const partly = NON_GLOBAL_NETWORKS.some(([network, length]) => length > 8 && network >>> 24 === octet);
+    classes[octet] = covering ? 0 : partly ? 2 : 1;
+  }
+  return classes;
+})();
+
+export function isGlobal(address: number): boolean {
+  const known = FIRST_OCTET_CLASS[address >>> 24];
+  return known === 2 ? isGlobalSlow(address) : known === 1;
 }
 
 export const LIMITED_BROADCAST = 0xffffffff;

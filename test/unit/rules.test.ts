@@ -123,3 +123,46 @@ describe("longest prefix match agrees with a brute-force reference", () => {
     );
   });
 });
+
+describe("the fast global check agrees with the network table", () => {
+  test("for random addresses and for every network edge", () => {
+    const edges = [
+      0x00000000, 0x0a000000, 0x64400000, 0x7f000000, 0xa9fe0000, 0xac100000, 0xc0000000, 0xc0000200,
+      0xc0a80000, 0xc6120000, 0xc6336400, 0xcb007100, 0xf0000000,
+    ];
+    const reference = (address: number) => {
+      if (address === 0xc0000009 || address === 0xc000000a) return true;
+      const table: Array<[number, number]> = [
+        [0, 8],
+        [0x0a000000, 8],
+        [0x64400000, 10],
+        [0x7f000000, 8],
+        [0xa9fe0000, 16],
+        [0xac100000, 12],
+        [0xc0000000, 24],
+        [0xc0000200, 24],
+        [0xc0a80000, 16],
+        [0xc6120000, 15],
+        [0xc6336400, 24],
+        [0xcb007100, 24],
+        [0xf0000000, 4],
+      ];
+      return !table.some(([network, length]) => networkContains(network, length, address));
+    };
+    const probes = edges
+      .flatMap((edge) => [edge, edge - 1, edge + 1, edge + 255, edge + 0x10000, edge + 0x400000])
+      .map((a) => a >>> 0);
+    for (const address of probes)
+      expect({ address: formatIpv4(address), global: isGlobal(address) }).toEqual({
+        address: formatIpv4(address),
+        global: reference(address),
+      });
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 0, max: 0xffffffff }),
+        (address) => isGlobal(address) === reference(address),
+      ),
+      { numRuns: 20000 },
+    );
+  });
+});

@@ -1,0 +1,227 @@
+/**
+ * The VM side of softnet on macOS: the AF_UNIX SOCK_DGRAM socket Tart hands over (`--vm-fd`, usually
+ * 0), one datagram per Ethernet frame.
+ *
+ * macOS has no recvmmsg/sendmmsg (recvmsg_x/sendmsg_x exist but are private, undocumented system
+ * calls: not worth the risk for a setuid binary), so this link moves one frame per system call:
+ * recvmsg into a slot (recvmsg rather than recv, because only msg_flags tells a datagram that was
+ * cut short, MSG_TRUNC, from one that exactly filled the slot) and send from a slot. One msghdr and
+ * one iovec are preallocated; per frame only the iovec's address and length are rewritten, so a
+ * receive or send allocates nothing.
+ *
+ * The constants come from the kernel underneath (system.ts KERNEL), so the same code runs on Linux
+ * in CI: MSG_DONTWAIT is 0x80 on macOS and 0x40 on Linux, EAGAIN 35 and 11, and so on. macOS has no
+ * MSG_NOSIGNAL; SO_NOSIGPIPE on the socket keeps a send to a vanished VM from raising SIGPIPE.
+ */
+import { ptr as ffiPtr, type Pointer } from "bun:ffi";
+import { SoftnetError } from "../../errors.ts";
+import type { FrameBatch, FrameLink } from "../link.ts";
+import { DarwinSysError, type DarwinSystem } from "./system.ts";
+
+/**
+ * Our send buffer. On macOS it also caps the size of one datagram (net.local.dgram.maxdgram is
+ * only 2 KiB by default), on Linux it bounds the frames queued for the VM. Tart sets the same on
+ * its end; set it here too for callers that do not.
+ */
+const SEND_BUFFER_BYTES = 1 << 20;
+const TWO_TO_32 = 2 ** 32;
+
+function stable(view: NodeJS.TypedArray): number {
+  void view.buffer; // make JavaScriptCore move inline bytes now, so the address stays valid
+  return ffiPtr(view);
+}
+
+/** A FrameLink over a connected AF_UNIX datagram socket, per-frame calls. Owns the fd. */
+export class DarwinDatagramLink implements FrameLink {
+  readonly description: string;
+  readonly pollFd: number;
+  /** Datagrams larger than a slot: cut short by the kernel, reported with length 0. */
+  truncatedFrames = 0;
+  /** Frames the kernel refused one by one (EMSGSIZE). */
+  rejectedFrames = 0;
+  private closed = false;
+  private readonly header: Uint32Array;
+  private readonly headerAddress: number;
+  private readonly iovecWord: number;
+  private readonly flagsWord: number;
+  private readonly receiveFlags: number;
+  private readonly sendFlags: number;
+
+  /**
+   * Takes over `fd`, which must be a connected AF_UNIX SOCK_DGRAM socket (checked; the error names
+   * the option). Non-blocking comes from MSG_DONTWAIT on every call, not O_NONBLOCK: the open file
+   * description is shared with whoever passed the fd, and fcntl is variadic (unsafe to bind on arm64).
+   */
+  constructor(
+    private readonly system: DarwinSystem,
+    private readonly fd: number,
+    options: { optionName?: string } = {},
+  ) {
+    const optionName = options.optionName ?? "--vm-fd";
+    const { kernel, libc } = system;
+    checkDatagramSocket(system, fd, optionName);
+    const value = new Int32Array([SEND_BUFFER_BYTES]);
+    if (libc.setsockopt(fd, kernel.SOL_SOCKET, kernel.SO_SNDBUF, value, 4) < 0) {
+      throw new SoftnetError(`cannot size the send buffer of ${optionName} ${fd}`, {
+        cause: new DarwinSysError(system, "setsockopt(SO_SNDBUF)", system.errno()),
+      });
+    }
+    if (kernel.SO_NOSIGPIPE !== 0) {
+      value[0] = 1;
+      if (libc.setsockopt(fd, kernel.SOL_SOCKET, kernel.SO_NOSIGPIPE, value, 4) < 0) {
+        throw new SoftnetError(`cannot set SO_NOSIGPIPE on ${optionName} ${fd}`, {
+          cause: new DarwinSysError(system, "setsockopt(SO_NOSIGPIPE)", system.errno()),
+        });
+      }
+    }
+    // [struct msghdr][struct iovec], zeroed: no name, no control data.
+    const msghdr = kernel.msghdr;
+    this.header = new Uint32Array(new ArrayBuffer(msghdr.bytes + 16));
+    this.headerAddress = stable(this.header);
+    const iovecAddress = this.headerAddress + msghdr.bytes;
+    this.header[msghdr.iov / 4] = iovecAddress >>> 0;
+    this.header[msghdr.iov / 4 + 1] = Math.floor(iovecAddress / TWO_TO_32);
+    this.header[msghdr.iovlen / 4] = 1; // int on macOS, size_t (upper half stays 0) on Linux
+    this.iovecWord = msghdr.bytes / 4;
+    this.flagsWord = msghdr.flags / 4;
+    this.receiveFlags = kernel.MSG_DONTWAIT;
+    this.sendFlags = kernel.MSG_DONTWAIT | kernel.MSG_NOSIGNAL;
+    this.pollFd = fd;
+    this.description = `vm socket fd ${fd}`;
+  }
+
+  receive(batch: FrameBatch): number {
+    const { libc, kernel } = this.system;
+    const header = this.header;
+    const base = stable(batch.bytes);
+    const slotSize = batch.slotSize;
+    const lengths = batch.lengths;
+    const truncated = kernel.MSG_TRUNC;
+    let count = 0;
+    while (count < batch.capacity) {
+      const address = base + count * slotSize;
+      header[this.iovecWord] = address >>> 0;
+      header[this.iovecWord + 1] = Math.floor(address / TWO_TO_32);
+      header[this.iovecWord + 2] = slotSize;
+      header[this.flagsWord] = 0;
+      const length = libc.recvmsg(this.fd, this.headerAddress as Pointer, this.receiveFlags);
+      if (length >= 0) {
+        // A zero-length datagram is a legal empty frame, not end of file: the policy drops it.
+        if ((header[this.flagsWord]! & truncated) !== 0) {
+          lengths[count++] = 0;
+          this.truncatedFrames++;
+        } else {
+          lengths[count++] = length;
+        }
+        continue;
+      }
+      const errno = this.system.errno();
+      if (errno === kernel.errno.EAGAIN) break;
+      if (errno === kernel.errno.EINTR) continue;
+      if (isPeerGone(this.system, errno)) {
+        if (count > 0) break; // hand over what arrived; the next call reports the loss
+        batch.count = 0;
+        return -1;
+      }
+      batch.count = count;
+      throw new SoftnetError(`cannot receive frames from ${this.description}`, {
+        cause: new DarwinSysError(this.system, "recvmsg", errno),
+      });
+    }
+    batch.count = count;
+    return count;
+  }
+
+  send(batch: FrameBatch, slots: Uint16Array, count: number): number {
+    const { libc, kernel } = this.system;
+    const base = stable(batch.bytes);
+    const slotSize = batch.slotSize;
+    const lengths = batch.lengths;
+    let sent = 0;
+    for (let j = 0; j < count; j++) {
+      const slot = slots[j]!;
+      const result = libc.send(this.fd, (base + slot * slotSize) as Pointer, lengths[slot]!, this.sendFlags);
+      if (result >= 0) {
+        sent++;
+        continue;
+      }
+      const errno = this.system.errno();
+      // The VM is not reading fast enough: drop the rest, as the original does with ENOBUFS.
+      if (errno === kernel.errno.EAGAIN || errno === kernel.errno.ENOBUFS) break;
+      if (errno === kernel.errno.EINTR) {
+        j--;
+        continue;
+      }
+      if (isPeerGone(this.system, errno)) return -1;
+      if (errno === kernel.errno.EMSGSIZE) {
+        this.rejectedFrames++;
+        continue;
+      }
+      throw new SoftnetError(`cannot send frames to ${this.description}`, {
+        cause: new DarwinSysError(this.system, "send", errno),
+      });
+    }
+    return sent;
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.system.libc.close(this.fd);
+  }
+}
+
+function isPeerGone(system: DarwinSystem, errno: number): boolean {
+  const e = system.kernel.errno;
+  return errno === e.ECONNREFUSED || errno === e.ENOTCONN || errno === e.EPIPE || errno === e.ECONNRESET;
+}
+
+/** Throws a SoftnetError a person can act on unless `fd` is a connected AF_UNIX datagram socket. */
+function checkDatagramSocket(system: DarwinSystem, fd: number, optionName: string): void {
+  const { kernel, libc } = system;
+  const hint = "pass one end of socketpair(AF_UNIX, SOCK_DGRAM), as Tart does on fd 0";
+  if (!Number.isInteger(fd) || fd < 0) {
+    throw new SoftnetError(`${optionName} ${fd} is not a file descriptor number`, { hint });
+  }
+  const value = new Int32Array(1);
+  const length = new Uint32Array([4]);
+  if (libc.getsockopt(fd, kernel.SOL_SOCKET, kernel.SO_TYPE, value, length) < 0) {
+    const errno = system.errno();
+    if (errno === kernel.errno.EBADF) {
+      throw new SoftnetError(`${optionName} ${fd} is not an open file descriptor`, { hint });
+    }
+    if (errno === kernel.errno.ENOTSOCK)
+      throw new SoftnetError(`${optionName} ${fd} is not a socket`, { hint });
+    throw new SoftnetError(`cannot inspect ${optionName} ${fd}`, {
+      cause: new DarwinSysError(system, "getsockopt(SO_TYPE)", errno),
+    });
+  }
+  // macOS has no SO_DOMAIN: the family comes from the socket's own address.
+  const address = new Uint8Array(128);
+  const addressLength = new Uint32Array([address.length]);
+  if (libc.getsockname(fd, address, addressLength) < 0) {
+    throw new SoftnetError(`cannot inspect ${optionName} ${fd}`, {
+      cause: new DarwinSysError(system, "getsockname", system.errno()),
+    });
+  }
+  const family = address[kernel.sockaddrFamilyOffset];
+  if (family !== kernel.AF_UNIX || value[0] !== kernel.SOCK_DGRAM) {
+    throw new SoftnetError(
+      `${optionName} ${fd} is not a datagram socket (family ${family}, type ${value[0]})`,
+      { hint },
+    );
+  }
+  // An unconnected socket would fail every send, which would read as "VM gone".
+  addressLength[0] = address.length;
+  if (libc.getpeername(fd, address, addressLength) < 0) {
+    const errno = system.errno();
+    if (errno === kernel.errno.ENOTCONN) {
+      throw new SoftnetError(`${optionName} ${fd} is a datagram socket but is not connected to a peer`, {
+        hint,
+      });
+    }
+    throw new SoftnetError(`cannot inspect ${optionName} ${fd}`, {
+      cause: new DarwinSysError(system, "getpeername", errno),
+    });
+  }
+}

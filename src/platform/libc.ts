@@ -125,7 +125,7 @@ export const pthread = dlopen(LIBPTHREAD_SONAME, {
 }).symbols;
 
 /**
- * The address of a bound C function, for native code (reactor.c) that calls libc through
+ * The address of a bound C function, for native code (linux/epoll-reactor.c) that calls libc through
  * function pointers. bun:ffi exposes it as `.ptr` on every bound symbol but does not type it.
  */
 export function functionAddress(fn: unknown): number {

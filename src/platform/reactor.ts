@@ -1,24 +1,22 @@
 /**
  * Readiness notifications for file descriptors, delivered on the JavaScript thread without polling.
  *
- * Bun's event loop cannot watch an arbitrary fd (a TAP device, a pipe written by native code), so a
- * small native thread (reactor.c, compiled by TinyCC) waits in epoll_wait on EPOLLONESHOT
- * registrations and posts each ready registration to the JavaScript thread through a threadsafe
- * JSCallback. The handler drains its fd, and the reactor re-arms the registration only when the
- * handler says it is done, so:
- * - an idle softnet sleeps in epoll_wait (no timers, no busy polling: ~0 % CPU);
+ * Bun's event loop cannot watch an arbitrary fd (a TAP device, a socket written by native code), so
+ * a small native thread (compiled by TinyCC) waits for readiness on one-shot registrations and
+ * posts each ready registration to the JavaScript thread through a threadsafe JSCallback. The
+ * handler drains its fd, and the reactor re-arms the registration only when the handler says it is
+ * done, so:
+ * - an idle softnet sleeps in the kernel (no timers, no busy polling: ~0 % CPU);
  * - a busy link is drained in bounded slices (the handler's budget) with setImmediate between
  *   slices, so timers, signals and the other link get their turn;
  * - the native thread never touches frames or JavaScript values.
  *
- * Linux only. macOS would need the same shape over kqueue with EV_DISPATCH.
+ * Two native backends implement the same C interface: linux/epoll-reactor (epoll, EPOLLONESHOT)
+ * and darwin/poll-reactor (poll(2), which macOS and Linux share, so the macOS path is tested here).
+ * The events masks agree: EPOLLIN = POLLIN = 1, and ERR/HUP have the same values on both.
  */
-import { cc, FFIType, JSCallback, type Pointer } from "bun:ffi";
-import { readFileSync } from "node:fs";
+import { FFIType, JSCallback, type Pointer } from "bun:ffi";
 import { SoftnetError } from "../errors.ts";
-import { Errno, functionAddress, lastSysError, libc, MFD_CLOEXEC, pthread, SysError } from "./libc.ts";
-// `type: "file"` makes `bun build --compile` embed the C source; the import is its path.
-import reactorSourcePath from "./reactor.c" with { type: "file" };
 
 export const EPOLLIN = 0x001;
 export const EPOLLOUT = 0x004;
@@ -36,7 +34,8 @@ export type ReadyHandler = (events: number) => boolean;
 
 const { i32, u32, ptr } = FFIType;
 
-const nativeSymbols = {
+/** The C interface every native reactor implements (linux/epoll-reactor.c, darwin/poll-reactor.c). */
+export const NATIVE_REACTOR_SYMBOLS = {
   // void *reactor_create(const struct libc_functions *libc, ready_callback on_ready, int *error);
   reactor_create: { args: [ptr, ptr, ptr], returns: ptr },
   // int reactor_add(struct reactor *reactor, int fd, uint32_t events, int index);
@@ -51,62 +50,19 @@ const nativeSymbols = {
   reactor_destroy: { args: [ptr], returns: FFIType.void },
 } as const;
 
-type NativeReactor = ReturnType<typeof compileReactor>;
-let compiled: NativeReactor | undefined;
+export type NativeReactor = ReturnType<typeof import("bun:ffi").cc<typeof NATIVE_REACTOR_SYMBOLS>>["symbols"];
 
 /**
- * Compiles reactor.c once per process, on first use (a few milliseconds).
- *
- * The source always reaches TinyCC through a memfd: inside a `bun build --compile` binary the
- * embedded file lives at /$bunfs/..., a path only Bun's own file APIs understand, so TinyCC cannot
- * open it. A memfd has no name in the file system (nothing to race or replace, which matters for a
- * setuid binary), and /proc/self/fd/N lets TinyCC open it like a file. Using the same path when
- * running from the source tree means the tests exercise exactly what the release binary does.
- *
- * `flags` is always given: when it is absent Bun takes TinyCC's options from the BUN_TCC_OPTIONS
- * environment variable (verified on 1.4.5: -D and -nostdlib from it take effect), which would let
- * whoever starts a setuid-root softnet change code that then runs as root. -nostdlib keeps TinyCC
- * from searching the file system for libc at all (see reactor.c).
+ * A compiled native reactor and what it needs: its functions, the table of C library function
+ * pointers reactor_create() takes, and how to explain a negative errno it returns.
  */
-function compileReactor() {
-  const source = readFileSync(reactorSourcePath, "utf8");
-  const memfd = libc.memfd_create("softnet-reactor.c", MFD_CLOEXEC);
-  if (memfd < 0) {
-    throw new SoftnetError("cannot compile the readiness reactor", { cause: lastSysError("memfd_create") });
-  }
-  try {
-    const bytes = Buffer.from(source, "utf8");
-    let written = 0;
-    while (written < bytes.length) {
-      const result = libc.write(memfd, bytes.subarray(written), bytes.length - written);
-      if (result < 0) {
-        throw new SoftnetError("cannot compile the readiness reactor", { cause: lastSysError("write") });
-      }
-      written += result;
-    }
-    return cc({ source: `/proc/self/fd/${memfd}`, flags: ["-std=c11", "-nostdlib"], symbols: nativeSymbols })
-      .symbols;
-  } finally {
-    libc.close(memfd);
-  }
-}
-
-/** struct libc_functions in reactor.c, in declaration order. */
-function libcFunctionTable(): BigUint64Array {
-  const functions = [
-    libc.epoll_create1,
-    libc.epoll_ctl,
-    libc.epoll_wait,
-    libc.eventfd,
-    libc.write,
-    libc.close,
-    pthread.pthread_create,
-    pthread.pthread_join,
-    libc.calloc,
-    libc.free,
-    libc.__errno_location,
-  ];
-  return BigUint64Array.from(functions, (fn) => BigInt(functionAddress(fn)));
+export interface ReactorBackend {
+  readonly name: string;
+  readonly native: NativeReactor;
+  readonly libcFunctions: BigUint64Array;
+  sysError(call: string, negativeErrno: number): Error;
+  /** A hint for an errno from reactor_add, if there is a useful one. */
+  watchHint?(negativeErrno: number): string | undefined;
 }
 
 interface Registration {
@@ -127,21 +83,20 @@ export class Reactor {
   /** A reactor with watched fds keeps the process alive, like an open socket would. */
   private keepAlive: ReturnType<typeof setInterval> | undefined;
 
-  constructor() {
-    compiled ??= compileReactor();
+  constructor(private readonly backend: ReactorBackend) {
+    const compiled = backend.native;
     this.callback = new JSCallback((index: number, events: number) => this.dispatch(index, events), {
       args: [i32, u32],
       returns: FFIType.void,
       threadsafe: true,
     });
     const error = new Int32Array(1);
-    const table = libcFunctionTable();
-    const handle = compiled.reactor_create(table, this.callback.ptr, error);
+    const handle = compiled.reactor_create(backend.libcFunctions, this.callback.ptr, error);
     if (handle === null) {
       this.callback.close();
-      throw new SoftnetError("cannot start the readiness reactor", {
-        cause: new SysError("epoll_create1/eventfd", -error[0]!),
-        hint: error[0] === -Errno.EMFILE ? "too many open files: raise the limit (ulimit -n)" : undefined,
+      throw new SoftnetError(`cannot start the readiness reactor (${backend.name})`, {
+        cause: backend.sysError("reactor_create", error[0]!),
+        hint: "too many open files? (ulimit -n)",
       });
     }
     this.native = handle as Pointer;
@@ -151,7 +106,7 @@ export class Reactor {
       this.native = null;
       this.callback.close();
       throw new SoftnetError("cannot start the readiness reactor thread", {
-        cause: new SysError("pthread_create", -started),
+        cause: backend.sysError("pthread_create", started),
       });
     }
   }
@@ -174,11 +129,11 @@ export class Reactor {
         if (registration.active && this.native !== null) this.run(registration, 0);
       },
     };
-    const result = compiled!.reactor_add(native, fd, events, index);
+    const result = this.backend.native.reactor_add(native, fd, events, index);
     if (result < 0) {
       throw new SoftnetError(`cannot watch fd ${fd} for readiness`, {
-        cause: new SysError("epoll_ctl(ADD)", -result),
-        hint: result === -Errno.EPERM ? "epoll cannot watch regular files or directories" : undefined,
+        cause: this.backend.sysError("reactor_add", result),
+        hint: this.backend.watchHint?.(result),
       });
     }
     this.registrations.push(registration);
@@ -191,7 +146,7 @@ export class Reactor {
     const registration = this.registrations[index];
     if (registration === undefined || !registration.active) return;
     registration.active = false;
-    if (this.native !== null) compiled!.reactor_remove(this.native, registration.fd);
+    if (this.native !== null) this.backend.native.reactor_remove(this.native, registration.fd);
     if (this.registrations.every((r) => !r.active)) this.releaseKeepAlive();
   }
 
@@ -202,7 +157,7 @@ export class Reactor {
   close(): void {
     if (this.native === null) return;
     for (const registration of this.registrations) registration.active = false;
-    compiled!.reactor_destroy(this.native);
+    this.backend.native.reactor_destroy(this.native);
     this.native = null;
     this.releaseKeepAlive();
     // The thread is joined, so no new calls can be queued; calls it queued before stopping may still
@@ -231,7 +186,7 @@ export class Reactor {
     }
     // The handler may have unwatched its fd or closed the whole reactor.
     if (!registration.active || this.native === null) return;
-    const result = compiled!.reactor_rearm(
+    const result = this.backend.native.reactor_rearm(
       this.native,
       registration.fd,
       registration.events,
@@ -240,7 +195,7 @@ export class Reactor {
     if (result < 0) {
       registration.active = false;
       throw new SoftnetError(`cannot re-arm readiness for fd ${registration.fd}`, {
-        cause: new SysError("epoll_ctl(MOD)", -result),
+        cause: this.backend.sysError("reactor_rearm", result),
         hint: "was the fd closed without unwatch()?",
       });
     }

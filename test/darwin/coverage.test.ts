@@ -29,6 +29,7 @@ import {
 } from "../../src/platform/darwin/system.ts";
 import { openVmnet } from "../../src/platform/darwin/vmnet.ts";
 import { FrameBatch } from "../../src/platform/link.ts";
+import { epollReactorBackend } from "../../src/platform/linux/epoll-reactor.ts";
 import { Reactor } from "../../src/platform/reactor.ts";
 import { arpFrame } from "../support/frames.ts";
 import {
@@ -59,7 +60,7 @@ inPrivateNetworkNamespace(import.meta.path, "darwin FFI symbol coverage", () => 
 
     // The host link: start, a frame out and its reply back through a wake-up, forwards, stop.
     const link = openVmnet({ mode: "nat", isolate: true, system });
-    const reactor = new Reactor();
+    const reactor = new Reactor(epollReactorBackend());
     let replies = 0;
     const batch = new FrameBatch(8, 2048);
     reactor.watch(link.pollFd, () => {

@@ -17,6 +17,7 @@ import {
   VmnetStatus,
 } from "../../src/platform/darwin/vmnet.ts";
 import { FrameBatch } from "../../src/platform/link.ts";
+import { epollReactorBackend } from "../../src/platform/linux/epoll-reactor.ts";
 import { Reactor } from "../../src/platform/reactor.ts";
 import { arpFrame } from "../support/frames.ts";
 import {
@@ -343,7 +344,7 @@ inPrivateNetworkNamespace(import.meta.path, "vmnet host link against the double"
     test("a packet for the VM makes pollFd readable; the reactor's handler receives it; idle stays idle", async () => {
       const link = open();
       await waitForwarding();
-      const reactor = new Reactor();
+      const reactor = new Reactor(epollReactorBackend());
       try {
         const batch = new FrameBatch(16, 2048);
         let wakeups = 0;

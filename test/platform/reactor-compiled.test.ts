@@ -1,4 +1,4 @@
-// The reactor inside a `bun build --compile` binary, where reactor.c is embedded under /$bunfs/ and
+// The reactor inside a `bun build --compile` binary, where epoll-reactor.c is embedded under /$bunfs/ and
 // TinyCC cannot open it by that path. Builds a tiny program into a temporary directory and runs it.
 import { afterAll, expect, test } from "bun:test";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -13,10 +13,11 @@ const platformDir = resolve(import.meta.dir, "../../src/platform");
 const entry = `
 import { EFD_NONBLOCK, libc } from ${JSON.stringify(join(platformDir, "libc.ts"))};
 import { Reactor } from ${JSON.stringify(join(platformDir, "reactor.ts"))};
-import embeddedSource from ${JSON.stringify(join(platformDir, "reactor.c"))} with { type: "file" };
+import { epollReactorBackend } from ${JSON.stringify(join(platformDir, "linux/epoll-reactor.ts"))};
+import embeddedSource from ${JSON.stringify(join(platformDir, "linux/epoll-reactor.c"))} with { type: "file" };
 
 const eventFd = libc.eventfd(0, EFD_NONBLOCK);
-const reactor = new Reactor();
+const reactor = new Reactor(epollReactorBackend());
 const counter = new BigUint64Array([7n]);
 reactor.watch(eventFd, () => {
   libc.read(eventFd, counter, 8);

@@ -1,7 +1,11 @@
 // The readiness reactor with real fds (eventfds and a datagram socketpair): it wakes when an fd is
-// ready, stays asleep otherwise, re-arms only when the handler is done, and stops cleanly.
-import { afterEach, describe, expect, test } from "bun:test";
+// ready, stays asleep otherwise, re-arms only when the handler is done, and stops cleanly. Both
+// native backends run the same suite: epoll (Linux runtime) and poll (macOS runtime; poll(2) is the
+// same on Linux, reached here through the darwin module's own C library bindings).
+import { afterEach, beforeAll, describe, expect, test } from "bun:test";
 import { SoftnetError } from "../../src/errors.ts";
+import { pollReactorBackend } from "../../src/platform/darwin/poll-reactor.ts";
+import { openDarwinSystem } from "../../src/platform/darwin/system.ts";
 import {
   AF_UNIX,
   EFD_CLOEXEC,
@@ -14,7 +18,10 @@ import {
 } from "../../src/platform/libc.ts";
 import { FrameBatch } from "../../src/platform/link.ts";
 import { DatagramLink } from "../../src/platform/linux/datagram-link.ts";
+import { epollReactorBackend } from "../../src/platform/linux/epoll-reactor.ts";
+import type { ReactorBackend } from "../../src/platform/reactor.ts";
 import { EPOLLIN, Reactor } from "../../src/platform/reactor.ts";
+import { buildDouble, doubleLibraries } from "../darwin/support.ts";
 
 const reactors: Reactor[] = [];
 const fds: number[] = [];
@@ -24,8 +31,14 @@ afterEach(() => {
   for (const fd of fds.splice(0)) libc.close(fd);
 });
 
+const BACKENDS: Array<[string, () => ReactorBackend]> = [
+  ["epoll", () => epollReactorBackend()],
+  ["poll", () => pollReactorBackend(openDarwinSystem(doubleLibraries(buildDouble())))],
+];
+let makeBackend: () => ReactorBackend = BACKENDS[0]![1];
+
 function newReactor(): Reactor {
-  const reactor = new Reactor();
+  const reactor = new Reactor(makeBackend());
   reactors.push(reactor);
   return reactor;
 }
@@ -63,211 +76,226 @@ function cpuMilliseconds(): number {
   return (usage.user + usage.system) / 1000;
 }
 
-describe("Reactor", () => {
-  test("calls the handler on the JavaScript thread when the fd becomes readable", async () => {
-    const reactor = newReactor();
-    const eventFd = newEventFd();
-    const calls: number[] = [];
-    reactor.watch(eventFd, (events) => {
-      calls.push(events);
-      expect(drainEventFd(eventFd)).toBe(true);
-      return false;
+for (const [backendName, backend] of BACKENDS) {
+  describe(`Reactor (${backendName})`, () => {
+    beforeAll(() => {
+      makeBackend = backend;
     });
-    await Bun.sleep(30);
-    expect(calls).toEqual([]); // not ready: no call
-    signal(eventFd);
-    await waitFor(() => calls.length === 1);
-    expect(calls[0]! & EPOLLIN).toBe(EPOLLIN);
-    // Re-armed after the handler returned false: the next signal is delivered too, once each.
-    signal(eventFd);
-    await waitFor(() => calls.length === 2);
-    signal(eventFd);
-    await waitFor(() => calls.length === 3);
-    await Bun.sleep(30);
-    expect(calls.length).toBe(3);
-  });
 
-  test("stays asleep while idle: no calls and almost no CPU over 300 ms", async () => {
-    const reactor = newReactor();
-    let calls = 0;
-    for (let i = 0; i < 4; i++) {
+    test("calls the handler on the JavaScript thread when the fd becomes readable", async () => {
+      const reactor = newReactor();
       const eventFd = newEventFd();
-      reactor.watch(eventFd, () => {
-        calls++;
+      const calls: number[] = [];
+      reactor.watch(eventFd, (events) => {
+        calls.push(events);
+        expect(drainEventFd(eventFd)).toBe(true);
         return false;
       });
-    }
-    await Bun.sleep(20);
-    const before = cpuMilliseconds();
-    await Bun.sleep(300);
-    const used = cpuMilliseconds() - before;
-    expect(calls).toBe(0);
-    // A busy-polling loop would burn ~300 ms here; an idle process well under 50.
-    expect(used).toBeLessThan(50);
-  });
-
-  test("dispatches each fd to its own handler", async () => {
-    const reactor = newReactor();
-    const first = newEventFd();
-    const second = newEventFd();
-    const seen: string[] = [];
-    reactor.watch(first, () => {
-      seen.push("first");
-      drainEventFd(first);
-      return false;
+      await Bun.sleep(30);
+      expect(calls).toEqual([]); // not ready: no call
+      signal(eventFd);
+      await waitFor(() => calls.length === 1);
+      expect(calls[0]! & EPOLLIN).toBe(EPOLLIN);
+      // Re-armed after the handler returned false: the next signal is delivered too, once each.
+      signal(eventFd);
+      await waitFor(() => calls.length === 2);
+      signal(eventFd);
+      await waitFor(() => calls.length === 3);
+      await Bun.sleep(30);
+      expect(calls.length).toBe(3);
     });
-    const secondIndex = reactor.watch(second, () => {
-      seen.push("second");
-      drainEventFd(second);
-      return false;
-    });
-    expect(secondIndex).toBe(1);
-    signal(second);
-    await waitFor(() => seen.length === 1);
-    signal(first);
-    await waitFor(() => seen.length === 2);
-    expect(seen).toEqual(["second", "first"]);
-  });
 
-  test("a handler that returns true is resumed without new readiness and re-armed only after false", async () => {
-    const reactor = newReactor();
-    const eventFd = newEventFd();
-    const events: number[] = [];
-    let slicesLeft = 3;
-    reactor.watch(eventFd, (mask) => {
-      events.push(mask);
-      if (slicesLeft > 0) {
-        slicesLeft--;
-        return true; // budget spent, more to do
+    test("stays asleep while idle: no calls and almost no CPU over 300 ms", async () => {
+      const reactor = newReactor();
+      let calls = 0;
+      for (let i = 0; i < 4; i++) {
+        const eventFd = newEventFd();
+        reactor.watch(eventFd, () => {
+          calls++;
+          return false;
+        });
       }
-      drainEventFd(eventFd);
-      return false;
+      await Bun.sleep(20);
+      const before = cpuMilliseconds();
+      await Bun.sleep(300);
+      const used = cpuMilliseconds() - before;
+      expect(calls).toBe(0);
+      // A busy-polling loop would burn ~300 ms here; an idle process well under 50.
+      expect(used).toBeLessThan(50);
     });
-    signal(eventFd);
-    await waitFor(() => events.length === 4);
-    // First call from readiness (EPOLLIN), then three resumptions (0) through setImmediate.
-    expect(events[0]! & EPOLLIN).toBe(EPOLLIN);
-    expect(events.slice(1)).toEqual([0, 0, 0]);
-    await Bun.sleep(30);
-    expect(events.length).toBe(4);
-    signal(eventFd);
-    await waitFor(() => events.length === 5);
-  });
 
-  test("while a handler is working through its budget the registration stays disarmed", async () => {
-    const reactor = newReactor();
-    const eventFd = newEventFd();
-    let calls = 0;
-    let resumptions = 0;
-    reactor.watch(eventFd, (mask) => {
-      calls++;
-      if (mask === 0) resumptions++;
-      // Do not drain until the 20th resumption: the fd stays readable all along. Without
-      // EPOLLONESHOT, readiness calls would pile up next to the resumptions; with it, none come.
-      if (resumptions < 20) return true;
-      drainEventFd(eventFd);
-      return false;
-    });
-    signal(eventFd);
-    await waitFor(() => resumptions === 20);
-    await Bun.sleep(30);
-    expect(calls).toBe(21);
-  });
-
-  test("unwatch stops calls for that fd only", async () => {
-    const reactor = newReactor();
-    const watched = newEventFd();
-    const unwatched = newEventFd();
-    const seen: string[] = [];
-    reactor.watch(watched, () => {
-      seen.push("watched");
-      drainEventFd(watched);
-      return false;
-    });
-    const index = reactor.watch(unwatched, () => {
-      seen.push("unwatched");
-      return false;
-    });
-    reactor.unwatch(index);
-    reactor.unwatch(index); // idempotent
-    signal(unwatched);
-    signal(watched);
-    await waitFor(() => seen.length === 1);
-    await Bun.sleep(30);
-    expect(seen).toEqual(["watched"]);
-  });
-
-  test("close stops the thread; calls already queued are dropped; watch afterwards throws", async () => {
-    const reactor = newReactor();
-    const eventFds = [newEventFd(), newEventFd(), newEventFd()];
-    let calls = 0;
-    for (const eventFd of eventFds) {
-      reactor.watch(eventFd, () => {
-        calls++;
+    test("dispatches each fd to its own handler", async () => {
+      const reactor = newReactor();
+      const first = newEventFd();
+      const second = newEventFd();
+      const seen: string[] = [];
+      reactor.watch(first, () => {
+        seen.push("first");
+        drainEventFd(first);
         return false;
       });
-    }
-    for (const eventFd of eventFds) signal(eventFd);
-    // Block the JavaScript thread so the native thread queues its calls before close() runs.
-    Bun.sleepSync(30);
-    reactor.close();
-    reactor.close();
-    expect(reactor.closed).toBe(true);
-    await Bun.sleep(50);
-    expect(calls).toBe(0);
-    expect(() => reactor.watch(eventFds[0]!, () => false)).toThrow(SoftnetError);
-  });
+      const secondIndex = reactor.watch(second, () => {
+        seen.push("second");
+        drainEventFd(second);
+        return false;
+      });
+      expect(secondIndex).toBe(1);
+      signal(second);
+      await waitFor(() => seen.length === 1);
+      signal(first);
+      await waitFor(() => seen.length === 2);
+      expect(seen).toEqual(["second", "first"]);
+    });
 
-  test("watching an fd that epoll cannot watch throws a SoftnetError", () => {
-    const reactor = newReactor();
-    const fd = libc.open("/dev/null", 0);
-    fds.push(fd);
-    expect(() => reactor.watch(fd, () => false)).toThrow(/cannot watch fd/);
-    expect(() => reactor.watch(987654, () => false)).toThrow(/cannot watch fd 987654/);
-  });
-
-  test("drives a DatagramLink: every frame of a burst arrives, in budgeted slices", async () => {
-    const reactor = newReactor();
-    const pair = new Int32Array(2);
-    expect(libc.socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, pair)).toBe(0);
-    const link = new DatagramLink(pair[0]!);
-    const peer = pair[1]!;
-    fds.push(peer);
-    const batch = new FrameBatch(64, 2048);
-    const budget = 256;
-    let received = 0;
-    let slices = 0;
-    let nextSequence = 0;
-    let outOfOrder = 0;
-    const index = reactor.watch(link.pollFd, () => {
-      slices++;
-      let moved = 0;
-      while (moved < budget) {
-        const count = link.receive(batch);
-        if (count <= 0) return false;
-        for (let slot = 0; slot < count; slot++) {
-          const sequence = new DataView(batch.bytes.buffer).getUint32(batch.offsetOf(slot), true);
-          if (sequence !== nextSequence) outOfOrder++;
-          nextSequence = sequence + 1;
+    test("a handler that returns true is resumed without new readiness and re-armed only after false", async () => {
+      const reactor = newReactor();
+      const eventFd = newEventFd();
+      const events: number[] = [];
+      let slicesLeft = 3;
+      reactor.watch(eventFd, (mask) => {
+        events.push(mask);
+        if (slicesLeft > 0) {
+          slicesLeft--;
+          return true; // budget spent, more to do
         }
-        moved += count;
-        received += count;
-      }
-      return true;
+        drainEventFd(eventFd);
+        return false;
+      });
+      signal(eventFd);
+      await waitFor(() => events.length === 4);
+      // First call from readiness (EPOLLIN), then three resumptions (0) through setImmediate.
+      expect(events[0]! & EPOLLIN).toBe(EPOLLIN);
+      expect(events.slice(1)).toEqual([0, 0, 0]);
+      await Bun.sleep(30);
+      expect(events.length).toBe(4);
+      signal(eventFd);
+      await waitFor(() => events.length === 5);
     });
-    // Room for the whole burst in the peer's send buffer, so the writes below never block.
-    expect(libc.setsockopt(peer, SOL_SOCKET, SO_SNDBUF, new Int32Array([4 << 20]), 4)).toBe(0);
-    const total = 3000;
-    const datagram = new Uint8Array(100);
-    const view = new DataView(datagram.buffer);
-    for (let sequence = 0; sequence < total; sequence++) {
-      view.setUint32(0, sequence, true);
-      expect(libc.write(peer, datagram, datagram.length)).toBe(100);
+
+    test("while a handler is working through its budget the registration stays disarmed", async () => {
+      const reactor = newReactor();
+      const eventFd = newEventFd();
+      let calls = 0;
+      let resumptions = 0;
+      reactor.watch(eventFd, (mask) => {
+        calls++;
+        if (mask === 0) resumptions++;
+        // Do not drain until the 20th resumption: the fd stays readable all along. Without
+        // EPOLLONESHOT, readiness calls would pile up next to the resumptions; with it, none come.
+        if (resumptions < 20) return true;
+        drainEventFd(eventFd);
+        return false;
+      });
+      signal(eventFd);
+      await waitFor(() => resumptions === 20);
+      await Bun.sleep(30);
+      expect(calls).toBe(21);
+    });
+
+    test("unwatch stops calls for that fd only", async () => {
+      const reactor = newReactor();
+      const watched = newEventFd();
+      const unwatched = newEventFd();
+      const seen: string[] = [];
+      reactor.watch(watched, () => {
+        seen.push("watched");
+        drainEventFd(watched);
+        return false;
+      });
+      const index = reactor.watch(unwatched, () => {
+        seen.push("unwatched");
+        return false;
+      });
+      reactor.unwatch(index);
+      reactor.unwatch(index); // idempotent
+      signal(unwatched);
+      signal(watched);
+      await waitFor(() => seen.length === 1);
+      await Bun.sleep(30);
+      expect(seen).toEqual(["watched"]);
+    });
+
+    test("close stops the thread; calls already queued are dropped; watch afterwards throws", async () => {
+      const reactor = newReactor();
+      const eventFds = [newEventFd(), newEventFd(), newEventFd()];
+      let calls = 0;
+      for (const eventFd of eventFds) {
+        reactor.watch(eventFd, () => {
+          calls++;
+          return false;
+        });
+      }
+      for (const eventFd of eventFds) signal(eventFd);
+      // Block the JavaScript thread so the native thread queues its calls before close() runs.
+      Bun.sleepSync(30);
+      reactor.close();
+      reactor.close();
+      expect(reactor.closed).toBe(true);
+      await Bun.sleep(50);
+      expect(calls).toBe(0);
+      expect(() => reactor.watch(eventFds[0]!, () => false)).toThrow(SoftnetError);
+    });
+
+    if (backendName === "epoll") {
+      test("watching an fd that epoll cannot watch throws a SoftnetError", () => {
+        const reactor = newReactor();
+        const fd = libc.open("/dev/null", 0);
+        fds.push(fd);
+        expect(() => reactor.watch(fd, () => false)).toThrow(/cannot watch fd/);
+        expect(() => reactor.watch(987654, () => false)).toThrow(/cannot watch fd 987654/);
+      });
+    } else {
+      test("more watches than the poll table holds throw a SoftnetError", () => {
+        const reactor = newReactor();
+        const fd = newEventFd();
+        for (let i = 0; i < 16; i++) reactor.watch(fd, () => false);
+        expect(() => reactor.watch(fd, () => false)).toThrow(/cannot watch fd/);
+      });
     }
-    await waitFor(() => received === total);
-    expect(outOfOrder).toBe(0);
-    expect(slices).toBeGreaterThanOrEqual(Math.ceil(total / budget));
-    reactor.unwatch(index);
-    link.close();
+
+    test("drives a DatagramLink: every frame of a burst arrives, in budgeted slices", async () => {
+      const reactor = newReactor();
+      const pair = new Int32Array(2);
+      expect(libc.socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, pair)).toBe(0);
+      const link = new DatagramLink(pair[0]!);
+      const peer = pair[1]!;
+      fds.push(peer);
+      const batch = new FrameBatch(64, 2048);
+      const budget = 256;
+      let received = 0;
+      let slices = 0;
+      let nextSequence = 0;
+      let outOfOrder = 0;
+      const index = reactor.watch(link.pollFd, () => {
+        slices++;
+        let moved = 0;
+        while (moved < budget) {
+          const count = link.receive(batch);
+          if (count <= 0) return false;
+          for (let slot = 0; slot < count; slot++) {
+            const sequence = new DataView(batch.bytes.buffer).getUint32(batch.offsetOf(slot), true);
+            if (sequence !== nextSequence) outOfOrder++;
+            nextSequence = sequence + 1;
+          }
+          moved += count;
+          received += count;
+        }
+        return true;
+      });
+      // Room for the whole burst in the peer's send buffer, so the writes below never block.
+      expect(libc.setsockopt(peer, SOL_SOCKET, SO_SNDBUF, new Int32Array([4 << 20]), 4)).toBe(0);
+      const total = 3000;
+      const datagram = new Uint8Array(100);
+      const view = new DataView(datagram.buffer);
+      for (let sequence = 0; sequence < total; sequence++) {
+        view.setUint32(0, sequence, true);
+        expect(libc.write(peer, datagram, datagram.length)).toBe(100);
+      }
+      await waitFor(() => received === total);
+      expect(outOfOrder).toBe(0);
+      expect(slices).toBeGreaterThanOrEqual(Math.ceil(total / budget));
+      reactor.unwatch(index);
+      link.close();
+    });
   });
-});
+}

@@ -9,6 +9,7 @@ import { existsSync, readdirSync, readFileSync, realpathSync } from "node:fs";
 import { resolve } from "node:path";
 import { SoftnetError } from "../../src/errors.ts";
 import { FrameBatch } from "../../src/platform/link.ts";
+import { epollReactorBackend } from "../../src/platform/linux/epoll-reactor.ts";
 import { openTapOnBridge, type TapOnBridge } from "../../src/platform/linux/tap.ts";
 import { Reactor } from "../../src/platform/reactor.ts";
 
@@ -222,7 +223,7 @@ function tapTests(namespace: string): void {
     test("the reactor wakes up when a TAP has frames", async () => {
       const tap = openTap();
       await waitForwarding(tap);
-      const reactor = new Reactor();
+      const reactor = new Reactor(epollReactorBackend());
       try {
         const batch = new FrameBatch(8, tap.maxFrameSize);
         let gotReply = false;

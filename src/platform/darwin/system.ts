@@ -317,6 +317,8 @@ export interface DarwinSystem {
   errno(): number;
   /** Address of a bound function, for native code that calls it through a pointer. */
   functionAddress(library: "libc" | "dispatch" | "vmnet", symbol: string): number;
+  /** Address of the errno accessor (__error or __errno_location), for native code. */
+  readonly errnoFunctionAddress: number;
   /** Address of a data symbol in one of the libraries, or 0 when the library does not export it. */
   dataAddress(library: keyof DarwinLibraries, symbol: string): number;
   /** Same for a library outside the set, which bun:ffi must have loaded already (constant paths only). */
@@ -353,6 +355,7 @@ class OpenedSystem implements DarwinSystem {
   readonly memfdCreate: ((name: Buffer, flags: number) => number) | undefined;
   private readonly raw: Record<"libc" | "dispatch" | "vmnet", Record<string, unknown>>;
   private readonly errnoLocation: () => Pointer | null;
+  readonly errnoFunctionAddress: number;
   private readonly handles = new Map<string, number>();
   private readonly keys = new Map<VmnetKey, number>();
 
@@ -372,6 +375,7 @@ class OpenedSystem implements DarwinSystem {
       [KERNEL.errnoFunction]: { args: [], returns: ptr },
     }).symbols;
     const errnoLocation = errnoSymbols[KERNEL.errnoFunction] as () => Pointer | null;
+    this.errnoFunctionAddress = (errnoLocation as unknown as { ptr: number }).ptr;
     this.errnoLocation =
       trace === undefined
         ? errnoLocation

@@ -47,16 +47,17 @@ async function runOnLinux(options: SoftnetOptions, logger: Logger): Promise<numb
 
   const { DatagramLink } = await import("./platform/linux/datagram-link.ts");
   const { openTapOnBridge } = await import("./platform/linux/tap.ts");
-  const { dropPrivileges, describeTarget, escalateWithSudo, hasSetupPrivileges, resolveDropTarget } =
-    await import("./platform/privileges.ts");
+  const { dropPrivileges, hasSetupPrivileges, linuxIdentityCalls } = await import("./platform/privileges.ts");
+  const { describeTarget, escalateWithSudo, resolveDropTarget } = await import("./platform/identity.ts");
   // Without root or CAP_NET_ADMIN: become root through passwordless sudo (this process is replaced).
-  if (!hasSetupPrivileges()) throw escalateWithSudo(process.argv.slice(2));
+  if (!hasSetupPrivileges()) throw escalateWithSudo(linuxIdentityCalls, process.argv.slice(2));
   const { Reactor } = await import("./platform/reactor.ts");
+  const { epollReactorBackend } = await import("./platform/linux/epoll-reactor.ts");
   const nftables = await import("./platform/linux/nftables.ts");
   const { UnixPeerWatch } = await import("./platform/linux/peer-watch.ts");
 
   // Everything that needs root happens here, before a single frame is read.
-  const target = resolveDropTarget(options, process.env);
+  const target = resolveDropTarget(linuxIdentityCalls, options, process.env);
   const vm = new DatagramLink(options.vmFd, { optionName: "--vm-fd" });
   const cleanups: Array<() => void | Promise<void>> = [() => vm.close()];
   try {
@@ -108,7 +109,7 @@ async function runOnLinux(options: SoftnetOptions, logger: Logger): Promise<numb
       cleanups.push(() => forwards!.close());
     }
 
-    const reactor = new Reactor();
+    const reactor = new Reactor(epollReactorBackend());
     cleanups.push(() => reactor.close());
     reactor.watch(vm.pollFd, () => loop.drainFromVm(DRAIN_BUDGET));
     reactor.watch(host.pollFd, () => loop.drainFromHost(DRAIN_BUDGET));

@@ -98,6 +98,8 @@ export const libc = dlopen(LIBC_SONAME, {
   getresgid: { args: [pointer, pointer, pointer], returns: i32 },
   // int setuid(uid_t uid);
   setuid: { args: [u32], returns: i32 },
+  // int setgid(gid_t gid);
+  setgid: { args: [u32], returns: i32 },
   // int execv(const char *path, char *const argv[]);   replaces the process (sudo escalation)
   execv: { args: [pointer, pointer], returns: i32 },
   // int capset(cap_user_header_t hdrp, const cap_user_data_t datap);

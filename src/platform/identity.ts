@@ -1,0 +1,244 @@
+/**
+ * Who softnet runs as, in the parts that POSIX shares between Linux and macOS: whom to drop to,
+ * becoming that user, checking it took, and getting root through sudo. The C calls come in through
+ * IdentityCalls (glibc on Linux, libSystem on macOS), so this module binds no library itself.
+ */
+import { CString, type Pointer, ptr, read } from "bun:ffi";
+import { SoftnetError } from "../errors.ts";
+
+/** The C library functions this module needs, bound by the platform. */
+export interface IdentityCalls {
+  getuid(): number;
+  geteuid(): number;
+  getgid(): number;
+  getegid(): number;
+  setuid(uid: number): number;
+  setgid(gid: number): number;
+  initgroups(user: Buffer, gid: number): number;
+  setgroups(count: number, groups: null): number;
+  getpwnam(name: Buffer): Pointer | null;
+  getpwuid(uid: number): Pointer | null;
+  getgrnam(name: Buffer): Pointer | null;
+  execv(path: Buffer, argv: BigUint64Array): number;
+  /** The error of the call that just failed (reads errno). */
+  lastError(call: string): Error;
+}
+
+function cString(text: string): Buffer {
+  return Buffer.from(`${text}\0`, "utf8");
+}
+
+export interface DropTarget {
+  uid: number;
+  gid: number;
+  /** For initgroups(); undefined when the uid has no passwd entry (then no supplementary groups). */
+  userName: string | undefined;
+  /** How the target was chosen, for the log: "--user", "the caller of this setuid binary", ... */
+  chosenBy: string;
+}
+
+interface PasswdEntry {
+  name: string;
+  uid: number;
+  gid: number;
+}
+
+// struct passwd { char *pw_name; char *pw_passwd; uid_t pw_uid; gid_t pw_gid; ... }: uid at 16 and
+// gid at 20 on LP64 Linux and macOS alike. struct group { char *gr_name; char *gr_passwd; gid_t gr_gid; }
+function passwdAt(pointer: Pointer | null): PasswdEntry | undefined {
+  if (pointer === null) return undefined;
+  const namePointer = read.ptr(pointer, 0) as Pointer | 0;
+  return {
+    name: namePointer === 0 ? "" : new CString(namePointer).toString(),
+    uid: read.u32(pointer, 16),
+    gid: read.u32(pointer, 20),
+  };
+}
+
+function lookupUser(calls: IdentityCalls, name: string): PasswdEntry | undefined {
+  return passwdAt(calls.getpwnam(cString(name)));
+}
+
+function lookupUid(calls: IdentityCalls, uid: number): PasswdEntry | undefined {
+  return passwdAt(calls.getpwuid(uid));
+}
+
+function lookupGroup(calls: IdentityCalls, name: string): number | undefined {
+  const pointer = calls.getgrnam(cString(name));
+  if (pointer === null) return undefined;
+  return read.u32(pointer, 16);
+}
+
+/**
+ * Whom to become. SUDO_UID is believed only when the real uid is already 0: for a setuid binary
+ * the environment belongs to the caller, who could otherwise name root as the "invoking user".
+ */
+export function resolveDropTarget(
+  calls: IdentityCalls,
+  options: { user: string | undefined; group: string | undefined },
+  env: Record<string, string | undefined>,
+): DropTarget {
+  let uid: number;
+  let gid: number;
+  let userName: string | undefined;
+  let chosenBy: string;
+  const realUid = calls.getuid();
+  if (options.user !== undefined) {
+    const entry = /^[0-9]+$/.test(options.user)
+      ? lookupUid(calls, Number(options.user))
+      : lookupUser(calls, options.user);
+    if (entry === undefined) {
+      throw new SoftnetError(`cannot drop privileges: unknown user "${options.user}" (from --user)`);
+    }
+    ({ uid, gid, name: userName } = entry);
+    chosenBy = "--user";
+  } else if (realUid !== 0) {
+    uid = realUid;
+    gid = calls.getgid();
+    userName = lookupUid(calls, uid)?.name;
+    chosenBy = "the user who started softnet";
+  } else if (env.SUDO_UID !== undefined && /^[1-9][0-9]*$/.test(env.SUDO_UID)) {
+    uid = Number(env.SUDO_UID);
+    const entry = lookupUid(calls, uid);
+    gid =
+      env.SUDO_GID !== undefined && /^[0-9]+$/.test(env.SUDO_GID)
+        ? Number(env.SUDO_GID)
+        : (entry?.gid ?? uid);
+    userName = entry?.name;
+    chosenBy = "the user who ran sudo";
+  } else {
+    const nobody = lookupUser(calls, "nobody");
+    if (nobody === undefined) {
+      throw new SoftnetError('cannot drop privileges: there is no user "nobody"', {
+        hint: "name a user with --user",
+      });
+    }
+    ({ uid, gid, name: userName } = nobody);
+    chosenBy = "default for root";
+  }
+  if (options.group !== undefined) {
+    const groupGid = /^[0-9]+$/.test(options.group)
+      ? Number(options.group)
+      : lookupGroup(calls, options.group);
+    if (groupGid === undefined) {
+      throw new SoftnetError(`cannot drop privileges: unknown group "${options.group}" (from --group)`);
+    }
+    gid = groupGid;
+  }
+  return { uid, gid, userName, chosenBy };
+}
+
+/** "nobody (uid 65534, gid 65534)" for the log. */
+export function describeTarget(target: DropTarget): string {
+  return `${target.userName ?? "uid"} (uid ${target.uid}, gid ${target.gid}; ${target.chosenBy})`;
+}
+
+/**
+ * Becomes `target` with the calls POSIX has everywhere (the macOS path; Linux uses setres*id and
+ * also drops capabilities): supplementary groups, then the group, then the user, since changing
+ * the user first would take away the right to change the rest.
+ */
+export function becomeUser(calls: IdentityCalls, target: DropTarget): void {
+  const check = (result: number, call: string) => {
+    if (result !== 0) throw new SoftnetError("cannot drop privileges", { cause: calls.lastError(call) });
+  };
+  if (target.userName !== undefined)
+    check(calls.initgroups(cString(target.userName), target.gid), "initgroups");
+  else check(calls.setgroups(0, null), "setgroups");
+  check(calls.setgid(target.gid), "setgid");
+  check(calls.setuid(target.uid), "setuid");
+  verifyIdentity(calls, target);
+}
+
+/** Reads uid/euid/gid/egid back and makes sure root cannot be regained; any mismatch is fatal. */
+export function verifyIdentity(calls: IdentityCalls, target: DropTarget): void {
+  const ids = [calls.getuid(), calls.geteuid(), calls.getgid(), calls.getegid()];
+  const wanted = [target.uid, target.uid, target.gid, target.gid];
+  if (ids.some((id, i) => id !== wanted[i])) {
+    throw new SoftnetError("privilege drop did not take effect", {
+      cause: new Error(`uid/euid/gid/egid are ${ids.join("/")}, expected ${wanted.join("/")}`),
+    });
+  }
+  if (target.uid !== 0 && calls.setuid(0) === 0) {
+    throw new SoftnetError("privilege drop did not take effect", {
+      cause: new Error("setuid(0) succeeded after the drop"),
+    });
+  }
+}
+
+/** sudo's fixed location: never looked up through PATH (this code may run setuid root). */
+const SUDO_PATH = "/usr/bin/sudo";
+
+/**
+ * How this process was started, to start it again: the executable and the arguments before the
+ * user's. A compiled softnet is its own executable; from source it is bun plus the script.
+ */
+export function selfCommand(argv: readonly string[] = process.argv): {
+  executable: string;
+  prefix: string[];
+} {
+  const script = argv[1];
+  if (script === undefined || script.startsWith("/$bunfs/"))
+    return { executable: process.execPath, prefix: [] };
+  return { executable: process.execPath, prefix: [script] };
+}
+
+/**
+ * Not root: if passwordless sudo works for exactly this command (probed with
+ * --sudo-escalation-probing), replace this process with `sudo ... --sudo-escalation-done --user
+ * <real uid> --group <real gid>`, keeping the VM's fd, which execv leaves open. Returns only when
+ * escalation is impossible, with the error to report.
+ */
+export function escalateWithSudo(calls: IdentityCalls, userArgs: readonly string[]): SoftnetError {
+  const fix =
+    "run softnet as root, allow it in sudoers (user ALL=(root) NOPASSWD: /path/to/softnet), " +
+    "or make it setuid root (chown root softnet && chmod u+s softnet)";
+  if (userArgs.includes("--sudo-escalation-done")) {
+    return new SoftnetError("root privileges are required, and sudo did not provide them", { hint: fix });
+  }
+  if (!Bun.file(SUDO_PATH).size) {
+    return new SoftnetError(`root privileges are required and sudo is not installed (${SUDO_PATH})`, {
+      hint: fix,
+    });
+  }
+  const { executable, prefix } = selfCommand();
+  const probe = Bun.spawnSync(
+    [SUDO_PATH, "-n", executable, ...prefix, ...userArgs, "--sudo-escalation-probing"],
+    {
+      stdin: "ignore",
+      stdout: "ignore",
+      stderr: "ignore",
+    },
+  );
+  if (probe.exitCode !== 0) {
+    return new SoftnetError("root privileges are required and passwordless sudo is not available", {
+      hint: fix,
+    });
+  }
+  const argv = [
+    "sudo",
+    "--non-interactive",
+    "--preserve-env=SENTRY_DSN,CIRRUS_SENTRY_TAGS",
+    executable,
+    ...prefix,
+    ...userArgs,
+    "--sudo-escalation-done",
+    // Whom to drop back to once root: the caller, unless the command line already says.
+    ...(userArgs.some((arg) => arg === "--user" || arg.startsWith("--user="))
+      ? []
+      : ["--user", String(calls.getuid())]),
+    ...(userArgs.some((arg) => arg === "--group" || arg.startsWith("--group="))
+      ? []
+      : ["--group", String(calls.getgid())]),
+  ];
+  const strings = argv.map(cString);
+  const pointers = new BigUint64Array(strings.length + 1);
+  strings.forEach((text, i) => {
+    pointers[i] = BigInt(ptr(text));
+  });
+  calls.execv(cString(SUDO_PATH), pointers);
+  return new SoftnetError("cannot run sudo to gain root privileges", {
+    cause: calls.lastError("execv"),
+    hint: fix,
+  });
+}

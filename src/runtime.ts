@@ -2,16 +2,21 @@
  * From parsed options to a running softnet: open the VM socket and the host link while still root,
  * drop privileges, then run the filter loop until SIGINT/SIGTERM or until the VM closes its end.
  * Returns the exit code; throws SoftnetError for anything fatal (main prints it).
+ *
+ * Each platform sets up its own links (Linux: a TAP port on a bridge; macOS: vmnet) and hands them
+ * to runFilter(), which is the same everywhere.
  */
 import type { SoftnetOptions } from "./cli.ts";
 import { describeRules } from "./cli.ts";
 import { SoftnetError, UsageError } from "./errors.ts";
 import { FilterLoop, type StopCause } from "./filter-loop.ts";
 import { Logger } from "./log.ts";
-import { FrameBatch } from "./platform/link.ts";
+import type { DarwinLibraries } from "./platform/darwin/system.ts";
+import { FrameBatch, type FrameLink } from "./platform/link.ts";
+import type { ReactorBackend } from "./platform/reactor.ts";
 import { Policy } from "./policy/policy.ts";
 import { allowsEverything, RuleTable } from "./policy/rules.ts";
-import { PortForwards } from "./port-forwards.ts";
+import { type PortForwardBackend, PortForwards } from "./port-forwards.ts";
 import { formatIpv4, formatMac } from "./wire/bytes.ts";
 
 /** Frames per receive call, per direction: enough to amortise a syscall, small enough to stay in cache. */
@@ -21,12 +26,60 @@ const DRAIN_BUDGET = 1024;
 const TICK_MS = 1000;
 const DROP_SUMMARY_EVERY_TICKS = 60;
 
+/** Where the macOS runtime gets its libraries. Only tests pass anything but the default. */
+export interface DarwinPlatform {
+  libraries: DarwinLibraries;
+  /** Set bootpd's lease time (macOS only; the vmnet double has no bootpd). */
+  configureBootpd: boolean;
+}
+
 export async function runSoftnet(options: SoftnetOptions): Promise<number> {
   const logger = new Logger(options.logLevel);
   if (process.platform === "linux") return runOnLinux(options, logger);
-  throw new SoftnetError(`softnet does not run on ${process.platform} yet`, {
-    hint: "the macOS runtime (vmnet.framework) is being built; Linux is supported",
-  });
+  if (process.platform === "darwin") {
+    const { MACOS_LIBRARIES } = await import("./platform/darwin/system.ts");
+    return runOnDarwin(options, logger, { libraries: MACOS_LIBRARIES, configureBootpd: true });
+  }
+  throw new SoftnetError(`softnet does not run on ${process.platform}`, { hint: "it supports macOS and Linux" });
+}
+
+/** Undo steps, run in reverse order; a failing step must not keep the others from running. */
+class Cleanups {
+  private readonly steps: Array<() => void | Promise<void>> = [];
+  constructor(private readonly logger: Logger) {}
+  add(step: () => void | Promise<void>): void {
+    this.steps.push(step);
+  }
+  async run(): Promise<void> {
+    for (const step of this.steps.reverse()) {
+      try {
+        await step();
+      } catch (error) {
+        this.logger.error(`cleanup failed: ${error instanceof Error ? error.message : String(error)}`);
+      }
+    }
+  }
+}
+
+interface HostLink extends FrameLink {
+  readonly gateway: number;
+  readonly prefixLength: number;
+  readonly mtu: number;
+  readonly maxFrameSize: number;
+}
+
+interface FilterSetup {
+  options: SoftnetOptions;
+  logger: Logger;
+  vm: FrameLink;
+  host: HostLink;
+  isolate: boolean;
+  forwardBackend: PortForwardBackend | undefined;
+  reactorBackend: ReactorBackend;
+  /** Polled once a second: true when the VM's end is known to be closed. */
+  vmEndClosed: () => boolean;
+  runningAs: string;
+  cleanups: Cleanups;
 }
 
 async function runOnLinux(options: SoftnetOptions, logger: Logger): Promise<number> {
@@ -51,7 +104,6 @@ async function runOnLinux(options: SoftnetOptions, logger: Logger): Promise<numb
   const { describeTarget, escalateWithSudo, resolveDropTarget } = await import("./platform/identity.ts");
   // Without root or CAP_NET_ADMIN: become root through passwordless sudo (this process is replaced).
   if (!hasSetupPrivileges()) throw escalateWithSudo(linuxIdentityCalls, process.argv.slice(2));
-  const { Reactor } = await import("./platform/reactor.ts");
   const { epollReactorBackend } = await import("./platform/linux/epoll-reactor.ts");
   const nftables = await import("./platform/linux/nftables.ts");
   const { UnixPeerWatch } = await import("./platform/linux/peer-watch.ts");
@@ -59,104 +111,176 @@ async function runOnLinux(options: SoftnetOptions, logger: Logger): Promise<numb
   // Everything that needs root happens here, before a single frame is read.
   const target = resolveDropTarget(linuxIdentityCalls, options, process.env);
   const vm = new DatagramLink(options.vmFd, { optionName: "--vm-fd" });
-  const cleanups: Array<() => void | Promise<void>> = [() => vm.close()];
+  const cleanups = new Cleanups(logger);
+  cleanups.add(() => vm.close());
   try {
     const isolate = !allowsEverything(options.rules);
     const host = openTapOnBridge({ bridge: options.bridge, isolate });
-    cleanups.push(() => host.close());
+    cleanups.add(() => host.close());
     const nft = options.exposedPorts.length > 0 ? nftables.locateNft() : undefined;
     const forwardBackend =
       nft === undefined ? undefined : new nftables.NftablesPortForwards(nft, host.name, options.bridge);
     if (forwardBackend !== undefined) await forwardBackend.removeAll(); // leftovers of a crashed run
     const peerWatch = UnixPeerWatch.open(options.vmFd);
     if (typeof peerWatch === "string") {
-      logger.debug(
-        `cannot watch the VM end for closing (${peerWatch}); SIGINT or a failed send will stop softnet`,
-      );
+      logger.debug(`cannot watch the VM end for closing (${peerWatch}); SIGINT or a failed send will stop softnet`);
     } else {
-      cleanups.push(() => peerWatch.close());
+      cleanups.add(() => peerWatch.close());
     }
+    const reactorBackend = epollReactorBackend();
 
     dropPrivileges(target, { keepNetAdmin: forwardBackend !== undefined });
 
-    const policy = new Policy({
-      vmMac: options.vmMac,
-      gateway: host.gateway,
-      rules: RuleTable.compile(options.rules, host.gateway),
-    });
-    const clock = () => performance.now();
-    const slotSize = Math.max(host.maxFrameSize, 1518);
-    let forwards: PortForwards | undefined;
-    let resolveStop!: (cause: StopCause) => void;
-    const stopped = new Promise<StopCause>((resolve) => {
-      resolveStop = resolve;
-    });
-    const loop = new FilterLoop({
-      policy,
+    return await runFilter({
+      options,
+      logger,
       vm,
       host,
-      vmBatch: new FrameBatch(BATCH_FRAMES, slotSize),
-      hostBatch: new FrameBatch(BATCH_FRAMES, slotSize),
-      logger,
-      clock,
-      onLeaseChange: () => void forwards?.reconcile(),
-      onStop: (cause) => resolveStop(cause),
+      isolate,
+      forwardBackend,
+      reactorBackend,
+      vmEndClosed: () => typeof peerWatch !== "string" && peerWatch.peerState() === "gone",
+      runningAs: describeTarget(target),
+      cleanups,
     });
-    if (forwardBackend !== undefined) {
-      forwards = new PortForwards(options.exposedPorts, forwardBackend, logger, () =>
-        policy.lease.isValidAt(clock()) ? policy.lease.address : -1,
-      );
-      cleanups.push(() => forwards!.close());
-    }
+  } finally {
+    await cleanups.run();
+  }
+}
 
-    const reactor = new Reactor(epollReactorBackend());
-    cleanups.push(() => reactor.close());
-    reactor.watch(vm.pollFd, () => loop.drainFromVm(DRAIN_BUDGET));
-    reactor.watch(host.pollFd, () => loop.drainFromHost(DRAIN_BUDGET));
+/**
+ * macOS: vmnet.framework in shared (nat) or host mode. `platform` names the libraries; a release
+ * build always passes the constant macOS paths, tests pass the vmnet double.
+ */
+export async function runOnDarwin(options: SoftnetOptions, logger: Logger, platform: DarwinPlatform): Promise<number> {
+  const { openDarwinSystem } = await import("./platform/darwin/system.ts");
+  const { darwinIdentityCalls } = await import("./platform/darwin/identity.ts");
+  const { becomeUser, describeTarget, escalateWithSudo, resolveDropTarget } = await import("./platform/identity.ts");
+  const system = openDarwinSystem(platform.libraries);
+  const calls = darwinIdentityCalls(system);
+  if (options.sudoEscalationProbing) {
+    if (calls.geteuid() === 0) return 0;
+    throw new SoftnetError("not running as root");
+  }
+  if (calls.geteuid() !== 0) throw escalateWithSudo(calls, process.argv.slice(2));
 
-    let ticks = 0;
-    const timer = setInterval(() => {
-      loop.tick();
-      if (typeof peerWatch !== "string" && peerWatch.peerState() === "gone") loop.stop({ kind: "vm-closed" });
-      void forwards?.reconcile(); // retries a failed update; a no-op when nothing changed
-      if (++ticks % DROP_SUMMARY_EVERY_TICKS === 0) {
-        const summary = loop.dropSummary();
-        if (summary !== "") logger.info(`dropped in the last minute: ${summary}`);
-      }
-    }, TICK_MS);
-    cleanups.push(() => clearInterval(timer));
-    const onSignal = (signal: NodeJS.Signals) => {
-      logger.info(`${signal} received: stopping`);
-      loop.stop({ kind: "signal", signal });
-    };
-    process.on("SIGINT", onSignal);
-    process.on("SIGTERM", onSignal);
+  const { DarwinDatagramLink } = await import("./platform/darwin/datagram-link.ts");
+  const { openVmnet } = await import("./platform/darwin/vmnet.ts");
+  const { pollReactorBackend } = await import("./platform/darwin/poll-reactor.ts");
 
-    logger.info(
-      `forwarding for VM ${formatMac(options.vmMac)} on fd ${options.vmFd} through ${host.description} ` +
-        `(gateway ${formatIpv4(host.gateway)}/${host.prefixLength}, MTU ${host.mtu}, ` +
-        `${isolate ? "isolated from other ports" : "not isolated: --allow 0.0.0.0/0"}); ` +
-        `rules: ${describeRules(options.rules)}; running as ${describeTarget(target)}`,
+  const target = resolveDropTarget(calls, options, process.env);
+  if (platform.configureBootpd) {
+    // bootpd reads its lease time when the shared network starts: before vmnet_start_interface.
+    const { openBootpdSymbols, setBootpdLeaseTime } = await import("./platform/darwin/bootpd.ts");
+    const warning = setBootpdLeaseTime(options.bootpdLeaseTimeSeconds, openBootpdSymbols(system));
+    if (warning !== undefined) logger.warn(`bootpd lease time not set: ${warning}`);
+  }
+  const vm = new DarwinDatagramLink(system, options.vmFd, { optionName: "--vm-fd" });
+  const cleanups = new Cleanups(logger);
+  cleanups.add(() => vm.close());
+  try {
+    const isolate = !allowsEverything(options.rules);
+    const host = openVmnet({ mode: options.netType, isolate, system });
+    cleanups.add(() => host.close());
+    const reactorBackend = pollReactorBackend(system);
+
+    becomeUser(calls, target);
+
+    return await runFilter({
+      options,
+      logger,
+      vm,
+      host,
+      isolate,
+      forwardBackend: options.exposedPorts.length > 0 ? host : undefined,
+      reactorBackend,
+      // macOS reports a closed peer on send (EPIPE/ECONNREFUSED); Tart stops softnet with SIGINT.
+      vmEndClosed: () => false,
+      runningAs: describeTarget(target),
+      cleanups,
+    });
+  } finally {
+    await cleanups.run();
+  }
+}
+
+/** The part that is the same on every platform: policy, loop, readiness, timers, signals. */
+async function runFilter(setup: FilterSetup): Promise<number> {
+  const { options, logger, vm, host, cleanups } = setup;
+  const { Reactor } = await import("./platform/reactor.ts");
+  const policy = new Policy({
+    vmMac: options.vmMac,
+    gateway: host.gateway,
+    rules: RuleTable.compile(options.rules, host.gateway),
+  });
+  const clock = () => performance.now();
+  const slotSize = Math.max(host.maxFrameSize, 1518);
+  let forwards: PortForwards | undefined;
+  let resolveStop!: (cause: StopCause) => void;
+  const stopped = new Promise<StopCause>((resolve) => {
+    resolveStop = resolve;
+  });
+  const loop = new FilterLoop({
+    policy,
+    vm,
+    host,
+    vmBatch: new FrameBatch(BATCH_FRAMES, slotSize),
+    hostBatch: new FrameBatch(BATCH_FRAMES, slotSize),
+    logger,
+    clock,
+    onLeaseChange: () => void forwards?.reconcile(),
+    onStop: (cause) => resolveStop(cause),
+  });
+  if (setup.forwardBackend !== undefined) {
+    const forwardBackend = setup.forwardBackend;
+    forwards = new PortForwards(options.exposedPorts, forwardBackend, logger, () =>
+      policy.lease.isValidAt(clock()) ? policy.lease.address : -1,
     );
+    const installed = forwards;
+    cleanups.add(() => installed.close());
+  }
 
-    const cause = await stopped;
+  const reactor = new Reactor(setup.reactorBackend);
+  cleanups.add(() => reactor.close());
+  reactor.watch(vm.pollFd, () => loop.drainFromVm(DRAIN_BUDGET));
+  reactor.watch(host.pollFd, () => loop.drainFromHost(DRAIN_BUDGET));
+
+  let ticks = 0;
+  const timer = setInterval(() => {
+    loop.tick();
+    if (setup.vmEndClosed()) loop.stop({ kind: "vm-closed" });
+    void forwards?.reconcile(); // retries a failed update; a no-op when nothing changed
+    if (++ticks % DROP_SUMMARY_EVERY_TICKS === 0) {
+      const summary = loop.dropSummary();
+      if (summary !== "") logger.info(`dropped in the last minute: ${summary}`);
+    }
+  }, TICK_MS);
+  cleanups.add(() => clearInterval(timer));
+  const onSignal = (signal: NodeJS.Signals) => {
+    logger.info(`${signal} received: stopping`);
+    loop.stop({ kind: "signal", signal });
+  };
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
+  cleanups.add(() => {
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
-    const summary = loop.dropSummary();
-    logger.info(
-      `stopped (${cause.kind === "fatal" ? "failure" : cause.kind === "signal" ? cause.signal : "the VM closed its end"}): forwarded ${loop.forwardedToHost} frames to the host ` +
-        `and ${loop.forwardedToVm} to the VM${summary === "" ? "" : `; dropped: ${summary}`}`,
-    );
-    if (cause.kind === "fatal") throw new SoftnetError("the filter loop failed", { cause: cause.error });
-    return 0;
-  } finally {
-    // Undo in reverse order; a failing step must not keep the others from running.
-    for (const cleanup of cleanups.reverse()) {
-      try {
-        await cleanup();
-      } catch (error) {
-        logger.error(`cleanup failed: ${error instanceof Error ? error.message : String(error)}`);
-      }
-    }
-  }
+  });
+
+  logger.info(
+    `forwarding for VM ${formatMac(options.vmMac)} on fd ${options.vmFd} through ${host.description} ` +
+      `(gateway ${formatIpv4(host.gateway)}/${host.prefixLength}, MTU ${host.mtu}, ` +
+      `${setup.isolate ? "isolated from other VMs" : "not isolated: --allow 0.0.0.0/0"}); ` +
+      `rules: ${describeRules(options.rules)}; running as ${setup.runningAs}`,
+  );
+
+  const cause = await stopped;
+  const summary = loop.dropSummary();
+  const why = cause.kind === "fatal" ? "failure" : cause.kind === "signal" ? cause.signal : "the VM closed its end";
+  logger.info(
+    `stopped (${why}): forwarded ${loop.forwardedToHost} frames to the host and ${loop.forwardedToVm} to the VM` +
+      `${summary === "" ? "" : `; dropped: ${summary}`}`,
+  );
+  if (cause.kind === "fatal") throw new SoftnetError("the filter loop failed", { cause: cause.error });
+  return 0;
 }

@@ -17,6 +17,7 @@ import {
   setBootpdLeaseTime,
 } from "../../src/platform/darwin/bootpd.ts";
 import { DarwinDatagramLink } from "../../src/platform/darwin/datagram-link.ts";
+import { darwinIdentityCalls } from "../../src/platform/darwin/identity.ts";
 import {
   DarwinSysError,
   DISPATCH_SYMBOLS,
@@ -28,6 +29,7 @@ import {
   VMNET_SYMBOLS,
 } from "../../src/platform/darwin/system.ts";
 import { openVmnet } from "../../src/platform/darwin/vmnet.ts";
+import { becomeUser, resolveDropTarget } from "../../src/platform/identity.ts";
 import { FrameBatch } from "../../src/platform/link.ts";
 import { epollReactorBackend } from "../../src/platform/linux/epoll-reactor.ts";
 import { Reactor } from "../../src/platform/reactor.ts";
@@ -96,6 +98,19 @@ inPrivateNetworkNamespace(import.meta.path, "darwin FFI symbol coverage", () => 
     vm.close();
     system.libc.close(sv[1]!);
     expect(new DarwinSysError(system, "probe", KERNEL.errno.EAGAIN).code).toBe("EAGAIN"); // strerror
+
+    // Identity (the macOS runtime's privilege drop and sudo escalation), without changing who this
+    // test runs as: root becoming root again, a lookup of each kind, an execv that cannot succeed.
+    const identity = darwinIdentityCalls(system);
+    const target = resolveDropTarget(identity, { user: "root", group: "root" }, {});
+    expect(target).toMatchObject({ uid: 0, gid: 0, userName: "root" });
+    expect(
+      resolveDropTarget(identity, { user: undefined, group: undefined }, { SUDO_UID: "0" }).userName,
+    ).toBe("nobody");
+    becomeUser(identity, target); // initgroups, setgid, setuid, then getuid/geteuid/getgid/getegid
+    expect(identity.setgroups(0, null)).toBe(0);
+    expect(identity.getpwuid(0)).not.toBeNull();
+    expect(identity.execv(Buffer.from("/nonexistent/softnet\0"), new BigUint64Array(1))).toBe(-1);
 
     // bootpd, against a fake that counts.
     const bootpdCalls = new Map<string, number>();

@@ -204,6 +204,26 @@ export const LIBC_SYMBOLS = {
   free: { args: [ptr], returns: FFIType.void },
   // char *strerror(int errnum);
   strerror: { args: [i32], returns: cstring },
+  // Identity (darwin/identity.ts): uid_t and gid_t are 32-bit on both systems.
+  // uid_t getuid(void);  uid_t geteuid(void);  gid_t getgid(void);  gid_t getegid(void);
+  getuid: { args: [], returns: u32 },
+  geteuid: { args: [], returns: u32 },
+  getgid: { args: [], returns: u32 },
+  getegid: { args: [], returns: u32 },
+  // int setuid(uid_t uid);  int setgid(gid_t gid);
+  setuid: { args: [u32], returns: i32 },
+  setgid: { args: [u32], returns: i32 },
+  // int initgroups(const char *user, int basegid);   (gid_t basegid on Linux: same 32 bits)
+  initgroups: { args: [ptr, u32], returns: i32 },
+  // int setgroups(int ngroups, const gid_t *gidset);   (size_t on Linux; only ever called with 0)
+  setgroups: { args: [i32, ptr], returns: i32 },
+  // struct passwd *getpwnam(const char *name);  struct passwd *getpwuid(uid_t uid);
+  getpwnam: { args: [ptr], returns: ptr },
+  getpwuid: { args: [u32], returns: ptr },
+  // struct group *getgrnam(const char *name);
+  getgrnam: { args: [ptr], returns: ptr },
+  // int execv(const char *path, char *const argv[]);
+  execv: { args: [ptr, ptr], returns: i32 },
 } as const;
 
 /** libdispatch, libxpc and (as data) the blocks runtime. */

@@ -40,7 +40,9 @@ export async function runSoftnet(options: SoftnetOptions): Promise<number> {
     const { MACOS_LIBRARIES } = await import("./platform/darwin/system.ts");
     return runOnDarwin(options, logger, { libraries: MACOS_LIBRARIES, configureBootpd: true });
   }
-  throw new SoftnetError(`softnet does not run on ${process.platform}`, { hint: "it supports macOS and Linux" });
+  throw new SoftnetError(`softnet does not run on ${process.platform}`, {
+    hint: "it supports macOS and Linux",
+  });
 }
 
 /** Undo steps, run in reverse order; a failing step must not keep the others from running. */
@@ -123,7 +125,9 @@ async function runOnLinux(options: SoftnetOptions, logger: Logger): Promise<numb
     if (forwardBackend !== undefined) await forwardBackend.removeAll(); // leftovers of a crashed run
     const peerWatch = UnixPeerWatch.open(options.vmFd);
     if (typeof peerWatch === "string") {
-      logger.debug(`cannot watch the VM end for closing (${peerWatch}); SIGINT or a failed send will stop softnet`);
+      logger.debug(
+        `cannot watch the VM end for closing (${peerWatch}); SIGINT or a failed send will stop softnet`,
+      );
     } else {
       cleanups.add(() => peerWatch.close());
     }
@@ -152,10 +156,16 @@ async function runOnLinux(options: SoftnetOptions, logger: Logger): Promise<numb
  * macOS: vmnet.framework in shared (nat) or host mode. `platform` names the libraries; a release
  * build always passes the constant macOS paths, tests pass the vmnet double.
  */
-export async function runOnDarwin(options: SoftnetOptions, logger: Logger, platform: DarwinPlatform): Promise<number> {
+export async function runOnDarwin(
+  options: SoftnetOptions,
+  logger: Logger,
+  platform: DarwinPlatform,
+): Promise<number> {
   const { openDarwinSystem } = await import("./platform/darwin/system.ts");
   const { darwinIdentityCalls } = await import("./platform/darwin/identity.ts");
-  const { becomeUser, describeTarget, escalateWithSudo, resolveDropTarget } = await import("./platform/identity.ts");
+  const { becomeUser, describeTarget, escalateWithSudo, resolveDropTarget } = await import(
+    "./platform/identity.ts"
+  );
   const system = openDarwinSystem(platform.libraries);
   const calls = darwinIdentityCalls(system);
   if (options.sudoEscalationProbing) {
@@ -276,7 +286,8 @@ async function runFilter(setup: FilterSetup): Promise<number> {
 
   const cause = await stopped;
   const summary = loop.dropSummary();
-  const why = cause.kind === "fatal" ? "failure" : cause.kind === "signal" ? cause.signal : "the VM closed its end";
+  const why =
+    cause.kind === "fatal" ? "failure" : cause.kind === "signal" ? cause.signal : "the VM closed its end";
   logger.info(
     `stopped (${why}): forwarded ${loop.forwardedToHost} frames to the host and ${loop.forwardedToVm} to the VM` +
       `${summary === "" ? "" : `; dropped: ${summary}`}`,

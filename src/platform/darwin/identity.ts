@@ -4,7 +4,7 @@
  */
 import type { Pointer } from "bun:ffi";
 import type { IdentityCalls } from "../identity.ts";
-import { type DarwinSystem, DarwinSysError } from "./system.ts";
+import { DarwinSysError, type DarwinSystem } from "./system.ts";
 
 export function darwinIdentityCalls(system: DarwinSystem): IdentityCalls {
   const { libc } = system;

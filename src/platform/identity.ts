@@ -24,6 +24,37 @@ export interface IdentityCalls {
   lastError(call: string): Error;
 }
 
+/** A bun:ffi symbol table that binds the identity functions under their C names. */
+export type IdentitySymbols = {
+  [name in Exclude<keyof IdentityCalls, "lastError">]: (...args: never[]) => unknown;
+};
+
+/**
+ * IdentityCalls over a bun:ffi symbol table (glibc's or libSystem's): the same C names, with
+ * pointer results typed as the portable code reads them.
+ */
+export function identityCallsFrom(
+  symbols: IdentitySymbols,
+  lastError: (call: string) => Error,
+): IdentityCalls {
+  const calls = symbols as unknown as Omit<IdentityCalls, "lastError">;
+  return {
+    getuid: () => calls.getuid(),
+    geteuid: () => calls.geteuid(),
+    getgid: () => calls.getgid(),
+    getegid: () => calls.getegid(),
+    setuid: (uid) => calls.setuid(uid),
+    setgid: (gid) => calls.setgid(gid),
+    initgroups: (user, gid) => calls.initgroups(user, gid),
+    setgroups: (count, groups) => calls.setgroups(count, groups),
+    getpwnam: (name) => calls.getpwnam(name),
+    getpwuid: (uid) => calls.getpwuid(uid),
+    getgrnam: (name) => calls.getgrnam(name),
+    execv: (path, argv) => calls.execv(path, argv),
+    lastError,
+  };
+}
+
 function cString(text: string): Buffer {
   return Buffer.from(`${text}\0`, "utf8");
 }

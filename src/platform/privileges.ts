@@ -8,28 +8,13 @@
  * no capability may remain but CAP_NET_ADMIN, kept only when --expose needs it for nftables.
  * Linux only for now; macOS has no setresuid and needs its own sequence.
  */
-import type { Pointer } from "bun:ffi";
 import { readFileSync } from "node:fs";
 import { SoftnetError } from "../errors.ts";
-import type { DropTarget, IdentityCalls } from "./identity.ts";
+import { type DropTarget, type IdentityCalls, identityCallsFrom } from "./identity.ts";
 import { cString, lastSysError, libc, type SysError } from "./libc.ts";
 
 /** glibc's identity calls for the portable parts (identity.ts). */
-export const linuxIdentityCalls: IdentityCalls = {
-  getuid: () => libc.getuid(),
-  geteuid: () => libc.geteuid(),
-  getgid: () => libc.getgid(),
-  getegid: () => libc.getegid(),
-  setuid: (uid) => libc.setuid(uid),
-  setgid: (gid) => libc.setgid(gid),
-  initgroups: (user, gid) => libc.initgroups(user, gid),
-  setgroups: (count, groups) => libc.setgroups(count, groups),
-  getpwnam: (name) => libc.getpwnam(name) as Pointer | null,
-  getpwuid: (uid) => libc.getpwuid(uid) as Pointer | null,
-  getgrnam: (name) => libc.getgrnam(name) as Pointer | null,
-  execv: (path, argv) => libc.execv(path, argv),
-  lastError: (call) => lastSysError(call),
-};
+export const linuxIdentityCalls: IdentityCalls = identityCallsFrom(libc, lastSysError);
 
 const CAP_NET_ADMIN = 12;
 const PR_SET_KEEPCAPS = 8;

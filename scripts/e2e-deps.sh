@@ -20,6 +20,9 @@ packages=(
   sudo            # softnet escalates through passwordless sudo when started unprivileged
   gcc             # builds the vmnet double (test/vmnet-double) and the benchmark's C programs
   libc6-dev       # headers and crt files for that
+  qemu-user              # runs the release's AArch64 environment scrubber in the tests
+  libc6-arm64-cross      # the AArch64 C library qemu-user needs for that
+  gcc-aarch64-linux-gnu  # builds the AArch64 initializer harness (test/release)
 )
 
 missing=()

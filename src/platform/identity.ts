@@ -147,6 +147,13 @@ export function resolveDropTarget(
     ({ uid, gid, name: userName } = nobody);
     chosenBy = "default for root";
   }
+  // A setuid-root softnet is started by someone who is not root: they may not use it to become
+  // somebody else. (Through sudo the real uid is 0 and --user/--group are sudo's business.)
+  if (realUid !== 0 && options.user !== undefined && uid !== realUid) {
+    throw new SoftnetError(`--user ${options.user}: only root may make softnet run as another user`, {
+      hint: "leave out --user; a setuid softnet drops to the user who started it",
+    });
+  }
   if (options.group !== undefined) {
     const groupGid = /^[0-9]+$/.test(options.group)
       ? Number(options.group)
@@ -155,6 +162,11 @@ export function resolveDropTarget(
       throw new SoftnetError(`cannot drop privileges: unknown group "${options.group}" (from --group)`);
     }
     gid = groupGid;
+    if (realUid !== 0 && gid !== calls.getgid()) {
+      throw new SoftnetError(`--group ${options.group}: only root may make softnet run as another group`, {
+        hint: "leave out --group; a setuid softnet drops to the group of the user who started it",
+      });
+    }
   }
   return { uid, gid, userName, chosenBy };
 }

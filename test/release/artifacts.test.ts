@@ -1,0 +1,101 @@
+// What `npm run build` (scripts/build.ts) ships: every artifact present, version and commit
+// embedded, every slice of every binary hardened (proved on its bytes), the tarball, the formula,
+// the source maps and the checksums.
+import { beforeAll, describe, expect, test } from "bun:test";
+import { readFileSync, statSync } from "node:fs";
+import { join } from "node:path";
+import { inspectHardening } from "../../scripts/release/harden-runtime.ts";
+import { canRunLinuxX64, releaseDist } from "./release-build.ts";
+
+let dist: string;
+let info: { version: string; commit: string; artifacts: Record<string, { bytes: number }> };
+
+beforeAll(async () => {
+  dist = await releaseDist();
+  info = JSON.parse(readFileSync(join(dist, "build-info.json"), "utf8"));
+}, 300_000);
+
+const BINARIES = [
+  "softnet-linux-x64",
+  "softnet-linux-arm64",
+  "softnet-darwin-arm64",
+  "softnet-darwin-x64",
+  "softnet-darwin-universal",
+];
+
+test("every artifact is there, and SHA256SUMS matches them", () => {
+  for (const name of [...BINARIES, "softnet.tar.gz", "softnet.rb", "SHA256SUMS", "build-info.json"]) {
+    expect(statSync(join(dist, name)).size).toBeGreaterThan(0);
+  }
+  const sums = readFileSync(join(dist, "SHA256SUMS"), "utf8").trim().split("\n");
+  expect(sums.map((line) => line.split("  ")[1]).sort()).toEqual([...BINARIES, "softnet.tar.gz"].sort());
+  for (const line of sums) {
+    const [sum, name] = line.split("  ");
+    expect(new Bun.CryptoHasher("sha256").update(readFileSync(join(dist, name!))).digest("hex")).toBe(sum!);
+  }
+});
+
+describe("every binary runs the environment scrubber first, in every slice", () => {
+  for (const name of BINARIES) {
+    test(name, () => {
+      const proofs = inspectHardening(new Uint8Array(readFileSync(join(dist, name))));
+      expect(proofs.length).toBe(name.endsWith("universal") ? 2 : 1);
+      for (const proof of proofs) {
+        expect(proof.problems).toEqual([]);
+        expect(proof.hooked).toBe(true);
+        expect(proof.allowlist).toEqual(["SENTRY_DSN", "CIRRUS_SENTRY_TAGS", "SUDO_UID", "SUDO_GID"]);
+      }
+    });
+  }
+});
+
+test.skipIf(!canRunLinuxX64)(
+  "the version and commit are embedded, and BUN_BE_BUN/BUN_OPTIONS do nothing",
+  () => {
+    const sha = Bun.spawnSync(["git", "rev-parse", "--short=12", "HEAD"]).stdout.toString().trim();
+    expect(info.commit.startsWith(sha)).toBe(true);
+    for (const env of [{}, { BUN_BE_BUN: "1" }, { BUN_OPTIONS: "--version" }]) {
+      const run = Bun.spawnSync([join(dist, "softnet-linux-x64"), "--version"], { env, stdout: "pipe" });
+      expect(run.stdout.toString()).toBe(`softnet ${info.version} (${info.commit})\n`);
+    }
+  },
+);
+
+test("the tarball holds the universal binary as softnet, LICENSE and README.md", () => {
+  const list = Bun.spawnSync(["tar", "-tvzf", join(dist, "softnet.tar.gz")])
+    .stdout.toString()
+    .trim()
+    .split("\n");
+  expect(list.map((line) => line.split(/\s+/).pop()).sort()).toEqual(["LICENSE", "README.md", "softnet"]);
+  expect(list.find((line) => line.endsWith(" softnet"))).toMatch(/^-rwxr-xr-x 0\/0 /);
+  const softnet = Bun.spawnSync(["tar", "-xOzf", join(dist, "softnet.tar.gz"), "softnet"], {
+    stdout: "pipe",
+  }).stdout;
+  expect(Buffer.compare(Buffer.from(softnet), readFileSync(join(dist, "softnet-darwin-universal")))).toBe(0);
+});
+
+test("the Homebrew formula: macOS only, the tarball's sha256, caveats about sudoers and setuid", () => {
+  const formula = readFileSync(join(dist, "softnet.rb"), "utf8");
+  const sha = new Bun.CryptoHasher("sha256").update(readFileSync(join(dist, "softnet.tar.gz"))).digest("hex");
+  expect(formula).toContain(`sha256 "${sha}"`);
+  expect(formula).toContain(`version "${info.version}"`);
+  expect(formula).toContain("depends_on :macos");
+  expect(formula).toContain('bin.install "softnet"');
+  expect(formula).toContain("NOPASSWD: #{HOMEBREW_PREFIX}/bin/softnet");
+  expect(formula).toContain("setuid root");
+  expect(formula).not.toContain("@@");
+});
+
+test("a source map per binary, for Sentry, covering softnet's sources", () => {
+  for (const name of BINARIES.filter((binary) => !binary.endsWith("universal"))) {
+    const map = JSON.parse(readFileSync(join(dist, `${name}.map`), "utf8"));
+    expect(map.version).toBe(3);
+    expect(map.sources).toContain("src/main.ts");
+    expect(map.sources).toContain("src/policy/policy.ts");
+    expect(map.mappings.length).toBeGreaterThan(1000);
+  }
+});
+
+test("sizes are recorded", () => {
+  for (const name of BINARIES) expect(info.artifacts[name]!.bytes).toBe(statSync(join(dist, name)).size);
+});

@@ -1,0 +1,608 @@
+/**
+ * Frame-level benchmark: one private namespace with a bridge br0 (192.168.64.1/24, the VM's
+ * gateway), a TAP port gen0 for the host-side generator and a TAP port null0 for the null
+ * forwarder. The C relay and softnet each sit between their own socketpair and their own TAP port
+ * on br0, exactly as softnet runs for a VM; the C tools drive traffic through one of them at a time.
+ *
+ * Both forwarders run side by side for the whole throughput part and their runs alternate (C,
+ * softnet, softnet, C, ...), so that slow drifts of this shared machine hit both alike; each cell
+ * reports the median of its repetitions.
+ */
+import { resolve } from "node:path";
+import { DhcpMessageType } from "../../src/wire/dhcp.ts";
+import { closeFd, datagramSocketPair } from "../../test/e2e/lib/socketpair.ts";
+import { dhcpClientFrame, dhcpServerFrame, GATEWAY, VM_IP, VM_MAC } from "../../test/support/frames.ts";
+import {
+  cpuSeconds,
+  lastJson,
+  Output,
+  type Resources,
+  runTool,
+  runtimeBetween,
+  sh,
+  shMaybe,
+  sleep,
+  statusBytes,
+  statusField,
+  threadRuntimes,
+} from "./system.ts";
+
+export const REPOSITORY = resolve(import.meta.dir, "../..");
+export const BRIDGE = "br0";
+const BRIDGE_MAC = "02:5e:00:00:00:01";
+const GENERATOR_MAC = "02:5e:00:00:00:02";
+const GEN_TAP = "gen0";
+const NULL_TAP = "null0";
+const RELAY_TAP = "cref0";
+/** Globally routable: softnet passes VM frames to it once the VM has a lease. */
+const GLOBAL_DESTINATION = "8.8.8.8";
+
+export type Direction = "vm-to-host" | "host-to-vm";
+export const DIRECTIONS: Direction[] = ["vm-to-host", "host-to-vm"];
+export const SIZES = [64, 1500] as const;
+export type ForwarderName = "C relay" | "softnet" | "null forwarder";
+type RealForwarder = "C relay" | "softnet";
+
+export interface Timing {
+  warmupSeconds: number;
+  cellSeconds: number;
+  repetitions: number;
+  idleSeconds: number;
+  firstFrameStarts: number;
+  /** Generator on CPU 0, forwarder on CPU 1 (taskset), instead of leaving placement to the scheduler. */
+  pin: boolean;
+}
+
+/** What the tools print for one run (see tools.c). */
+interface ToolRun {
+  sentPps: number;
+  deliveredPps: number;
+  windowSeconds: number;
+  sentTotal: number;
+  deliveredTotal: number;
+  droppedAtTapQueue?: number;
+  forwarderCpu: number;
+  forwarderSysCpu: number;
+  generatorCpu: number;
+  generatorBlocked?: number;
+  machineCpu: number;
+  gaps?: number;
+  reordered?: number;
+  badLength?: number;
+}
+
+export interface Cell {
+  forwarder: ForwarderName;
+  direction: Direction;
+  size: number;
+  /** Frames per second delivered through the forwarder in the measured window (median run). */
+  framesPerSecond: number;
+  gbitPerSecond: number;
+  /** frames/s of every repetition, in the order they ran. */
+  repetitions: number[];
+  /** Frames per second the generator offered (wrote) in the same window. */
+  offeredPerSecond: number;
+  /** 1 - delivered/sent over the whole run including warm-up and a 300 ms drain. */
+  loss: number;
+  /** Part of the loss that overflowed the forwarder TAP's queue (host→VM: the forwarder read too slowly). */
+  lossAtTapQueue?: number;
+  /** CPU of the forwarder (all threads) in the window, 1.0 = one core; and the kernel's part of it. */
+  forwarderCpu: number;
+  forwarderSysCpu: number;
+  generatorCpu: number;
+  /** CPU used by everything else on the machine in the window (cores): other processes, ksoftirqd, ... */
+  otherCpu: number;
+  raw: ToolRun;
+}
+
+export interface ProcessFigures {
+  /** From /proc/PID/stat utime+stime (10 ms ticks). */
+  idleCpu?: number;
+  /** The same from the threads' schedstat run time (nanoseconds). */
+  idleCpuPrecise?: number;
+  idleSeconds?: number;
+  peakRssBytes?: number;
+  rssBytes?: number;
+  uidAfterStart?: string;
+  exitStatusOnSigint?: number;
+  lastLogLine?: string;
+}
+
+export interface FirstFrame {
+  forwarder: RealForwarder | "bun -e ''";
+  runsMs: number[];
+  medianMs?: number;
+  /** When its TAP showed up in /sys/class/net, per run. */
+  interfaceMs: number[];
+  exitStatuses: number[];
+  stopMs: number[];
+}
+
+export interface FrameResults {
+  cells: Cell[];
+  process: Partial<Record<ForwarderName, ProcessFigures>>;
+  firstFrame: FirstFrame[];
+}
+
+interface Forwarder {
+  name: RealForwarder;
+  pid: number;
+  port: string;
+  /** The VM end of its socketpair (ours). */
+  vmEnd: number;
+  output: Output;
+  running(): boolean;
+  stop(): Promise<number>;
+}
+
+const hex = (bytes: Uint8Array) => Buffer.from(bytes).toString("hex");
+
+export function median(values: number[]): number | undefined {
+  if (values.length === 0) return undefined;
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[middle] : (sorted[middle - 1]! + sorted[middle]!) / 2;
+}
+
+function describeError(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+export class FrameBench {
+  readonly namespace: string;
+  readonly results: FrameResults = { cells: [], process: {}, firstFrame: [] };
+
+  constructor(
+    private readonly resources: Resources,
+    private readonly programs: { relay: string; tools: string },
+    private readonly timing: Timing,
+    private readonly fail: (what: string, error: unknown) => void,
+    private readonly say: (line: string) => void,
+  ) {
+    this.namespace = resources.namespaceName("frames");
+  }
+
+  private ns(argv: string[]): string[] {
+    return ["ip", "netns", "exec", this.namespace, ...argv];
+  }
+
+  /** argv under `taskset -c cpu` when pinning is on. */
+  private pinned(argv: string[], cpu: number): string[] {
+    return this.timing.pin ? ["taskset", "-c", String(cpu), ...argv] : argv;
+  }
+
+  private ip(...args: string[]): string {
+    return sh(["ip", "-n", this.namespace, ...args]);
+  }
+
+  setUp(): void {
+    this.resources.addNamespace(this.namespace);
+    this.ip("link", "set", "lo", "up");
+    // No IPv6: no router solicitations or MLD reports from ports coming up, only our frames.
+    sh(
+      this.ns([
+        "sh",
+        "-c",
+        "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6; echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6",
+      ]),
+    );
+    this.ip(
+      "link",
+      "add",
+      BRIDGE,
+      "address",
+      BRIDGE_MAC,
+      "type",
+      "bridge",
+      "stp_state",
+      "0",
+      "forward_delay",
+      "0",
+    );
+    this.ip("addr", "add", `${GATEWAY}/24`, "dev", BRIDGE);
+    this.ip("link", "set", BRIDGE, "up");
+    // ip_forward stays 0: VM frames to 8.8.8.8 reach br0 (their destination MAC) and are dropped
+    // by the host's IP layer without an ICMP reply, as cheaply as the kernel can.
+    for (const tap of [GEN_TAP, NULL_TAP]) {
+      this.ip("tuntap", "add", "dev", tap, "mode", "tap");
+      this.ip("link", "set", tap, "master", BRIDGE, "up");
+    }
+    this.ip("link", "set", GEN_TAP, "address", GENERATOR_MAC);
+  }
+
+  private portsWithCarrier(): string[] {
+    const links = JSON.parse(this.ip("-j", "link", "show", "master", BRIDGE)) as Array<{
+      ifname: string;
+      flags: string[];
+    }>;
+    return links.filter((link) => link.flags.includes("LOWER_UP")).map((link) => link.ifname);
+  }
+
+  private async waitForPort(
+    pick: (ports: string[]) => string | undefined,
+    isRunning: () => boolean,
+  ): Promise<string> {
+    const deadline = Date.now() + 15_000;
+    for (;;) {
+      const port = pick(this.portsWithCarrier());
+      if (port !== undefined) return port;
+      if (!isRunning()) throw new Error("the forwarder exited before its port came up");
+      if (Date.now() > deadline) throw new Error("timed out waiting for the forwarder's port on the bridge");
+      await sleep(20);
+    }
+  }
+
+  /** Host→VM frames go to the VM MAC: a static entry sends them to the port under test only. */
+  private pinVmMac(port: string): void {
+    sh(["bridge", "-n", this.namespace, "fdb", "replace", VM_MAC, "dev", port, "master", "static"]);
+  }
+
+  private async startForwarder(name: RealForwarder): Promise<Forwarder> {
+    const argv =
+      name === "C relay"
+        ? this.ns([this.programs.relay, "0", RELAY_TAP, BRIDGE])
+        : this.ns([
+            process.execPath,
+            "src/main.ts",
+            "--vm-fd",
+            "0",
+            "--vm-mac-address",
+            VM_MAC,
+            "--bridge",
+            BRIDGE,
+          ]);
+    const pair = datagramSocketPair();
+    const before = new Set(this.portsWithCarrier());
+    const child = this.resources.spawn(this.pinned(argv, 1), { stdin: pair.hostEnd, cwd: REPOSITORY });
+    closeFd(pair.hostEnd);
+    const output = new Output(child);
+    let exitCode: number | null = null;
+    void child.exited.then((code) => {
+      exitCode = code;
+    });
+    const running = () => exitCode === null;
+    let closed = false;
+    const forwarder: Forwarder = {
+      name,
+      pid: child.pid, // `ip netns exec` execs the command: this is the forwarder's own pid
+      port: "",
+      vmEnd: pair.vmEnd,
+      output,
+      running,
+      async stop() {
+        if (running()) {
+          child.kill("SIGINT");
+          const timer = setTimeout(() => child.kill("SIGKILL"), 5_000);
+          await child.exited;
+          clearTimeout(timer);
+        }
+        await output.done;
+        if (!closed) closeFd(pair.vmEnd);
+        closed = true;
+        return child.exitCode ?? -1;
+      },
+    };
+    try {
+      forwarder.port = await this.waitForPort((ports) => ports.find((port) => !before.has(port)), running);
+      if (name === "softnet") await output.waitFor(/forwarding for VM/, 10_000, running);
+      this.pinVmMac(forwarder.port);
+      // The lease: a DHCP ACK from the gateway for VM_IP, injected on the host side.
+      const ack = dhcpServerFrame({
+        messageType: DhcpMessageType.ACK,
+        leaseTimeSeconds: 3600,
+        dnsServers: [GATEWAY],
+        clientMac: VM_MAC,
+        yourAddress: VM_IP,
+        from: GATEWAY,
+        dst: VM_IP,
+        dstMac: VM_MAC,
+      });
+      const injected = await runTool(
+        this.resources,
+        this.ns([this.programs.tools, "inject", GEN_TAP, "3", "20", hex(ack)]),
+      );
+      if (injected.code !== 0) throw new Error(`cannot inject the DHCP ACK: ${injected.stderr.trim()}`);
+      if (name === "softnet") await output.waitFor(/lease learned/, 5_000, running);
+    } catch (error) {
+      await forwarder.stop();
+      throw new Error(`${describeError(error)}\n${output.text.trim()}`);
+    }
+    return forwarder;
+  }
+
+  private async run(
+    forwarder: ForwarderName,
+    direction: Direction,
+    size: number,
+    vmEnd: number,
+    port: string,
+    pid: number,
+  ): Promise<Cell> {
+    const { warmupSeconds: warmup, cellSeconds: secs } = this.timing;
+    const common = [String(size), String(warmup), String(secs)];
+    const argv =
+      direction === "vm-to-host"
+        ? [
+            this.programs.tools,
+            "v2h",
+            ...common,
+            port === NULL_TAP ? "-" : `/sys/class/net/${port}/statistics/rx_packets`,
+            String(pid),
+            BRIDGE_MAC,
+            VM_MAC,
+            VM_IP,
+            GLOBAL_DESTINATION,
+          ]
+        : [
+            this.programs.tools,
+            "h2v",
+            ...common,
+            GEN_TAP,
+            port,
+            String(pid),
+            VM_MAC,
+            GENERATOR_MAC,
+            GLOBAL_DESTINATION,
+            VM_IP,
+          ];
+    if (direction === "host-to-vm") this.pinVmMac(port);
+    const result = await runTool(this.resources, this.pinned(this.ns(argv), 0), {
+      fds: [vmEnd],
+      timeoutMs: (warmup + secs + 10) * 1000,
+    });
+    const raw = lastJson<ToolRun>(result.stdout);
+    if (result.code !== 0 || raw === undefined) {
+      throw new Error(
+        `tools ${argv[1]} exited ${result.code}: ${result.stderr.trim() || result.stdout.trim()}`,
+      );
+    }
+    const nullForwarder = forwarder === "null forwarder";
+    const delivered = nullForwarder ? raw.sentPps : raw.deliveredPps;
+    const cell: Cell = {
+      forwarder,
+      direction,
+      size,
+      framesPerSecond: delivered,
+      gbitPerSecond: (delivered * size * 8) / 1e9,
+      repetitions: [delivered],
+      offeredPerSecond: raw.sentPps,
+      loss: nullForwarder || raw.sentTotal === 0 ? 0 : Math.max(0, 1 - raw.deliveredTotal / raw.sentTotal),
+      forwarderCpu: raw.forwarderCpu,
+      forwarderSysCpu: raw.forwarderSysCpu,
+      generatorCpu: raw.generatorCpu,
+      otherCpu: Math.max(0, raw.machineCpu - raw.forwarderCpu - raw.generatorCpu),
+      raw,
+    };
+    if (
+      !nullForwarder &&
+      direction === "host-to-vm" &&
+      raw.droppedAtTapQueue !== undefined &&
+      raw.sentTotal > 0
+    ) {
+      cell.lossAtTapQueue = Math.max(0, raw.droppedAtTapQueue) / raw.sentTotal;
+    }
+    if (!nullForwarder && raw.deliveredTotal <= 0) {
+      throw new Error(`no frame got through ${forwarder} (${direction}, ${size} B): ${JSON.stringify(raw)}`);
+    }
+    return cell;
+  }
+
+  /** The run with the median frames/s stands for the cell; every repetition's rate is kept. */
+  private combine(runs: Cell[]): Cell {
+    const sorted = [...runs].sort((a, b) => a.framesPerSecond - b.framesPerSecond);
+    const chosen = sorted[Math.floor((sorted.length - 1) / 2)]!;
+    const rates = runs.map((run) => run.framesPerSecond);
+    const middle = median(rates)!;
+    return {
+      ...chosen,
+      framesPerSecond: middle,
+      gbitPerSecond: (middle * chosen.size * 8) / 1e9,
+      repetitions: rates,
+    };
+  }
+
+  private describeRun(cell: Cell): string {
+    return (
+      `${cell.forwarder.padEnd(14)} ${cell.direction.padEnd(10)} ${String(cell.size).padStart(4)} B: ` +
+      `${Math.round(cell.framesPerSecond).toLocaleString("en-US")} frames/s, ${cell.gbitPerSecond.toFixed(2)} Gbit/s, ` +
+      `forwarder CPU ${Math.round(cell.forwarderCpu * 100)} %`
+    );
+  }
+
+  /** Up to 3 runs of one null-forwarder cell, combined like the others. */
+  private async repeat(what: string, once: () => Promise<Cell>): Promise<void> {
+    const runs: Cell[] = [];
+    for (let repetition = 0; repetition < Math.min(3, this.timing.repetitions); repetition++) {
+      try {
+        const cell = await once();
+        runs.push(cell);
+        this.say(this.describeRun(cell));
+      } catch (error) {
+        this.fail(what, error);
+        return;
+      }
+    }
+    this.results.cells.push(this.combine(runs));
+  }
+
+  /** The generators' own ceilings: the same tools against a forwarder that does nothing. */
+  async measureGeneratorCeilings(): Promise<void> {
+    // VM→host: a C process that receives and discards (recvmmsg) on the other end of the socketpair.
+    const pair = datagramSocketPair();
+    const drain = this.resources.spawn(this.ns([this.programs.tools, "drain"]), { fds: [pair.hostEnd] });
+    closeFd(pair.hostEnd);
+    try {
+      for (const size of SIZES) {
+        await this.repeat(`generator ceiling VM→host ${size} B`, () =>
+          this.run("null forwarder", "vm-to-host", size, pair.vmEnd, NULL_TAP, drain.pid),
+        );
+      }
+    } finally {
+      drain.kill("SIGKILL");
+      await drain.exited;
+      closeFd(pair.vmEnd);
+    }
+    // host→VM: frames cross the bridge to null0, whose reader discards them (poll + read until EAGAIN).
+    const pair2 = datagramSocketPair();
+    closeFd(pair2.hostEnd);
+    const reader = this.resources.spawn(this.ns([this.programs.tools, "tapdrain", NULL_TAP]));
+    try {
+      await this.waitForPort(
+        (ports) => ports.find((port) => port === NULL_TAP),
+        () => reader.exitCode === null,
+      );
+      for (const size of SIZES) {
+        await this.repeat(`generator ceiling host→VM ${size} B`, () =>
+          this.run("null forwarder", "host-to-vm", size, pair2.vmEnd, NULL_TAP, reader.pid),
+        );
+      }
+    } finally {
+      reader.kill("SIGKILL");
+      await reader.exited;
+      closeFd(pair2.vmEnd);
+      shMaybe(["bridge", "-n", this.namespace, "fdb", "del", VM_MAC, "dev", NULL_TAP, "master"]);
+    }
+  }
+
+  /**
+   * Both forwarders side by side: every cell runs `repetitions` times per forwarder, alternating
+   * which goes first; then softnet's idle CPU and memory. Returns false when softnet could not start.
+   */
+  async measureForwarders(): Promise<boolean> {
+    const forwarders: Forwarder[] = [];
+    for (const name of ["C relay", "softnet"] as RealForwarder[]) {
+      try {
+        forwarders.push(await this.startForwarder(name));
+        this.results.process[name] = {};
+      } catch (error) {
+        this.fail(`starting ${name}`, error);
+      }
+    }
+    try {
+      for (const forwarder of forwarders) {
+        this.results.process[forwarder.name]!.uidAfterStart = statusField(forwarder.pid, "Uid")?.split(
+          /\s+/,
+        )[0];
+      }
+      const runs = new Map<string, Cell[]>();
+      for (let repetition = 0; repetition < this.timing.repetitions; repetition++) {
+        for (const direction of DIRECTIONS) {
+          for (const size of SIZES) {
+            const order = repetition % 2 === 0 ? forwarders : [...forwarders].reverse();
+            for (const forwarder of order) {
+              const what = `${forwarder.name} ${direction} ${size} B (repetition ${repetition + 1})`;
+              try {
+                if (!forwarder.running()) throw new Error(`${forwarder.name} is not running any more`);
+                const cell = await this.run(
+                  forwarder.name,
+                  direction,
+                  size,
+                  forwarder.vmEnd,
+                  forwarder.port,
+                  forwarder.pid,
+                );
+                const key = `${forwarder.name}/${direction}/${size}`;
+                runs.set(key, [...(runs.get(key) ?? []), cell]);
+                this.say(`${this.describeRun(cell)} [${repetition + 1}/${this.timing.repetitions}]`);
+              } catch (error) {
+                this.fail(what, error);
+              }
+            }
+          }
+        }
+      }
+      for (const cells of runs.values()) this.results.cells.push(this.combine(cells));
+
+      const softnet = forwarders.find((forwarder) => forwarder.name === "softnet");
+      if (softnet?.running()) {
+        const figures = this.results.process.softnet!;
+        try {
+          await sleep(1000); // let the socket buffers drain and timers settle
+          const before = cpuSeconds(softnet.pid);
+          const beforePrecise = threadRuntimes(softnet.pid);
+          const start = performance.now();
+          await sleep(this.timing.idleSeconds * 1000);
+          const seconds = (performance.now() - start) / 1000;
+          figures.idleCpu = (cpuSeconds(softnet.pid) - before) / seconds;
+          figures.idleCpuPrecise = runtimeBetween(beforePrecise, threadRuntimes(softnet.pid)) / seconds;
+          figures.idleSeconds = seconds;
+          figures.peakRssBytes = statusBytes(softnet.pid, "VmHWM");
+          figures.rssBytes = statusBytes(softnet.pid, "VmRSS");
+        } catch (error) {
+          this.fail("softnet idle CPU and RSS", error);
+        }
+      } else if (softnet) {
+        this.fail("softnet idle CPU and RSS", new Error(`softnet exited: ${softnet.output.text.trim()}`));
+      }
+    } finally {
+      for (const forwarder of forwarders) {
+        const figures = this.results.process[forwarder.name]!;
+        figures.exitStatusOnSigint = await forwarder.stop();
+        figures.lastLogLine = forwarder.output.text
+          .trim()
+          .split("\n")
+          .filter((line) => /stopped/.test(line))
+          .pop();
+      }
+    }
+    return forwarders.some((forwarder) => forwarder.name === "softnet");
+  }
+
+  /** Start → first VM→host frame on the bridge side, median of several starts. */
+  async measureFirstFrame(name: RealForwarder): Promise<void> {
+    const discover = dhcpClientFrame({ srcMac: VM_MAC, messageType: DhcpMessageType.DISCOVER });
+    const command =
+      name === "C relay"
+        ? [this.programs.relay, "0", "cfirst0", BRIDGE]
+        : [process.execPath, "src/main.ts", "--vm-fd", "0", "--vm-mac-address", VM_MAC, "--bridge", BRIDGE];
+    const result: FirstFrame = { forwarder: name, runsMs: [], interfaceMs: [], exitStatuses: [], stopMs: [] };
+    this.results.firstFrame.push(result);
+    for (let run = 0; run < this.timing.firstFrameStarts; run++) {
+      try {
+        const output = await runTool(
+          this.resources,
+          this.ns([this.programs.tools, "firstframe", VM_MAC, "10000", hex(discover), "--", ...command]),
+          { cwd: REPOSITORY },
+        );
+        const parsed = lastJson<{
+          firstFrameMs: number;
+          interfaceMs: number;
+          exitStatus: number;
+          stopMs: number;
+        }>(output.stdout);
+        if (output.code !== 0 || parsed === undefined || parsed.firstFrameMs < 0) {
+          throw new Error(
+            `firstframe exited ${output.code}: ${output.stderr.trim()} ${output.stdout.trim()}`,
+          );
+        }
+        result.runsMs.push(parsed.firstFrameMs);
+        result.interfaceMs.push(parsed.interfaceMs);
+        result.exitStatuses.push(parsed.exitStatus);
+        result.stopMs.push(parsed.stopMs);
+      } catch (error) {
+        this.fail(`${name} first frame (start ${run + 1})`, error);
+      }
+    }
+    result.medianMs = median(result.runsMs);
+    this.say(`${name.padEnd(14)} first frame: ${result.runsMs.map((ms) => ms.toFixed(1)).join(", ")} ms`);
+  }
+
+  /** How long Bun itself takes to start and exit with nothing to do: the floor under softnet's start. */
+  measureBunStartup(): void {
+    const result: FirstFrame = {
+      forwarder: "bun -e ''",
+      runsMs: [],
+      interfaceMs: [],
+      exitStatuses: [],
+      stopMs: [],
+    };
+    for (let run = 0; run < this.timing.firstFrameStarts; run++) {
+      const start = performance.now();
+      const child = Bun.spawnSync([process.execPath, "-e", ""], { stdout: "ignore", stderr: "ignore" });
+      result.runsMs.push(performance.now() - start);
+      result.exitStatuses.push(child.exitCode ?? -1);
+    }
+    result.medianMs = median(result.runsMs);
+    this.results.firstFrame.push(result);
+  }
+}

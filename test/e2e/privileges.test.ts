@@ -3,7 +3,7 @@
 // with one line that says how to fix it. A real user, a real sudoers rule, a real guest.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { readFileSync, rmSync, writeFileSync } from "node:fs";
-import { commandForwarder, type Forwarder, type Guest, run, Topology } from "./lib/index.ts";
+import { type Forwarder, type Guest, run, softnet, Topology } from "./lib/index.ts";
 
 const USER = "softnet-e2e";
 const SUDOERS = "/etc/sudoers.d/softnet-e2e";
@@ -40,19 +40,8 @@ function asUser(argv: string[]): string[] {
 }
 
 /** softnet started by USER, as a person would type it. */
-function softnetAsUser(): ReturnType<typeof commandForwarder> {
-  return commandForwarder("softnet run by an unprivileged user", (context) =>
-    asUser([
-      process.execPath,
-      "src/main.ts",
-      "--vm-fd",
-      "0",
-      "--vm-mac-address",
-      context.vmMac,
-      "--bridge",
-      context.bridge,
-    ]),
-  );
+function softnetAsUser(): ReturnType<typeof softnet> {
+  return softnet([], { description: "softnet run by an unprivileged user", wrap: asUser });
 }
 
 /** The softnet process under sudo (sudo stays as its parent to relay signals). */

@@ -154,16 +154,22 @@ export function commandForwarder(
  * with the Bun running the tests. extraArgs: --allow, --block, --expose, --log-level, ...
  * Stopped with SIGINT, as Tart stops it.
  */
-export function softnet(extraArgs: string[] = []): ForwarderSpec {
-  return commandForwarder(`softnet ${extraArgs.join(" ")}`.trim(), (context) => [
-    process.execPath,
-    "src/main.ts",
-    "--vm-fd",
-    "0",
-    "--vm-mac-address",
-    context.vmMac,
-    "--bridge",
-    context.bridge,
-    ...extraArgs,
-  ]);
+export function softnet(
+  extraArgs: string[] = [],
+  options: { description?: string; wrap?: (argv: string[]) => string[] } = {},
+): ForwarderSpec {
+  const wrap = options.wrap ?? ((argv: string[]) => argv);
+  return commandForwarder(options.description ?? `softnet ${extraArgs.join(" ")}`.trim(), (context) =>
+    wrap([
+      process.execPath,
+      "src/main.ts",
+      "--vm-fd",
+      "0",
+      "--vm-mac-address",
+      context.vmMac,
+      "--bridge",
+      context.bridge,
+      ...extraArgs,
+    ]),
+  );
 }

@@ -23,6 +23,7 @@ packages=(
   qemu-user              # runs the release's AArch64 environment scrubber in the tests
   libc6-arm64-cross      # the AArch64 C library qemu-user needs for that
   gcc-aarch64-linux-gnu  # builds the AArch64 initializer harness (test/release)
+  llvm-14                # llvm-mc and llvm-lipo: the release tests check our assembler output and fat files against them
 )
 
 missing=()

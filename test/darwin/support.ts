@@ -7,6 +7,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync } from "no
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { DarwinLibraries } from "../../src/platform/darwin/system.ts";
+import { REQUIRED_IN_CI } from "../support/ci.ts";
 
 export const REPO = resolve(import.meta.dir, "../..");
 const DOUBLE_SOURCES = join(REPO, "test/vmnet-double");
@@ -145,7 +146,7 @@ export function inPrivateNetworkNamespace(
     return;
   }
   const canRun = process.getuid?.() === 0 && Bun.which("ip") !== null && existsSync("/dev/net/tun");
-  test.skipIf(!canRun)(
+  test.skipIf(!canRun && !REQUIRED_IN_CI)(
     `${name}, run inside a private network namespace`,
     () => {
       const namespace = `softnet-darwin-${process.pid}-${Math.floor(Math.random() * 1e6)}`;

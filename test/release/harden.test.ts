@@ -18,7 +18,7 @@ afterAll(() => rmSync(work, { recursive: true, force: true }));
 
 const target = (name: string) => TARGETS.find((candidate) => candidate.name === name)!;
 
-test.skipIf(!findLlvmTool("llvm-mc"))(
+test.skipIf(!findLlvmTool("llvm-mc") && !REQUIRED_IN_CI)(
   "env-scrub/blobs.ts is what the assembly sources assemble to",
   async () => {
     expect(await staleBlobs()).toEqual([]);
@@ -29,6 +29,7 @@ test.skipIf(!findLlvmTool("llvm-mc"))(
 // entries like "" or "=x").
 const EXEC_WITH = `
 import { dlopen, FFIType, ptr } from "bun:ffi";
+import { REQUIRED_IN_CI } from "../support/ci.ts";
 const { symbols } = dlopen("libc.so.6", { execve: { args: [FFIType.ptr, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 } });
 const [argv, envp] = JSON.parse(require("fs").readFileSync(process.argv[2], "latin1"));
 const keep = [];
@@ -60,7 +61,7 @@ function seenBy(runtime: string, envp: string[]): { environ: string[]; env: Reco
   return seen;
 }
 
-describe.skipIf(!canRunLinuxX64)("the scrubber, run (hardened linux-x64 runtime)", () => {
+describe.skipIf(!canRunLinuxX64 && !REQUIRED_IN_CI)("the scrubber, run (hardened linux-x64 runtime)", () => {
   test("keeps exactly SENTRY_DSN, CIRRUS_SENTRY_TAGS, SUDO_UID, SUDO_GID, byte for byte, in order", () => {
     const { path } = hardenedRuntime(target("linux-x64"));
     const hostile = [
@@ -128,7 +129,7 @@ const canEmulateArm64 = existsSync(QEMU) && existsSync(join(ARM64_SYSROOT, "lib/
 
 // The AArch64 scrubber (the same `scrub` code the darwin-arm64 binary runs) executed for real,
 // under qemu-user (Debian: qemu-user, libc6-arm64-cross).
-describe.skipIf(!canEmulateArm64)(
+describe.skipIf(!canEmulateArm64 && !REQUIRED_IN_CI)(
   "the scrubber, run (hardened linux-arm64 runtime under qemu-aarch64)",
   () => {
     const underQemu = (runtime: string, env: Record<string, string>, args: string[]) =>
@@ -176,7 +177,7 @@ describe("the Mach-O initializer wrapper, run", () => {
   for (const { arch, cc, run } of cases) {
     const native = arch === "x86_64" ? canRunLinuxX64 : process.arch === "arm64";
     const runnable = existsSync(cc) && (native || (run.length > 0 && canEmulateArm64));
-    test.skipIf(!runnable)(`${arch}: scrubs envp and passes argc, argv, envp, apple, vars through`, () => {
+    test.skipIf(!runnable && !REQUIRED_IN_CI)(`${arch}: scrubs envp and passes argc, argv, envp, apple, vars through`, () => {
       const blob = ENV_SCRUB_BLOBS[arch];
       const blobPath = join(work, `${arch}.bin`);
       writeFileSync(blobPath, Buffer.from(blob.hex, "hex"));

@@ -5,8 +5,8 @@ import { beforeAll, describe, expect, test } from "bun:test";
 import { readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { inspectHardening } from "../../scripts/release/harden-runtime.ts";
-import { canRunLinuxX64, releaseDist } from "./release-build.ts";
 import { REQUIRED_IN_CI } from "../support/ci.ts";
+import { canRunLinuxX64, releaseDist } from "./release-build.ts";
 
 let dist: string;
 let info: { version: string; commit: string; artifacts: Record<string, { bytes: number }> };

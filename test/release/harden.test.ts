@@ -11,6 +11,7 @@ import { ENV_SCRUB_BLOBS } from "../../scripts/release/env-scrub/blobs.ts";
 import { hardenRuntime, inspectHardening } from "../../scripts/release/harden-runtime.ts";
 import { MachO, S_INIT_FUNC_OFFSETS, SECTION_TYPE } from "../../scripts/release/macho.ts";
 import { hardenedRuntime, officialRuntime, TARGETS } from "../../scripts/release/runtimes.ts";
+import { REQUIRED_IN_CI } from "../support/ci.ts";
 import { canRunLinuxX64, releaseDist } from "./release-build.ts";
 
 const work = mkdtempSync(join(tmpdir(), "softnet-harden-test-"));
@@ -177,25 +178,28 @@ describe("the Mach-O initializer wrapper, run", () => {
   for (const { arch, cc, run } of cases) {
     const native = arch === "x86_64" ? canRunLinuxX64 : process.arch === "arm64";
     const runnable = existsSync(cc) && (native || (run.length > 0 && canEmulateArm64));
-    test.skipIf(!runnable && !REQUIRED_IN_CI)(`${arch}: scrubs envp and passes argc, argv, envp, apple, vars through`, () => {
-      const blob = ENV_SCRUB_BLOBS[arch];
-      const blobPath = join(work, `${arch}.bin`);
-      writeFileSync(blobPath, Buffer.from(blob.hex, "hex"));
-      const binary = join(work, `harness-${arch}`);
-      const compile = Bun.spawnSync([cc, "-O1", "-o", binary, harness], { stderr: "pipe" });
-      expect(compile.exitCode, compile.stderr.toString()).toBe(0);
-      const result = Bun.spawnSync(
-        [...(native ? [] : run), binary, blobPath, String(blob.machoInit), String(blob.machoJump)],
-        {
-          stdout: "pipe",
-          stderr: "pipe",
-        },
-      );
-      expect(result.stdout.toString()).toBe(
-        "OK argc=1 envp=[SENTRY_DSN=keep,SUDO_GID=7,(nil)] vars=0x1234\n",
-      );
-      expect(result.exitCode).toBe(0);
-    });
+    test.skipIf(!runnable && !REQUIRED_IN_CI)(
+      `${arch}: scrubs envp and passes argc, argv, envp, apple, vars through`,
+      () => {
+        const blob = ENV_SCRUB_BLOBS[arch];
+        const blobPath = join(work, `${arch}.bin`);
+        writeFileSync(blobPath, Buffer.from(blob.hex, "hex"));
+        const binary = join(work, `harness-${arch}`);
+        const compile = Bun.spawnSync([cc, "-O1", "-o", binary, harness], { stderr: "pipe" });
+        expect(compile.exitCode, compile.stderr.toString()).toBe(0);
+        const result = Bun.spawnSync(
+          [...(native ? [] : run), binary, blobPath, String(blob.machoInit), String(blob.machoJump)],
+          {
+            stdout: "pipe",
+            stderr: "pipe",
+          },
+        );
+        expect(result.stdout.toString()).toBe(
+          "OK argc=1 envp=[SENTRY_DSN=keep,SUDO_GID=7,(nil)] vars=0x1234\n",
+        );
+        expect(result.exitCode).toBe(0);
+      },
+    );
   }
 });
 

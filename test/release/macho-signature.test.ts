@@ -9,8 +9,8 @@ import { findLlvmTool } from "../../scripts/release/assemble-env-scrub.ts";
 import { createFat, MachO, slices } from "../../scripts/release/macho.ts";
 import { resign, signAdhoc, verifySignatures, verifySlice } from "../../scripts/release/macho-signature.ts";
 import { hardenedRuntime, officialRuntime, TARGETS } from "../../scripts/release/runtimes.ts";
-import { ROOT, releaseDist } from "./release-build.ts";
 import { REQUIRED_IN_CI } from "../support/ci.ts";
+import { ROOT, releaseDist } from "./release-build.ts";
 
 let dist: string;
 const read = (name: string) => new Uint8Array(readFileSync(join(dist, name)));
@@ -124,26 +124,29 @@ describe("the verifier fails where it must", () => {
   }, 60_000);
 });
 
-test.skipIf(!findLlvmTool("llvm-lipo") && !REQUIRED_IN_CI)("our fat file is byte for byte what llvm-lipo -create makes", () => {
-  const dir = mkdtempSync(join(tmpdir(), "softnet-lipo-"));
-  try {
-    const reference = join(dir, "lipo");
-    const lipo = Bun.spawnSync(
-      [
-        findLlvmTool("llvm-lipo")!,
-        "-create",
-        join(dist, "softnet-darwin-arm64"),
-        join(dist, "softnet-darwin-x64"),
-        "-output",
-        reference,
-      ],
-      { stderr: "pipe" },
-    );
-    expect(lipo.exitCode).toBe(0);
-    const ours = createFat([read("softnet-darwin-arm64"), read("softnet-darwin-x64")]);
-    expect(Buffer.compare(Buffer.from(ours), readFileSync(reference))).toBe(0);
-    expect(Buffer.compare(Buffer.from(ours), Buffer.from(read("softnet-darwin-universal")))).toBe(0);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+test.skipIf(!findLlvmTool("llvm-lipo") && !REQUIRED_IN_CI)(
+  "our fat file is byte for byte what llvm-lipo -create makes",
+  () => {
+    const dir = mkdtempSync(join(tmpdir(), "softnet-lipo-"));
+    try {
+      const reference = join(dir, "lipo");
+      const lipo = Bun.spawnSync(
+        [
+          findLlvmTool("llvm-lipo")!,
+          "-create",
+          join(dist, "softnet-darwin-arm64"),
+          join(dist, "softnet-darwin-x64"),
+          "-output",
+          reference,
+        ],
+        { stderr: "pipe" },
+      );
+      expect(lipo.exitCode).toBe(0);
+      const ours = createFat([read("softnet-darwin-arm64"), read("softnet-darwin-x64")]);
+      expect(Buffer.compare(Buffer.from(ours), readFileSync(reference))).toBe(0);
+      expect(Buffer.compare(Buffer.from(ours), Buffer.from(read("softnet-darwin-universal")))).toBe(0);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  },
+);

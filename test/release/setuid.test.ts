@@ -18,8 +18,8 @@ import {
   SetuidLab,
 } from "../../scripts/release/setuid-attacks.ts";
 import { libc } from "../../src/platform/libc.ts";
-import { canRunLinuxX64, isRoot, releaseDist, unhardenedBuild } from "./release-build.ts";
 import { REQUIRED_IN_CI } from "../support/ci.ts";
+import { canRunLinuxX64, isRoot, releaseDist, unhardenedBuild } from "./release-build.ts";
 
 const runnable = canRunLinuxX64 && isRoot;
 let hardened: SetuidLab;
@@ -50,27 +50,30 @@ function summary(outcome: Outcome): string {
   return JSON.stringify({ ...outcome, output: outcome.output.slice(0, 400) });
 }
 
-describe.skipIf(!runnable && !REQUIRED_IN_CI)("the release binary installed setuid root, run by an unprivileged user", () => {
-  test("is really setuid root and prints its version", async () => {
-    const stat = Bun.spawnSync(["stat", "-c", "%U %a", hardened.binary]).stdout.toString().trim();
-    expect(stat).toBe("root 4755");
-    const run = Bun.spawnSync(hardened.asAttacker(hardened.binary, ["--version"]), { stdout: "pipe" });
-    expect(run.stdout.toString()).toBe(version);
-  });
+describe.skipIf(!runnable && !REQUIRED_IN_CI)(
+  "the release binary installed setuid root, run by an unprivileged user",
+  () => {
+    test("is really setuid root and prints its version", async () => {
+      const stat = Bun.spawnSync(["stat", "-c", "%U %a", hardened.binary]).stdout.toString().trim();
+      expect(stat).toBe("root 4755");
+      const run = Bun.spawnSync(hardened.asAttacker(hardened.binary, ["--version"]), { stdout: "pipe" });
+      expect(run.stdout.toString()).toBe(version);
+    });
 
-  for (const attack of ATTACKS) {
-    test(`blocks ${attack.id}: ${attack.what}`, async () => {
-      const outcome = await hardened.run(attack);
-      const detail = summary(outcome);
-      expect(outcome.rootCode, detail).toBe(false);
-      expect(outcome.code, detail).toBe(false);
-      expect(outcome.inspector, detail).toBe(false);
-      expect(outcome.rootFile, detail).toBe(false);
-      expect(outcome.jscOption, detail).toBe(false);
-      expect(outcome.versionOk, detail).toBe(true);
-    }, 30_000);
-  }
-});
+    for (const attack of ATTACKS) {
+      test(`blocks ${attack.id}: ${attack.what}`, async () => {
+        const outcome = await hardened.run(attack);
+        const detail = summary(outcome);
+        expect(outcome.rootCode, detail).toBe(false);
+        expect(outcome.code, detail).toBe(false);
+        expect(outcome.inspector, detail).toBe(false);
+        expect(outcome.rootFile, detail).toBe(false);
+        expect(outcome.jscOption, detail).toBe(false);
+        expect(outcome.versionOk, detail).toBe(true);
+      }, 30_000);
+    }
+  },
+);
 
 describe.skipIf(!runnable && !REQUIRED_IN_CI)("control: the same build on the unhardened Bun runtime", () => {
   // The attacks that must succeed against an unhardened setuid Bun executable (Bun 1.4.5). If one

@@ -214,8 +214,12 @@ function tapTests(namespace: string): void {
     test("the kernel's reply to a frame sent through the TAP comes back through it (ARP)", async () => {
       const tap = openTap();
       await waitForwarding(tap);
-      expect(sendFrame(tap, arpRequestForGateway())).toBe(1);
-      const reply = await receiveMatching(tap, isArpReplyToVm);
+      // Ask up to five times: a request sent while the port is still settling may go unanswered.
+      let reply: Uint8Array | null = null;
+      for (let attempt = 0; attempt < 5 && reply === null; attempt++) {
+        expect(sendFrame(tap, arpRequestForGateway())).toBe(1);
+        reply = await receiveMatching(tap, isArpReplyToVm, 1000);
+      }
       expect(reply).not.toBeNull();
       expect([...reply!.subarray(0, 6)]).toEqual(VM_MAC); // to the VM
       expect([...reply!.subarray(6, 12)]).toEqual(bridgeMac()); // from the bridge

@@ -30,7 +30,6 @@ test.skipIf(!findLlvmTool("llvm-mc") && !REQUIRED_IN_CI)(
 // entries like "" or "=x").
 const EXEC_WITH = `
 import { dlopen, FFIType, ptr } from "bun:ffi";
-import { REQUIRED_IN_CI } from "../support/ci.ts";
 const { symbols } = dlopen("libc.so.6", { execve: { args: [FFIType.ptr, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 } });
 const [argv, envp] = JSON.parse(require("fs").readFileSync(process.argv[2], "latin1"));
 const keep = [];

@@ -64,15 +64,12 @@ export class FilterLoop {
   private stopped = false;
   private leaseWasValid = false;
   private readonly countersAtLastSummary = new Float64Array(REASON_COUNT);
+  private readonly unsentAtLastSummary = new Float64Array(2);
 
   constructor(private readonly options: FilterLoopOptions) {
     this.vmSlots = new Uint16Array(options.vmBatch.capacity);
     this.hostSlots = new Uint16Array(options.hostBatch.capacity);
     this.debugEnabled = options.logger.enabled("debug");
-  }
-
-  get policy(): Policy {
-    return this.options.policy;
   }
 
   /**
@@ -167,11 +164,11 @@ export class FilterLoop {
       if (delta > 0) parts.push(`${delta} ${reasonName(reason)}`);
       this.countersAtLastSummary[reason] = counters[reason];
     }
-    if (this.droppedToHost + this.droppedToVm > 0) {
-      parts.push(
-        `${this.droppedToHost} to host and ${this.droppedToVm} to VM for lack of buffer space (total)`,
-      );
-    }
+    const toHost = this.droppedToHost - this.unsentAtLastSummary[0];
+    const toVm = this.droppedToVm - this.unsentAtLastSummary[1];
+    if (toHost + toVm > 0) parts.push(`${toHost} to the host and ${toVm} to the VM for lack of buffer space`);
+    this.unsentAtLastSummary[0] = this.droppedToHost;
+    this.unsentAtLastSummary[1] = this.droppedToVm;
     return parts.join(", ");
   }
 

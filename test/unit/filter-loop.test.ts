@@ -123,6 +123,9 @@ describe("the filter loop", () => {
     vm.incoming.push(tcpFrame({ dst: "1.1.1.1", dport: 443 }));
     loop.drainFromVm(1024);
     expect(loop.forwardedToHost).toBe(2);
+    // The minute's summary says what happened since the last one, then starts over.
+    expect(loop.dropSummary()).toBe("2 to the host and 0 to the VM for lack of buffer space");
+    expect(loop.dropSummary()).toBe("");
   });
 
   test("a drain stops at its budget and says there is more", () => {

@@ -19,6 +19,7 @@ import {
 import { FrameBatch } from "../../src/platform/link.ts";
 import { epollReactorBackend } from "../../src/platform/linux/epoll-reactor.ts";
 import { Reactor } from "../../src/platform/reactor.ts";
+import { thrownBy } from "../support/errors.ts";
 import { arpFrame } from "../support/frames.ts";
 import {
   buildDouble,
@@ -207,12 +208,7 @@ inPrivateNetworkNamespace(import.meta.path, "vmnet host link against the double"
     for (const [status, name, hint] of cases) {
       test(`${status} ${name}`, () => {
         double.inject(Inject.START_COMPLETION, status);
-        let caught: unknown;
-        try {
-          open();
-        } catch (error) {
-          caught = error;
-        }
+        const caught = thrownBy(open);
         expect(caught).toBeInstanceOf(SoftnetError);
         const line = describeError(caught);
         expect(line).toStartWith(`cannot start the vmnet interface: ${name} (${status}): `);
@@ -329,12 +325,7 @@ inPrivateNetworkNamespace(import.meta.path, "vmnet host link against the double"
         "cannot write packets to vmnet",
       );
       double.inject(Inject.READ, VmnetStatus.FAILURE);
-      let caught: unknown;
-      try {
-        link.receive(new FrameBatch(4, 2048));
-      } catch (error) {
-        caught = error;
-      }
+      const caught = thrownBy(() => link.receive(new FrameBatch(4, 2048)));
       expect(describeError(caught)).toContain("cannot read packets from vmnet shared (NAT) interface");
       expect(describeError(caught)).toContain("VMNET_FAILURE (1001)");
     });

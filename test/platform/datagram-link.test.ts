@@ -2,7 +2,6 @@
 // read()/write() so the link is checked against the kernel, not against itself.
 import { afterEach, describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
-import { SoftnetError } from "../../src/errors.ts";
 import {
   AF_INET,
   AF_UNIX,
@@ -21,6 +20,7 @@ import {
 } from "../../src/platform/libc.ts";
 import { FrameBatch } from "../../src/platform/link.ts";
 import { DatagramLink } from "../../src/platform/linux/datagram-link.ts";
+import { expectSoftnetError } from "../support/errors.ts";
 
 const openFds = new Set<number>();
 const links: DatagramLink[] = [];
@@ -73,41 +73,32 @@ function slotBytes(batch: FrameBatch, slot: number): Uint8Array {
   return batch.bytes.slice(offset, offset + batch.lengths[slot]!);
 }
 
-function expectError(run: () => unknown, message: string | RegExp): SoftnetError {
-  let caught: unknown;
-  try {
-    run();
-  } catch (error) {
-    caught = error;
-  }
-  expect(caught).toBeInstanceOf(SoftnetError);
-  expect((caught as SoftnetError).message).toMatch(message);
-  return caught as SoftnetError;
-}
-
 describe("DatagramLink construction", () => {
   test("rejects a file that is not a socket, naming what it is", () => {
     const fd = libc.open("/dev/null", O_RDWR);
     openFds.add(fd);
-    expectError(() => new DatagramLink(fd), `--vm-fd ${fd} is not a datagram socket (it is /dev/null)`);
+    expectSoftnetError(
+      () => new DatagramLink(fd),
+      `--vm-fd ${fd} is not a datagram socket (it is /dev/null)`,
+    );
   });
 
   test("rejects a stream socketpair", () => {
     const [mine] = socketPair(SOCK_STREAM);
     openFds.add(mine);
-    expectError(() => new DatagramLink(mine), "(it is an AF_UNIX stream socket)");
+    expectSoftnetError(() => new DatagramLink(mine), "(it is an AF_UNIX stream socket)");
   });
 
   test("rejects an AF_INET datagram socket", () => {
     const fd = libc.socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     openFds.add(fd);
-    expectError(() => new DatagramLink(fd), "(it is an AF_INET datagram socket)");
+    expectSoftnetError(() => new DatagramLink(fd), "(it is an AF_INET datagram socket)");
   });
 
   test("rejects an unconnected AF_UNIX datagram socket", () => {
     const fd = libc.socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     openFds.add(fd);
-    expectError(() => new DatagramLink(fd), "is a datagram socket but is not connected to a peer");
+    expectSoftnetError(() => new DatagramLink(fd), "is a datagram socket but is not connected to a peer");
   });
 
   test("rejects an fd that is not open, and uses the option name it is given", () => {
@@ -115,11 +106,11 @@ describe("DatagramLink construction", () => {
     libc.close(mine);
     libc.close(peer);
     openFds.delete(peer);
-    expectError(
+    expectSoftnetError(
       () => new DatagramLink(mine, { optionName: "--fd" }),
       `--fd ${mine} is not an open file descriptor`,
     );
-    expectError(() => new DatagramLink(-1), "--vm-fd -1 is not a file descriptor number");
+    expectSoftnetError(() => new DatagramLink(-1), "--vm-fd -1 is not a file descriptor number");
   });
 
   test("accepts a socketpair end and leaves the shared file description blocking", () => {

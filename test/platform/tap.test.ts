@@ -7,12 +7,12 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, readdirSync, readFileSync, realpathSync } from "node:fs";
 import { resolve } from "node:path";
-import { SoftnetError } from "../../src/errors.ts";
 import { FrameBatch } from "../../src/platform/link.ts";
 import { epollReactorBackend } from "../../src/platform/linux/epoll-reactor.ts";
 import { openTapOnBridge, type TapOnBridge } from "../../src/platform/linux/tap.ts";
 import { Reactor } from "../../src/platform/reactor.ts";
 import { REQUIRED_IN_CI } from "../support/ci.ts";
+import { expectSoftnetError } from "../support/errors.ts";
 
 const NETNS_VARIABLE = "SOFTNET_TEST_NETNS";
 const insideNamespace = process.env[NETNS_VARIABLE];
@@ -173,17 +173,6 @@ function tapTests(namespace: string): void {
     frame[12] === 0x88 &&
     frame[13] === 0xb5 &&
     new DataView(frame.buffer, frame.byteOffset).getUint32(14) === marker;
-
-  function expectSoftnetError(run: () => unknown, message: string | RegExp): void {
-    let caught: unknown;
-    try {
-      run();
-    } catch (error) {
-      caught = error;
-    }
-    expect(caught).toBeInstanceOf(SoftnetError);
-    expect((caught as SoftnetError).message).toMatch(message);
-  }
 
   const interfaces = () => readdirSync("/sys/class/net").sort();
 

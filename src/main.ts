@@ -1,4 +1,5 @@
 #!/usr/bin/env bun
+import type { SoftnetOptions } from "./cli.ts";
 /**
  * Entry point: parse the command line, run softnet until it is told to stop, and turn any failure
  * into one line on stderr (`softnet: what failed: why`) and an exit code: 0 clean stop, 1 failure,
@@ -6,7 +7,7 @@
  */
 import { parseCommandLine } from "./cli.ts";
 import { describeError, exitCodeFor } from "./errors.ts";
-import { initSentry, reportFatal } from "./sentry.ts";
+import { enableErrorReports, errorReportsWanted, reportFatal } from "./sentry.ts";
 
 export async function main(args: readonly string[]): Promise<number> {
   let parsed: ReturnType<typeof parseCommandLine>;
@@ -21,14 +22,30 @@ export async function main(args: readonly string[]): Promise<number> {
     return 0;
   }
   try {
-    await initSentry(process.env);
+    // Sentry starts inside the runtime, after the privilege drop (sentry.ts enableErrorReports).
     const { runSoftnet } = await import("./runtime.ts");
     return await runSoftnet(parsed.options);
   } catch (error) {
     const line = describeError(error);
     process.stderr.write(`softnet: ${line}\n`);
-    await reportFatal(error, line).catch(() => {});
+    await reportFatalUnprivileged(error, line, parsed.options);
     return exitCodeFor(error);
+  }
+}
+
+/**
+ * Reports a fatal error when SENTRY_DSN asks for it, never as root: a failure before the drop is
+ * printed first, then softnet drops privileges for good and reports it. Best effort: a report that
+ * cannot be made (the drop itself failed, Sentry unreachable) changes nothing about the exit.
+ */
+async function reportFatalUnprivileged(error: unknown, line: string, options: SoftnetOptions): Promise<void> {
+  if (!errorReportsWanted(process.env)) return;
+  try {
+    const { dropForErrorReport } = await import("./runtime.ts");
+    await dropForErrorReport(options);
+    if (await enableErrorReports(process.env)) await reportFatal(error, line);
+  } catch {
+    // Already printed; the report is not worth a second failure line.
   }
 }
 

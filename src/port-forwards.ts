@@ -6,9 +6,29 @@
  * while another runs is folded into one more pass afterwards.
  */
 import type { ExposedPort } from "./cli.ts";
-import { describeError } from "./errors.ts";
+import { describeError, SoftnetError } from "./errors.ts";
 import type { Logger } from "./log.ts";
 import { formatIpv4 } from "./wire/bytes.ts";
+
+/** Host ports below this are the host's own services' (ssh, http, ...): only root may expose them. */
+export const FIRST_UNPRIVILEGED_PORT = 1024;
+
+/**
+ * Refuses an --expose list that takes a privileged host port when softnet was started by someone
+ * other than root (setuid, or sudo by a user): `--expose 22:22` would DNAT the host's own ssh port,
+ * on every address, to that user's VM.
+ */
+export function checkExposedPortsAllowed(ports: readonly ExposedPort[], startedByRoot: boolean): void {
+  if (startedByRoot) return;
+  const privileged = ports.find((port) => port.externalPort < FIRST_UNPRIVILEGED_PORT);
+  if (privileged === undefined) return;
+  throw new SoftnetError(
+    `--expose ${privileged.externalPort}:${privileged.internalPort}: only root may expose a host port below ${FIRST_UNPRIVILEGED_PORT}`,
+    {
+      hint: `ports below ${FIRST_UNPRIVILEGED_PORT} belong to the host's own services; pick a port from ${FIRST_UNPRIVILEGED_PORT} up, e.g. --expose 2222:${privileged.internalPort}`,
+    },
+  );
+}
 
 export interface PortForwardBackend {
   /** Forwards TCP `externalPort` on the host to `address:internalPort`, for every exposed port. */

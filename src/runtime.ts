@@ -16,7 +16,8 @@ import { FrameBatch, type FrameLink } from "./platform/link.ts";
 import type { ReactorBackend } from "./platform/reactor.ts";
 import { Policy } from "./policy/policy.ts";
 import { allowsEverything, RuleTable } from "./policy/rules.ts";
-import { type PortForwardBackend, PortForwards } from "./port-forwards.ts";
+import { checkExposedPortsAllowed, type PortForwardBackend, PortForwards } from "./port-forwards.ts";
+import { enableErrorReports } from "./sentry.ts";
 import { formatIpv4, formatMac } from "./wire/bytes.ts";
 
 /** Frames per receive call, per direction: enough to amortise a syscall, small enough to stay in cache. */
@@ -43,6 +44,30 @@ export async function runSoftnet(options: SoftnetOptions): Promise<number> {
   throw new SoftnetError(`softnet does not run on ${process.platform}`, {
     hint: "it supports macOS and Linux",
   });
+}
+
+/**
+ * Before an error report leaves this process (main.ts): if it still runs as root, become the user
+ * it would have dropped to, for good. Nothing else runs afterwards but the report and the exit.
+ */
+export async function dropForErrorReport(options: SoftnetOptions): Promise<void> {
+  const { resolveDropTarget } = await import("./platform/identity.ts");
+  if (process.platform === "linux") {
+    const { dropPrivileges, linuxIdentityCalls } = await import("./platform/privileges.ts");
+    if (linuxIdentityCalls.geteuid() !== 0) return;
+    dropPrivileges(resolveDropTarget(linuxIdentityCalls, options, process.env), { keepNetAdmin: false });
+    return;
+  }
+  if (process.platform === "darwin") {
+    const { MACOS_LIBRARIES, openDarwinSystem } = await import("./platform/darwin/system.ts");
+    const { darwinIdentityCalls } = await import("./platform/darwin/identity.ts");
+    const { becomeUser } = await import("./platform/identity.ts");
+    const calls = darwinIdentityCalls(openDarwinSystem(MACOS_LIBRARIES));
+    if (calls.geteuid() !== 0) return;
+    becomeUser(calls, resolveDropTarget(calls, options, process.env));
+    return;
+  }
+  throw new SoftnetError(`no error reports on ${process.platform}`);
 }
 
 /** Undo steps, run in reverse order; a failing step must not keep the others from running. */
@@ -103,15 +128,19 @@ async function runOnLinux(options: SoftnetOptions, logger: Logger): Promise<numb
   const { DatagramLink } = await import("./platform/linux/datagram-link.ts");
   const { openTapOnBridge } = await import("./platform/linux/tap.ts");
   const { dropPrivileges, hasSetupPrivileges, linuxIdentityCalls } = await import("./platform/privileges.ts");
-  const { describeTarget, escalateWithSudo, resolveDropTarget } = await import("./platform/identity.ts");
+  const { describeTarget, escalateWithSudo, resolveDropTarget, startedByRoot } = await import(
+    "./platform/identity.ts"
+  );
   // Without root or CAP_NET_ADMIN: become root through passwordless sudo (this process is replaced).
   if (!hasSetupPrivileges()) throw escalateWithSudo(linuxIdentityCalls, process.argv.slice(2));
   const { epollReactorBackend } = await import("./platform/linux/epoll-reactor.ts");
   const nftables = await import("./platform/linux/nftables.ts");
   const { UnixPeerWatch } = await import("./platform/linux/peer-watch.ts");
 
-  // Everything that needs root happens here, before a single frame is read.
+  // As root, only what opening the host link needs, before a single frame is read: no compiler
+  // (Bun's cc writes header files into /tmp as whoever runs it), no subprocess (nft), no Sentry.
   const target = resolveDropTarget(linuxIdentityCalls, options, process.env);
+  checkExposedPortsAllowed(options.exposedPorts, startedByRoot(linuxIdentityCalls, process.env));
   const vm = new DatagramLink(options.vmFd, { optionName: "--vm-fd" });
   const cleanups = new Cleanups(logger);
   cleanups.add(() => vm.close());
@@ -122,7 +151,6 @@ async function runOnLinux(options: SoftnetOptions, logger: Logger): Promise<numb
     const nft = options.exposedPorts.length > 0 ? nftables.locateNft() : undefined;
     const forwardBackend =
       nft === undefined ? undefined : new nftables.NftablesPortForwards(nft, host.name, options.bridge);
-    if (forwardBackend !== undefined) await forwardBackend.removeAll(); // leftovers of a crashed run
     const peerWatch = UnixPeerWatch.open(options.vmFd);
     if (typeof peerWatch === "string") {
       logger.debug(
@@ -131,9 +159,15 @@ async function runOnLinux(options: SoftnetOptions, logger: Logger): Promise<numb
     } else {
       cleanups.add(() => peerWatch.close());
     }
-    const reactorBackend = epollReactorBackend();
 
     dropPrivileges(target, { keepNetAdmin: forwardBackend !== undefined });
+    await enableErrorReports(process.env);
+    // Compiled as the user softnet now is: TinyCC's staged headers land in that user's own
+    // /tmp/bun-cc-<uid>, which that user may control anyway.
+    const reactorBackend = epollReactorBackend();
+    // nft refuses to run with a real uid that differs from the effective one (setuid): after the
+    // drop both are the caller's, and CAP_NET_ADMIN rides along in the ambient set.
+    if (forwardBackend !== undefined) await forwardBackend.removeAll(); // leftovers of a crashed run
 
     return await runFilter({
       options,
@@ -163,7 +197,7 @@ export async function runOnDarwin(
 ): Promise<number> {
   const { openDarwinSystem } = await import("./platform/darwin/system.ts");
   const { darwinIdentityCalls } = await import("./platform/darwin/identity.ts");
-  const { becomeUser, describeTarget, escalateWithSudo, resolveDropTarget } = await import(
+  const { becomeUser, describeTarget, escalateWithSudo, resolveDropTarget, startedByRoot } = await import(
     "./platform/identity.ts"
   );
   const system = openDarwinSystem(platform.libraries);
@@ -179,6 +213,7 @@ export async function runOnDarwin(
   const { pollReactorBackend } = await import("./platform/darwin/poll-reactor.ts");
 
   const target = resolveDropTarget(calls, options, process.env);
+  checkExposedPortsAllowed(options.exposedPorts, startedByRoot(calls, process.env));
   if (platform.configureBootpd) {
     // bootpd reads its lease time when the shared network starts: before vmnet_start_interface.
     const { openBootpdSymbols, setBootpdLeaseTime } = await import("./platform/darwin/bootpd.ts");
@@ -192,9 +227,10 @@ export async function runOnDarwin(
     const isolate = !allowsEverything(options.rules);
     const host = openVmnet({ mode: options.netType, isolate, system });
     cleanups.add(() => host.close());
-    const reactorBackend = pollReactorBackend(system);
 
     becomeUser(calls, target);
+    await enableErrorReports(process.env);
+    const reactorBackend = pollReactorBackend(system);
 
     return await runFilter({
       options,

@@ -18,9 +18,27 @@ export function parseSentryTags(text: string | undefined): Record<string, string
   return tags;
 }
 
-export async function initSentry(env: Record<string, string | undefined>): Promise<boolean> {
+/** True when the environment asks for error reports (SENTRY_DSN set and not empty). */
+export function errorReportsWanted(env: Record<string, string | undefined>): boolean {
+  return env.SENTRY_DSN !== undefined && env.SENTRY_DSN !== "";
+}
+
+let enabled: Promise<boolean> | undefined;
+
+/**
+ * Starts Sentry, once, and only after the privilege drop: the DSN (where reports go) and the tags
+ * come from whoever started softnet, and a setuid-root process must not open connections of that
+ * user's choosing as root. The runtime calls this right after dropping; main calls it after
+ * dropping for a report when set-up failed before the drop.
+ */
+export function enableErrorReports(env: Record<string, string | undefined>): Promise<boolean> {
+  enabled ??= initSentry(env);
+  return enabled;
+}
+
+async function initSentry(env: Record<string, string | undefined>): Promise<boolean> {
   const dsn = env.SENTRY_DSN;
-  if (dsn === undefined || dsn === "") return false;
+  if (dsn === undefined || !errorReportsWanted(env)) return false;
   sentry = await import("@sentry/bun");
   sentry.init({
     dsn,

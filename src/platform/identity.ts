@@ -4,6 +4,7 @@
  * IdentityCalls (glibc on Linux, libSystem on macOS), so this module binds no library itself.
  */
 import { CString, type Pointer, ptr, read } from "bun:ffi";
+import { lstatSync, type Stats } from "node:fs";
 import { SoftnetError } from "../errors.ts";
 
 /** The C library functions this module needs, bound by the platform. */
@@ -171,6 +172,21 @@ export function resolveDropTarget(
   return { uid, gid, userName, chosenBy };
 }
 
+/**
+ * True when the person who started softnet is root: root itself, or root through sudo without an
+ * unprivileged SUDO_UID. A setuid softnet (real uid not 0) or `sudo softnet` run by a user is
+ * started by that user, who must not get root's choices (privileged ports, any bridge). SUDO_UID is
+ * believed only when the real uid is 0, as in resolveDropTarget: for a setuid binary the
+ * environment belongs to the caller.
+ */
+export function startedByRoot(
+  calls: Pick<IdentityCalls, "getuid">,
+  env: Record<string, string | undefined>,
+): boolean {
+  if (calls.getuid() !== 0) return false;
+  return !(env.SUDO_UID !== undefined && /^[1-9][0-9]*$/.test(env.SUDO_UID));
+}
+
 /** "nobody (uid 65534, gid 65534)" for the log. */
 export function describeTarget(target: DropTarget): string {
   return `${target.userName ?? "uid"} (uid ${target.uid}, gid ${target.gid}; ${target.chosenBy})`;
@@ -213,6 +229,46 @@ export function verifyIdentity(calls: IdentityCalls, target: DropTarget): void {
 const SUDO_PATH = "/usr/bin/sudo";
 
 /**
+ * Where README tells administrators to install the copy of softnet that sudoers names. A sudoers
+ * rule for the Homebrew path (/opt/homebrew/bin/softnet, a symlink into a Cellar the user owns)
+ * would let any process of that user swap the binary and get passwordless root; this copy is
+ * root's alone. Tart starts the `softnet` it finds on PATH (the Homebrew one), so that one asks
+ * sudo for this copy when it exists and is safe.
+ */
+export const ROOT_OWNED_COPY = "/usr/local/libexec/softnet";
+
+/**
+ * True when `path` is a regular file that only root can change: it and every directory above it
+ * owned by uid 0 and writable by nobody else (no group or other write bit), no symlink on the way.
+ */
+export function isRootOwnedAndLocked(path: string): boolean {
+  if (!path.startsWith("/")) return false;
+  const parts = path.split("/").filter((part) => part !== "");
+  for (let i = 0; i <= parts.length; i++) {
+    const at = `/${parts.slice(0, i).join("/")}`;
+    let info: Stats;
+    try {
+      info = lstatSync(at);
+    } catch {
+      return false;
+    }
+    const last = i === parts.length;
+    if (last ? !info.isFile() : !info.isDirectory()) return false;
+    if (info.uid !== 0 || (info.mode & 0o022) !== 0) return false;
+  }
+  return true;
+}
+
+/** What to run through sudo: the root-owned copy when it is safe, else this very executable. */
+export function escalationCommand(
+  rootOwnedCopy: string = ROOT_OWNED_COPY,
+  argv: readonly string[] = process.argv,
+): { executable: string; prefix: string[] } {
+  if (isRootOwnedAndLocked(rootOwnedCopy)) return { executable: rootOwnedCopy, prefix: [] };
+  return selfCommand(argv);
+}
+
+/**
  * How this process was started, to start it again: the executable and the arguments before the
  * user's. A compiled softnet is its own executable; from source it is bun plus the script.
  */
@@ -234,7 +290,8 @@ export function selfCommand(argv: readonly string[] = process.argv): {
  */
 export function escalateWithSudo(calls: IdentityCalls, userArgs: readonly string[]): SoftnetError {
   const fix =
-    "run softnet as root, allow it in sudoers (user ALL=(root) NOPASSWD: /path/to/softnet), " +
+    `run softnet as root, install a root-owned copy at ${ROOT_OWNED_COPY} and allow it in sudoers ` +
+    `(user ALL=(root) NOPASSWD: ${ROOT_OWNED_COPY}; see README "Install"), ` +
     "or make it setuid root (chown root softnet && chmod u+s softnet)";
   if (userArgs.includes("--sudo-escalation-done")) {
     return new SoftnetError("root privileges are required, and sudo did not provide them", { hint: fix });
@@ -244,7 +301,7 @@ export function escalateWithSudo(calls: IdentityCalls, userArgs: readonly string
       hint: fix,
     });
   }
-  const { executable, prefix } = selfCommand();
+  const { executable, prefix } = escalationCommand();
   const probe = Bun.spawnSync(
     [SUDO_PATH, "-n", executable, ...prefix, ...userArgs, "--sudo-escalation-probing"],
     {

@@ -82,7 +82,9 @@ test("the Homebrew formula: macOS only, the tarball's sha256, caveats about sudo
   expect(formula).toContain(`version "${info.version}"`);
   expect(formula).toContain("depends_on :macos");
   expect(formula).toContain('bin.install "softnet"');
-  expect(formula).toContain("NOPASSWD: #{HOMEBREW_PREFIX}/bin/softnet");
+  // sudoers names the root-owned copy, never the Homebrew path (a Cellar the user can write).
+  expect(formula).toContain("NOPASSWD: /usr/local/libexec/softnet");
+  expect(formula).not.toMatch(/NOPASSWD: #\{HOMEBREW_PREFIX\}/);
   expect(formula).toContain("setuid root");
   expect(formula).not.toContain("@@");
 });

@@ -4,19 +4,39 @@
  * softnet sends nothing.
  */
 import { afterAll, describe, expect, test } from "bun:test";
+import { readFileSync } from "node:fs";
 import { parseSentryTags } from "../../src/sentry.ts";
+import { REQUIRED_IN_CI } from "../support/ci.ts";
 
-const received: Array<{ path: string; body: string }> = [];
+const received: Array<{ path: string; body: string; senderUids: string | undefined }> = [];
+/** The softnet process being tested, so the server can ask the kernel who it runs as mid-report. */
+let senderPid: number | undefined;
 const server = Bun.serve({
   hostname: "127.0.0.1",
   port: 0,
   async fetch(request) {
+    // Read while softnet waits for this very request (reportFatal flushes before it exits).
+    const senderUids = uidsOf(senderPid);
     const body = await decode(request);
-    received.push({ path: new URL(request.url).pathname, body });
+    received.push({ path: new URL(request.url).pathname, body, senderUids });
     return new Response("{}", { headers: { "content-type": "application/json" } });
   },
 });
 afterAll(() => server.stop(true));
+
+/** "real effective saved filesystem" uids of a live process, from /proc. */
+function uidsOf(pid: number | undefined): string | undefined {
+  if (pid === undefined) return undefined;
+  try {
+    return readFileSync(`/proc/${pid}/status`, "utf8")
+      .match(/^Uid:\s*(.*)$/m)?.[1]
+      ?.trim()
+      .split(/\s+/)
+      .join(" ");
+  } catch {
+    return undefined;
+  }
+}
 
 async function decode(request: Request): Promise<string> {
   const bytes = new Uint8Array(await request.arrayBuffer());
@@ -40,6 +60,7 @@ async function failingSoftnet(env: Record<string, string>) {
     ],
     { stdout: "pipe", stderr: "pipe", env: { PATH: process.env.PATH ?? "", ...env } },
   );
+  senderPid = child.pid;
   const [stderr, code] = await Promise.all([new Response(child.stderr).text(), child.exited]);
   return { stderr, code };
 }
@@ -69,6 +90,23 @@ describe("Sentry", () => {
     const what = firstLine.slice("softnet: ".length).split(":")[0];
     expect(event).toContain(what);
   });
+
+  // The DSN is the caller's choice: a setuid-root softnet must not connect where they say as root.
+  // This run fails before the drop (fd 987), so softnet drops first, then reports.
+  test.skipIf(process.getuid?.() !== 0 && !REQUIRED_IN_CI)(
+    "the report leaves after the privilege drop, never from root",
+    async () => {
+      received.length = 0;
+      const dsn = `http://publickey@127.0.0.1:${server.port}/42`;
+      const result = await failingSoftnet({ SENTRY_DSN: dsn });
+      expect(result.code).toBe(1);
+      const envelopes = received.filter((r) => r.path === "/api/42/envelope/");
+      expect(envelopes.length).toBeGreaterThanOrEqual(1);
+      const nobody = Bun.spawnSync(["id", "-u", "nobody"]).stdout.toString().trim();
+      for (const envelope of envelopes)
+        expect(envelope.senderUids).toBe(`${nobody} ${nobody} ${nobody} ${nobody}`);
+    },
+  );
 
   test("without SENTRY_DSN nothing is sent", async () => {
     received.length = 0;

@@ -197,9 +197,8 @@ export async function runOnDarwin(
 ): Promise<number> {
   const { openDarwinSystem } = await import("./platform/darwin/system.ts");
   const { darwinIdentityCalls } = await import("./platform/darwin/identity.ts");
-  const { becomeUser, describeTarget, escalateWithSudo, resolveDropTarget, startedByRoot } = await import(
-    "./platform/identity.ts"
-  );
+  const { asTargetUser, becomeUser, describeTarget, escalateWithSudo, resolveDropTarget, startedByRoot } =
+    await import("./platform/identity.ts");
   const system = openDarwinSystem(platform.libraries);
   const calls = darwinIdentityCalls(system);
   if (options.sudoEscalationProbing) {
@@ -220,6 +219,10 @@ export async function runOnDarwin(
     const warning = setBootpdLeaseTime(options.bootpdLeaseTimeSeconds, openBootpdSymbols(system));
     if (warning !== undefined) logger.warn(`bootpd lease time not set: ${warning}`);
   }
+  // vmnet needs its callbacks (native code) before it starts, and it starts only as root; the
+  // compiler must not run as root, so it runs now as the user softnet will drop to.
+  const { nativeBlocks } = await import("./platform/darwin/blocks.ts");
+  asTargetUser(calls, target, () => nativeBlocks(system));
   const vm = new DarwinDatagramLink(system, options.vmFd, { optionName: "--vm-fd" });
   const cleanups = new Cleanups(logger);
   cleanups.add(() => vm.close());

@@ -15,6 +15,11 @@ export interface IdentityCalls {
   getegid(): number;
   setuid(uid: number): number;
   setgid(gid: number): number;
+  seteuid(uid: number): number;
+  setegid(gid: number): number;
+  /** setreuid/setregid take (uid_t)-1 as "unchanged": pass UNCHANGED_ID. */
+  setreuid(ruid: number, euid: number): number;
+  setregid(rgid: number, egid: number): number;
   initgroups(user: Buffer, gid: number): number;
   setgroups(count: number, groups: null): number;
   getpwnam(name: Buffer): Pointer | null;
@@ -46,6 +51,10 @@ export function identityCallsFrom(
     getegid: () => calls.getegid(),
     setuid: (uid) => calls.setuid(uid),
     setgid: (gid) => calls.setgid(gid),
+    seteuid: (uid) => calls.seteuid(uid),
+    setegid: (gid) => calls.setegid(gid),
+    setreuid: (ruid, euid) => calls.setreuid(ruid, euid),
+    setregid: (rgid, egid) => calls.setregid(rgid, egid),
     initgroups: (user, gid) => calls.initgroups(user, gid),
     setgroups: (count, groups) => calls.setgroups(count, groups),
     getpwnam: (name) => calls.getpwnam(name),
@@ -207,6 +216,57 @@ export function becomeUser(calls: IdentityCalls, target: DropTarget): void {
   check(calls.setgid(target.gid), "setgid");
   check(calls.setuid(target.uid), "setuid");
   verifyIdentity(calls, target);
+}
+
+/** (uid_t)-1 and (gid_t)-1: "leave this id as it is" for setreuid/setregid (POSIX). */
+export const UNCHANGED_ID = 0xffff_ffff;
+
+/**
+ * Runs `work` as `target` for a moment and comes back to root: real and effective user and group
+ * and the supplementary groups become the target's, while the saved user id stays 0 so that root
+ * can be taken back for what only root may do afterwards (opening vmnet). For work that must happen
+ * before that but must not happen as root: Bun's cc() writes header files into
+ * /tmp/bun-cc-<real uid> (a directory the caller may have planted) and on macOS runs xcrun; as the
+ * target, real uid included, both are that user's own doing in that user's own directory.
+ *
+ * POSIX setreuid: changing the real id sets the saved id to the (new) effective id, which is still
+ * 0 at that point (xnu bsd/kern/kern_prot.c setreuid; Linux kernel/sys.c __sys_setreuid), and
+ * seteuid may later return to any of real or saved. The supplementary groups are not restored:
+ * root needs none of them, and the final drop sets the target's anyway.
+ */
+export function asTargetUser<T>(calls: IdentityCalls, target: DropTarget, work: () => T): T {
+  const fail = (call: string): never => {
+    throw new SoftnetError(`cannot act as ${target.userName ?? `uid ${target.uid}`} for a moment`, {
+      cause: calls.lastError(call),
+    });
+  };
+  if (calls.geteuid() !== 0) return work(); // not root: already nobody else's
+  const realUid = calls.getuid();
+  const realGid = calls.getgid();
+  const effectiveGid = calls.getegid();
+  if (target.userName !== undefined) {
+    if (calls.initgroups(cString(target.userName), target.gid) !== 0) fail("initgroups");
+  } else if (calls.setgroups(0, null) !== 0) fail("setgroups");
+  if (calls.setregid(target.gid, UNCHANGED_ID) !== 0) fail("setregid");
+  if (calls.setegid(target.gid) !== 0) fail("setegid");
+  if (calls.setreuid(target.uid, UNCHANGED_ID) !== 0) fail("setreuid");
+  if (calls.seteuid(target.uid) !== 0) fail("seteuid");
+  const now = [calls.getuid(), calls.geteuid(), calls.getgid(), calls.getegid()];
+  if (now.join() !== [target.uid, target.uid, target.gid, target.gid].join()) {
+    throw new SoftnetError(`cannot act as ${target.userName ?? `uid ${target.uid}`} for a moment`, {
+      cause: new Error(`uid/euid/gid/egid are ${now.join("/")}`),
+    });
+  }
+  try {
+    return work();
+  } finally {
+    // Back to root, in the reverse order; failing here leaves the process neither root nor dropped.
+    if (calls.seteuid(0) !== 0) fail("seteuid(0)");
+    if (calls.setreuid(realUid, UNCHANGED_ID) !== 0) fail("setreuid");
+    // egid first: setregid sets the saved gid to the effective one, as it was at exec.
+    if (calls.setegid(effectiveGid) !== 0) fail("setegid");
+    if (calls.setregid(realGid, UNCHANGED_ID) !== 0) fail("setregid");
+  }
 }
 
 /** Reads uid/euid/gid/egid back and makes sure root cannot be regained; any mismatch is fatal. */

@@ -100,6 +100,12 @@ export const libc = dlopen(LIBC_SONAME, {
   setuid: { args: [u32], returns: i32 },
   // int setgid(gid_t gid);
   setgid: { args: [u32], returns: i32 },
+  // int seteuid(uid_t euid);   int setegid(gid_t egid);
+  seteuid: { args: [u32], returns: i32 },
+  setegid: { args: [u32], returns: i32 },
+  // int setreuid(uid_t ruid, uid_t euid);   int setregid(gid_t rgid, gid_t egid);   (uid_t)-1 = unchanged
+  setreuid: { args: [u32, u32], returns: i32 },
+  setregid: { args: [u32, u32], returns: i32 },
   // int execv(const char *path, char *const argv[]);   replaces the process (sudo escalation)
   execv: { args: [pointer, pointer], returns: i32 },
   // int capset(cap_user_header_t hdrp, const cap_user_data_t datap);

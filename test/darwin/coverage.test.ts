@@ -29,7 +29,7 @@ import {
   VMNET_SYMBOLS,
 } from "../../src/platform/darwin/system.ts";
 import { openVmnet } from "../../src/platform/darwin/vmnet.ts";
-import { becomeUser, resolveDropTarget } from "../../src/platform/identity.ts";
+import { asTargetUser, becomeUser, resolveDropTarget } from "../../src/platform/identity.ts";
 import { FrameBatch } from "../../src/platform/link.ts";
 import { epollReactorBackend } from "../../src/platform/linux/epoll-reactor.ts";
 import { Reactor } from "../../src/platform/reactor.ts";
@@ -108,6 +108,8 @@ inPrivateNetworkNamespace(import.meta.path, "darwin FFI symbol coverage", () => 
       resolveDropTarget(identity, { user: undefined, group: undefined }, { SUDO_UID: "0" }).userName,
     ).toBe("nobody");
     becomeUser(identity, target); // initgroups, setgid, setuid, then getuid/geteuid/getgid/getegid
+    // setregid, setegid, setreuid, seteuid and back (root acting as root for a moment).
+    expect(asTargetUser(identity, target, () => identity.geteuid())).toBe(0);
     expect(identity.setgroups(0, null)).toBe(0);
     expect(identity.getpwuid(0)).not.toBeNull();
     expect(identity.execv(Buffer.from("/nonexistent/softnet\0"), new BigUint64Array(1))).toBe(-1);

@@ -3,7 +3,17 @@
 // tools, tcpdump on the bridge. What this proves of the darwin path, and what only a Mac can, is
 // listed in README ("Proven on Linux, to check on a Mac").
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
@@ -125,5 +135,33 @@ describe("the macOS runtime against the vmnet double", () => {
     expect(existsSync(`/sys/class/net/${port}`)).toBe(false);
     expect(forwarder.log).toContain("vmnet double: 0 violations");
     await guest.stopAll();
+  });
+});
+
+describe("as root, nothing is compiled (issue 9: Bun's cc writes into /tmp/bun-cc-<real uid>)", () => {
+  // Bun stages its headers once per process, at the first cc(), in /tmp/bun-cc-<real uid>, and
+  // follows a `node` entry there wherever it points. Planted in root's own staging directory (as
+  // root: this is the test's doing), a symlink catches any compile that runs with real uid 0:
+  // before the fix, blocks.c (needed before vmnet starts, as root) was compiled as root.
+  test("the native callbacks are compiled as the user softnet drops to, not as root", async () => {
+    const rootStaging = "/tmp/bun-cc-0";
+    const sentinel = mkdtempSync(join(workDir, "cc-sentinel-"));
+    const saved = `${rootStaging}.saved-${process.pid}`;
+    if (existsSync(rootStaging)) renameSync(rootStaging, saved);
+    mkdirSync(rootStaging, { mode: 0o700 });
+    symlinkSync(sentinel, join(rootStaging, "node"));
+    const guest = await topology.addGuest();
+    try {
+      const forwarder = await guest.attach(darwinSoftnet([], join(workDir, "double-cc.log")));
+      await waitFor("softnet to forward", () => forwarder.log.includes("forwarding for VM"));
+      expect(await forwarder.stop("SIGINT")).toBe(0);
+    } finally {
+      rmSync(rootStaging, { recursive: true, force: true });
+      if (existsSync(saved)) renameSync(saved, rootStaging);
+      await guest.stopAll();
+    }
+    expect(readdirSync(sentinel)).toEqual([]);
+    // It did compile, as nobody: Bun's staging directory for uid 65534 holds its headers.
+    expect(statSync("/tmp/bun-cc-65534/stdbool.h").uid).toBe(65534);
   });
 });

@@ -32,6 +32,10 @@ function fakeCalls(realUid: number, realGid: number): IdentityCalls {
     getegid: () => 0,
     setuid: () => 0,
     setgid: () => 0,
+    seteuid: () => 0,
+    setegid: () => 0,
+    setreuid: () => 0,
+    setregid: () => 0,
     initgroups: () => 0,
     setgroups: () => 0,
     getpwnam: (name) => {

@@ -144,8 +144,12 @@ export function writePrivateSource(
   return { fd, path };
 }
 
-/** Compiles blocks.c once per process. */
-function nativeBlocks(system: DarwinSystem): NativeBlocks {
+/**
+ * Compiles blocks.c once per process. The runtime calls this early, as the user softnet will drop
+ * to (identity.ts asTargetUser): the blocks must exist before vmnet starts, which needs root, but
+ * compiling must not happen as root (Bun's cc writes into /tmp and runs xcrun on macOS).
+ */
+export function nativeBlocks(system: DarwinSystem): NativeBlocks {
   if (compiled !== undefined) return compiled;
   let file: { fd: number; path: string };
   try {

@@ -213,6 +213,12 @@ export const LIBC_SYMBOLS = {
   // int setuid(uid_t uid);  int setgid(gid_t gid);
   setuid: { args: [u32], returns: i32 },
   setgid: { args: [u32], returns: i32 },
+  // int seteuid(uid_t euid);  int setegid(gid_t egid);  (macOS unistd.h; uid_t/gid_t are __uint32_t)
+  seteuid: { args: [u32], returns: i32 },
+  setegid: { args: [u32], returns: i32 },
+  // int setreuid(uid_t ruid, uid_t euid);  int setregid(gid_t rgid, gid_t egid);  (uid_t)-1 = unchanged
+  setreuid: { args: [u32, u32], returns: i32 },
+  setregid: { args: [u32, u32], returns: i32 },
   // int initgroups(const char *user, int basegid);   (gid_t basegid on Linux: same 32 bits)
   initgroups: { args: [ptr, u32], returns: i32 },
   // int setgroups(int ngroups, const gid_t *gidset);   (size_t on Linux; only ever called with 0)

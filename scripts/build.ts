@@ -5,7 +5,10 @@
  *   dist/softnet-linux-x64, softnet-linux-arm64, softnet-darwin-arm64, softnet-darwin-x64
  *   dist/softnet-darwin-universal   fat Mach-O of the two darwin builds
  *   dist/softnet-<target>.map       source maps for Sentry (minified code inside the binaries)
- *   dist/softnet.tar.gz             the universal binary as `softnet`, LICENSE, README.md
+ *   dist/softnet-darwin-arm64.tar.gz, softnet-darwin-x64.tar.gz
+ *                                   one architecture's binary as `softnet`, LICENSE, README.md: what
+ *                                   Homebrew downloads (the formula picks one with on_arm/on_intel,
+ *                                   so a Mac fetches half of what the universal binary weighs)
  *   dist/softnet.rb                 Homebrew formula (from scripts/release/homebrew/)
  *   dist/SHA256SUMS, dist/build-info.json
  *
@@ -20,7 +23,8 @@
  *   bun scripts/build.ts [--targets linux-x64,darwin-arm64,...] [--out DIR] [--url URL]
  *
  * Environment: SOFTNET_VERSION / SOFTNET_COMMIT override package.json's version and git's commit;
- * SOFTNET_RELEASE_URL (or --url) is the tarball's download URL written into the formula.
+ * SOFTNET_RELEASE_URL (or --url) is where the tarballs are published (a directory URL): the formula
+ * downloads <url>/softnet-darwin-<arch>.tar.gz.
  */
 import {
   chmodSync,
@@ -34,7 +38,7 @@ import {
   writeFileSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, relative } from "node:path";
+import { basename, join, relative } from "node:path";
 import { inspectHardening } from "./release/harden-runtime.ts";
 import { createFat } from "./release/macho.ts";
 import { formatReport, signAdhoc, verifySignatures } from "./release/macho-signature.ts";
@@ -201,14 +205,15 @@ function smokeTest(path: string, identity: { version: string; commit: string }):
   }
 }
 
-function tarball(out: string, universal: string): string {
+/** dist/softnet-darwin-<arch>.tar.gz: that architecture's binary as `softnet`, LICENSE, README.md. */
+function tarball(out: string, binary: string, name: string): string {
   const stage = mkdtempSync(join(tmpdir(), "softnet-tarball-"));
   try {
-    copyFileSync(universal, join(stage, "softnet"));
+    copyFileSync(binary, join(stage, "softnet"));
     chmodSync(join(stage, "softnet"), 0o755);
     copyFileSync(join(ROOT, "LICENSE"), join(stage, "LICENSE"));
     copyFileSync(join(ROOT, "README.md"), join(stage, "README.md"));
-    const path = join(out, "softnet.tar.gz");
+    const path = join(out, `${name}.tar.gz`);
     const epoch = git(["log", "-1", "--format=%ct"]) ?? "0";
     const tar = Bun.spawnSync(
       [
@@ -226,7 +231,8 @@ function tarball(out: string, universal: string): string {
         "LICENSE",
         "README.md",
       ],
-      { stderr: "pipe", env: { ...process.env, GZIP: "-n" } },
+      // -n: no name or time in the gzip header, so the same inputs give the same bytes.
+      { stderr: "pipe", env: { ...process.env, GZIP: "-9n" } },
     );
     if (tar.exitCode !== 0) fail(`tar failed: ${tar.stderr.toString()}`);
     return path;
@@ -235,12 +241,20 @@ function tarball(out: string, universal: string): string {
   }
 }
 
-function formula(out: string, tarPath: string, version: string, url: string): string {
+function formula(
+  out: string,
+  tarballs: { arm64: string; x64: string },
+  version: string,
+  url: string,
+): string {
   const template = readFileSync(join(ROOT, "scripts/release/homebrew/softnet.rb.template"), "utf8");
+  const base = url.replace(/\/+$/, "") || `REPLACE-WITH-THE-RELEASE-URL/v${version}`;
   const text = template
     .replaceAll("@@VERSION@@", version)
-    .replaceAll("@@URL@@", url || `REPLACE-WITH-THE-RELEASE-URL/v${version}/softnet.tar.gz`)
-    .replaceAll("@@SHA256@@", sha256(tarPath))
+    .replaceAll("@@URL_ARM64@@", `${base}/${basename(tarballs.arm64)}`)
+    .replaceAll("@@SHA256_ARM64@@", sha256(tarballs.arm64))
+    .replaceAll("@@URL_X64@@", `${base}/${basename(tarballs.x64)}`)
+    .replaceAll("@@SHA256_X64@@", sha256(tarballs.x64))
     .replaceAll("@@HOMEPAGE@@", "https://tart.run");
   const path = join(out, "softnet.rb");
   writeFileSync(path, text);
@@ -288,11 +302,18 @@ export async function build(options: Options): Promise<Record<string, Artifact>>
       bytes: fat.length,
       ...verifyArtifact(universal, true),
     };
-    const tar = tarball(options.out, universal);
-    artifacts["softnet.tar.gz"] = { file: tar, bytes: statSync(tar).size, hardening: [] };
-    const rb = formula(options.out, tar, identity.version, options.url);
+    const tarballs = {
+      arm64: tarball(options.out, join(options.out, "softnet-darwin-arm64"), "softnet-darwin-arm64"),
+      x64: tarball(options.out, join(options.out, "softnet-darwin-x64"), "softnet-darwin-x64"),
+    };
+    for (const tar of Object.values(tarballs)) {
+      artifacts[basename(tar)] = { file: tar, bytes: statSync(tar).size, hardening: [] };
+    }
+    const rb = formula(options.out, tarballs, identity.version, options.url);
+    const mib = (path: string) => (statSync(path).size / 2 ** 20).toFixed(1);
     console.log(
-      `universal: ${relative(ROOT, universal)} (${(fat.length / 2 ** 20).toFixed(1)} MiB), ${relative(ROOT, tar)} (${(statSync(tar).size / 2 ** 20).toFixed(1)} MiB), ${relative(ROOT, rb)}`,
+      `universal: ${relative(ROOT, universal)} (${(fat.length / 2 ** 20).toFixed(1)} MiB); ` +
+        `tarballs: ${basename(tarballs.arm64)} ${mib(tarballs.arm64)} MiB, ${basename(tarballs.x64)} ${mib(tarballs.x64)} MiB; ${relative(ROOT, rb)}`,
     );
   }
   const sums = Object.values(artifacts)

@@ -24,12 +24,15 @@ const BINARIES = [
   "softnet-darwin-universal",
 ];
 
+const TARBALLS = { arm64: "softnet-darwin-arm64.tar.gz", x64: "softnet-darwin-x64.tar.gz" };
+
 test("every artifact is there, and SHA256SUMS matches them", () => {
-  for (const name of [...BINARIES, "softnet.tar.gz", "softnet.rb", "SHA256SUMS", "build-info.json"]) {
+  const tarballs = Object.values(TARBALLS);
+  for (const name of [...BINARIES, ...tarballs, "softnet.rb", "SHA256SUMS", "build-info.json"]) {
     expect(statSync(join(dist, name)).size).toBeGreaterThan(0);
   }
   const sums = readFileSync(join(dist, "SHA256SUMS"), "utf8").trim().split("\n");
-  expect(sums.map((line) => line.split("  ")[1]).sort()).toEqual([...BINARIES, "softnet.tar.gz"].sort());
+  expect(sums.map((line) => line.split("  ")[1]).sort()).toEqual([...BINARIES, ...tarballs].sort());
   for (const line of sums) {
     const [sum, name] = line.split("  ");
     expect(new Bun.CryptoHasher("sha256").update(readFileSync(join(dist, name!))).digest("hex")).toBe(sum!);
@@ -62,23 +65,39 @@ test.skipIf(!canRunLinuxX64 && !REQUIRED_IN_CI)(
   },
 );
 
-test("the tarball holds the universal binary as softnet, LICENSE and README.md", () => {
-  const list = Bun.spawnSync(["tar", "-tvzf", join(dist, "softnet.tar.gz")])
-    .stdout.toString()
-    .trim()
-    .split("\n");
-  expect(list.map((line) => line.split(/\s+/).pop()).sort()).toEqual(["LICENSE", "README.md", "softnet"]);
-  expect(list.find((line) => line.endsWith(" softnet"))).toMatch(/^-rwxr-xr-x 0\/0 /);
-  const softnet = Bun.spawnSync(["tar", "-xOzf", join(dist, "softnet.tar.gz"), "softnet"], {
-    stdout: "pipe",
-  }).stdout;
-  expect(Buffer.compare(Buffer.from(softnet), readFileSync(join(dist, "softnet-darwin-universal")))).toBe(0);
+describe("one tarball per CPU: that binary as softnet, LICENSE and README.md", () => {
+  for (const [arch, tarball] of Object.entries(TARBALLS)) {
+    test(tarball, () => {
+      const list = Bun.spawnSync(["tar", "-tvzf", join(dist, tarball)])
+        .stdout.toString()
+        .trim()
+        .split("\n");
+      expect(list.map((line) => line.split(/\s+/).pop()).sort()).toEqual(["LICENSE", "README.md", "softnet"]);
+      expect(list.find((line) => line.endsWith(" softnet"))).toMatch(/^-rwxr-xr-x 0\/0 /);
+      const softnet = Bun.spawnSync(["tar", "-xOzf", join(dist, tarball), "softnet"], {
+        stdout: "pipe",
+      }).stdout;
+      expect(Buffer.compare(Buffer.from(softnet), readFileSync(join(dist, `softnet-darwin-${arch}`)))).toBe(
+        0,
+      );
+      // A Mac downloads only its own architecture: well under half of the universal binary.
+      expect(statSync(join(dist, tarball)).size).toBeLessThan(
+        statSync(join(dist, "softnet-darwin-universal")).size / 3,
+      );
+    });
+  }
 });
 
-test("the Homebrew formula: macOS only, the tarball's sha256, caveats about sudoers and setuid", () => {
+test("the Homebrew formula: macOS only, one tarball per CPU with its sha256, caveats about sudoers and setuid", () => {
   const formula = readFileSync(join(dist, "softnet.rb"), "utf8");
-  const sha = new Bun.CryptoHasher("sha256").update(readFileSync(join(dist, "softnet.tar.gz"))).digest("hex");
-  expect(formula).toContain(`sha256 "${sha}"`);
+  const sha = (name: string) =>
+    new Bun.CryptoHasher("sha256").update(readFileSync(join(dist, name))).digest("hex");
+  const block = (start: string) =>
+    formula.slice(formula.indexOf(start), formula.indexOf("end", formula.indexOf(start)));
+  expect(block("on_arm do")).toContain(`/${TARBALLS.arm64}"`);
+  expect(block("on_arm do")).toContain(`sha256 "${sha(TARBALLS.arm64)}"`);
+  expect(block("on_intel do")).toContain(`/${TARBALLS.x64}"`);
+  expect(block("on_intel do")).toContain(`sha256 "${sha(TARBALLS.x64)}"`);
   expect(formula).toContain(`version "${info.version}"`);
   expect(formula).toContain("depends_on :macos");
   expect(formula).toContain('bin.install "softnet"');

@@ -161,6 +161,9 @@ async function compile(
     `--target=${target.bunTarget}`,
     `--compile-executable-path=${runtime}`,
     "--minify",
+    // Precompiled JavaScriptCore bytecode: every Tart VM start waits for softnet, and parsing the
+    // bundle was most of its start-up (README "Development"; npm run bench measures it).
+    "--bytecode",
     "--sourcemap=external",
     "--no-compile-autoload-dotenv",
     "--no-compile-autoload-bunfig",

@@ -50,5 +50,8 @@ async function reportFatalUnprivileged(error: unknown, line: string, options: So
 }
 
 if (import.meta.main) {
-  process.exitCode = await main(process.argv.slice(2));
+  // No top-level await: the release is compiled to bytecode, which Bun builds as CommonJS.
+  void main(process.argv.slice(2)).then((code) => {
+    process.exitCode = code;
+  });
 }

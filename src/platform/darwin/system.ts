@@ -191,7 +191,17 @@ export const KERNEL: KernelConstants = process.platform === "darwin" ? DARWIN_KE
 
 const { i32, u8, u16, u32, u64, i64, ptr, cstring } = FFIType;
 
-/** The C library. On macOS: libSystem; on Linux (tests): glibc, where dlopen/dlsym live in libc.so.6 since 2.34. */
+/**
+ * The C library. On macOS: libSystem; on Linux (tests): glibc, where dlopen/dlsym live in libc.so.6
+ * since 2.34. Prototypes from the macOS SDK's sys/socket.h, unistd.h, dlfcn.h, stdlib.h, string.h,
+ * pwd.h and grp.h (socket calls: xnu bsd/sys/socket.h).
+ *
+ * Every function is bound by its plain name, which is the one a C program on macOS links: the SDK
+ * renames some through __DARWIN_ALIAS/__DARWIN_ALIAS_C (send, recv, recvmsg, socketpair, write,
+ * close, strerror, ...), but on x86_64 and arm64 macOS __DARWIN_ONLY_UNIX_CONFORMANCE is 1, so the
+ * "$UNIX2003" suffix is empty, and "$NOCANCEL" only applies on request (xnu bsd/sys/cdefs.h). None of
+ * these is a __DARWIN_ALIAS_I ("$INODE64" on x86_64) function.
+ */
 export const LIBC_SYMBOLS = {
   // int socketpair(int domain, int type, int protocol, int sv[2]);
   socketpair: { args: [i32, i32, i32, ptr], returns: i32 },

@@ -38,9 +38,10 @@ import type { FrameBatch, FrameLink } from "../link.ts";
 import { DarwinSysError, type DarwinSystem } from "./system.ts";
 
 /**
- * Our send buffer. On macOS it also caps the size of one datagram (net.local.dgram.maxdgram is
- * only 2 KiB by default), on Linux it bounds the frames queued for the VM. Tart sets the same on
- * its end; set it here too for callers that do not.
+ * Our send buffer. On macOS it also caps the size of one datagram (sosendcheck: EMSGSIZE when a
+ * datagram exceeds so_snd's high-water mark, and net.local.dgram.maxdgram, uipc_usrreq.c
+ * unpdg_sendspace, is only 2 KiB by default), on Linux it bounds the frames queued for the VM. Tart
+ * sets the same on its end; set it here too for callers that do not.
  */
 const SEND_BUFFER_BYTES = 1 << 20;
 const TWO_TO_32 = 2 ** 32;

@@ -228,7 +228,12 @@ export async function runOnDarwin(
   cleanups.add(() => vm.close());
   try {
     const isolate = !allowsEverything(options.rules);
-    const host = openVmnet({ mode: options.netType, isolate, system });
+    const host = openVmnet({
+      mode: options.netType,
+      isolate,
+      system,
+      portForwarding: options.exposedPorts.length > 0,
+    });
     cleanups.add(() => host.close());
 
     becomeUser(calls, target);
@@ -243,8 +248,9 @@ export async function runOnDarwin(
       isolate,
       forwardBackend: options.exposedPorts.length > 0 ? host : undefined,
       reactorBackend,
-      // macOS reports a closed peer on send (EPIPE/ECONNREFUSED); Tart stops softnet with SIGINT.
-      vmEndClosed: () => false,
+      // A closed VM end is noticed by receive/send (ECONNRESET, EDESTADDRREQ), but macOS never
+      // reports the socket readable again afterwards: the tick asks (datagram-link.ts).
+      vmEndClosed: () => vm.peerClosed(),
       runningAs: describeTarget(target),
       cleanups,
     });

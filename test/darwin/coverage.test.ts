@@ -25,6 +25,7 @@ import {
   KERNEL,
   LIBC_SYMBOLS,
   openDarwinSystem,
+  VMNET_FORWARDING_SYMBOLS,
   VMNET_KEYS,
   VMNET_SYMBOLS,
 } from "../../src/platform/darwin/system.ts";
@@ -165,6 +166,15 @@ inPrivateNetworkNamespace(import.meta.path, "darwin FFI symbol coverage", () => 
     for (const symbol of Object.keys(VMNET_SYMBOLS)) {
       add("vmnet", symbol, calls.get(`vmnet:${symbol}`) ?? 0, fromDouble(symbol), "traced + double");
     }
+    for (const symbol of Object.keys(VMNET_FORWARDING_SYMBOLS)) {
+      add(
+        "vmnet",
+        symbol,
+        calls.get(`vmnet:${symbol}`) ?? 0,
+        fromDouble(symbol),
+        "traced + double (optional)",
+      );
+    }
     for (const key of VMNET_KEYS) add("vmnet", key, calls.get(`vmnet:${key}`) ?? 0, 0, "data: resolved");
     for (const symbol of Object.keys(nativeSymbols)) {
       add("blocks.c", symbol, calls.get(`blocks.c:${symbol}`) ?? 0, 0, "traced (TinyCC)");
@@ -176,7 +186,7 @@ inPrivateNetworkNamespace(import.meta.path, "darwin FFI symbol coverage", () => 
     // reply that arrived through the reactor above could only have been announced by that send.
     const lines = rows.map(
       (row) =>
-        `  ${row.group.padEnd(9)} ${row.symbol.padEnd(44)} js ${String(row.js).padStart(5)}  native/double ${String(row.native).padStart(5)}  ${row.how}`,
+        `  ${row.group.padEnd(9)} ${row.symbol.padEnd(48)} js ${String(row.js).padStart(5)}  native/double ${String(row.native).padStart(5)}  ${row.how}`,
     );
     const covered = rows.filter((row) => row.js + row.native > 0).length;
     console.log(`darwin FFI symbols: ${covered}/${rows.length} called by tests\n${lines.join("\n")}`);

@@ -1,16 +1,20 @@
 // The macOS VM socket link (src/platform/darwin/datagram-link.ts): one recvmsg/send per frame with
-// the kernel's own constants, run here on Linux datagram socketpairs, as in CI.
+// the kernel's own constants, run here on Linux datagram socketpairs, as in CI, and against the
+// double's xnu sockets (test/vmnet-double/xnu-socket.c) for what happens when the VM's end closes,
+// where macOS and Linux differ.
 
+import { dlopen, FFIType } from "bun:ffi";
 import { heapStats } from "bun:jsc";
 import { afterEach, describe, expect, test } from "bun:test";
 import { closeSync, openSync } from "node:fs";
 import { SoftnetError } from "../../src/errors.ts";
 import { DarwinDatagramLink } from "../../src/platform/darwin/datagram-link.ts";
-import { openDarwinSystem } from "../../src/platform/darwin/system.ts";
+import { type DarwinSystem, openDarwinSystem } from "../../src/platform/darwin/system.ts";
 import { FrameBatch } from "../../src/platform/link.ts";
-import { buildDouble, doubleLibraries } from "./support.ts";
+import { buildDouble, doubleLibraries, xnuLibraries } from "./support.ts";
 
-const system = openDarwinSystem(doubleLibraries(buildDouble()));
+const doublePath = buildDouble();
+const system = openDarwinSystem(doubleLibraries(doublePath));
 const { libc, kernel } = system;
 const fds: number[] = [];
 
@@ -18,9 +22,9 @@ afterEach(() => {
   for (const fd of fds.splice(0)) libc.close(fd);
 });
 
-function pair(type = kernel.SOCK_DGRAM): [number, number] {
+function pair(type = kernel.SOCK_DGRAM, on: DarwinSystem = system): [number, number] {
   const sv = new Int32Array(2);
-  expect(libc.socketpair(kernel.AF_UNIX, type | kernel.SOCK_CLOEXEC, 0, sv)).toBe(0);
+  expect(on.libc.socketpair(kernel.AF_UNIX, type | kernel.SOCK_CLOEXEC, 0, sv)).toBe(0);
   return [sv[0]!, sv[1]!];
 }
 
@@ -164,5 +168,185 @@ describe("DarwinDatagramLink", () => {
     fds.push(a, b);
     expect(() => new DarwinDatagramLink(system, a)).toThrow(SoftnetError);
     expect(() => new DarwinDatagramLink(system, a)).toThrow("is not a datagram socket");
+  });
+});
+
+describe("when the VM closes its end, as on macOS (the double's xnu sockets)", () => {
+  // libc is the double: socketpair/close/recv/recvmsg/send/getpeername/poll behave as xnu's
+  // (unp_detach -> unp_drop(ECONNRESET), soreceive, sosendcheck; see xnu-socket.c).
+  const xnu = openDarwinSystem(xnuLibraries(doublePath));
+  const errno = kernel.errno;
+  const open: number[] = [];
+  afterEach(() => {
+    for (const fd of open.splice(0)) xnu.libc.close(fd);
+  });
+
+  function xnuPair(): [number, number] {
+    const [ours, vm] = pair(kernel.SOCK_DGRAM, xnu);
+    open.push(vm);
+    return [ours, vm];
+  }
+  function vmSendsOn(vm: number, frame: Uint8Array): void {
+    expect(xnu.libc.send(vm, frame, frame.length, kernel.MSG_DONTWAIT)).toBe(frame.length);
+  }
+  /** The VM's end goes away, as when Tart dies: closed through the double, which tells ours. */
+  function vmCloses(vm: number): void {
+    open.splice(open.indexOf(vm), 1);
+    expect(xnu.libc.close(vm)).toBe(0);
+  }
+  function linkOn(fd: number): DarwinDatagramLink {
+    return new DarwinDatagramLink(xnu, fd);
+  }
+  const frame = (byte: number) => datagram(new Array(60).fill(byte));
+
+  test("the double itself: data first, ECONNRESET once, then EAGAIN; send ECONNRESET then EDESTADDRREQ; no readability", () => {
+    const poll = dlopen(doublePath, {
+      poll: { args: [FFIType.ptr, FFIType.u64, FFIType.i32], returns: FFIType.i32 },
+    }).symbols.poll;
+    const pollIn = (fd: number): number => {
+      const entry = new Int32Array([fd, 1 /* POLLIN, revents 0 */]);
+      return poll(entry, 1, 0) === 1 ? new Int16Array(entry.buffer)[3]! : 0;
+    };
+    const [ours, vm] = xnuPair();
+    open.push(ours);
+    const buffer = new Uint8Array(128);
+    const receive = () => xnu.libc.recv(ours, buffer, buffer.length, kernel.MSG_DONTWAIT);
+    expect(pollIn(ours)).toBe(0);
+    vmSendsOn(vm, frame(1));
+    vmSendsOn(vm, frame(2));
+    vmCloses(vm);
+    expect(pollIn(ours)).toBe(1);
+    expect(receive()).toBe(60);
+    expect(receive()).toBe(60);
+    expect(buffer[0]).toBe(2);
+    expect(pollIn(ours)).toBe(1); // so_error pending
+    expect(receive()).toBe(-1);
+    expect(xnu.errno()).toBe(errno.ECONNRESET);
+    expect(pollIn(ours)).toBe(0);
+    expect(receive()).toBe(-1);
+    expect(xnu.errno()).toBe(errno.EAGAIN);
+    expect(xnu.libc.send(ours, buffer, 60, kernel.MSG_DONTWAIT)).toBe(-1);
+    expect(xnu.errno()).toBe(errno.EDESTADDRREQ);
+
+    // The other order: send meets so_error first and takes it; recv then only says EAGAIN.
+    const [second, vm2] = xnuPair();
+    open.push(second);
+    vmCloses(vm2);
+    expect(xnu.libc.send(second, buffer, 60, kernel.MSG_DONTWAIT)).toBe(-1);
+    expect(xnu.errno()).toBe(errno.ECONNRESET);
+    expect(xnu.libc.send(second, buffer, 60, kernel.MSG_DONTWAIT)).toBe(-1);
+    expect(xnu.errno()).toBe(errno.EDESTADDRREQ);
+    expect(xnu.libc.recv(second, buffer, buffer.length, kernel.MSG_DONTWAIT)).toBe(-1);
+    expect(xnu.errno()).toBe(errno.EAGAIN);
+    const address = new Uint8Array(128);
+    expect(xnu.libc.getpeername(second, address, new Uint32Array([128]))).toBe(-1);
+    expect(xnu.errno()).toBe(errno.ENOTCONN);
+  });
+
+  test("receive hands over the frames queued before the close, then returns -1 on every later call", () => {
+    const [ours, vm] = xnuPair();
+    const link = linkOn(ours);
+    vmSendsOn(vm, frame(1));
+    vmSendsOn(vm, frame(2));
+    vmCloses(vm);
+    const batch = new FrameBatch(8, 2048);
+    // One call reads both frames and then meets the one ECONNRESET: the frames are handed over...
+    expect(link.receive(batch)).toBe(2);
+    expect(batch.bytes[batch.offsetOf(1)]).toBe(2);
+    // ...and the loss is not forgotten, though the socket itself now only says EAGAIN.
+    expect(link.receive(batch)).toBe(-1);
+    expect(link.receive(batch)).toBe(-1);
+    expect(link.peerClosed()).toBe(true);
+    link.close();
+  });
+
+  test("send after the close returns -1 (EDESTADDRREQ once receive has taken the ECONNRESET)", () => {
+    const [ours, vm] = xnuPair();
+    const link = linkOn(ours);
+    vmSendsOn(vm, frame(1));
+    vmCloses(vm);
+    const batch = new FrameBatch(4, 2048);
+    expect(link.receive(batch)).toBe(1);
+    batch.lengths[0] = 60;
+    expect(link.send(batch, Uint16Array.of(0), 1)).toBe(-1);
+    link.close();
+
+    // Here the ECONNRESET is taken before the link sees it, so its send meets EDESTADDRREQ itself.
+    const [second, vm2] = xnuPair();
+    const late = linkOn(second);
+    vmCloses(vm2);
+    const buffer = new Uint8Array(64);
+    expect(xnu.libc.recv(second, buffer, 64, kernel.MSG_DONTWAIT)).toBe(-1);
+    expect(xnu.errno()).toBe(errno.ECONNRESET);
+    expect(late.send(batch, Uint16Array.of(0), 1)).toBe(-1);
+    expect(late.receive(batch)).toBe(-1); // remembered: recv alone would say EAGAIN for ever
+    late.close();
+  });
+
+  test("when send sees the close first, receive reports it too", () => {
+    const [ours, vm] = xnuPair();
+    const link = linkOn(ours);
+    vmCloses(vm);
+    const batch = new FrameBatch(4, 2048);
+    batch.lengths[0] = 60;
+    expect(link.send(batch, Uint16Array.of(0), 1)).toBe(-1); // ECONNRESET, taken by send
+    expect(link.receive(batch)).toBe(-1);
+    link.close();
+  });
+
+  test("peerClosed() notices a closed VM that sent nothing, where poll stays silent (getpeername: ENOTCONN)", () => {
+    const [ours, vm] = xnuPair();
+    const link = linkOn(ours);
+    expect(link.peerClosed()).toBe(false);
+    vmCloses(vm);
+    expect(link.peerClosed()).toBe(true);
+    const batch = new FrameBatch(4, 2048);
+    expect(link.receive(batch)).toBe(-1);
+    link.close();
+    expect(link.peerClosed()).toBe(true);
+  });
+
+  test("a VM end that closed before softnet started is refused at once (getpeername: ENOTCONN)", () => {
+    const [ours, vm] = xnuPair();
+    open.push(ours);
+    vmCloses(vm);
+    expect(() => new DarwinDatagramLink(xnu, ours)).toThrow(
+      `--vm-fd ${ours} is a datagram socket but is not connected to a peer`,
+    );
+  });
+
+  test("a VM that does not read: frames are dropped on ENOBUFS, as xnu says when its buffer is full", () => {
+    const [ours] = xnuPair();
+    const link = linkOn(ours);
+    const batch = new FrameBatch(64, 1514);
+    batch.lengths.fill(1514);
+    const slots = Uint16Array.from({ length: 64 }, (_, i) => i);
+    let sent = 0;
+    for (let round = 0; round < 100; round++) {
+      const result = link.send(batch, slots, 64);
+      expect(result).toBeGreaterThanOrEqual(0);
+      sent += result;
+      if (result < 64) break;
+    }
+    expect(sent).toBeGreaterThan(0);
+    expect(sent).toBeLessThan(6400);
+    expect(link.peerClosed()).toBe(false);
+    link.close();
+  });
+});
+
+describe("when the VM closes its end, on Linux", () => {
+  test("peerClosed() stays false until a send fails (ECONNREFUSED), then the link remembers it", () => {
+    const [ours, vm] = pair();
+    const link = new DarwinDatagramLink(system, ours);
+    libc.close(vm);
+    expect(link.peerClosed()).toBe(false); // Linux keeps answering getpeername until a send
+    const batch = new FrameBatch(1, 64);
+    expect(link.receive(batch)).toBe(0); // and recv only says EAGAIN
+    batch.lengths[0] = 20;
+    expect(link.send(batch, Uint16Array.of(0), 1)).toBe(-1);
+    expect(link.peerClosed()).toBe(true);
+    expect(link.receive(batch)).toBe(-1);
+    link.close();
   });
 });

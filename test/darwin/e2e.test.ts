@@ -117,7 +117,7 @@ describe("the macOS runtime against the vmnet double", () => {
       forwarder.log.includes(`port forwards installed: TCP 2222→22 to ${lease.address}`),
     );
     expect(readFileSync(doubleLog, "utf8")).toContain(
-      `forward add protocol=6 external=2222 address=${lease.address} internal=22`,
+      `forward add protocol=6 external=2222 family=2 address=${lease.address} internal=22`,
     );
   });
 
@@ -131,7 +131,7 @@ describe("the macOS runtime against the vmnet double", () => {
   test("SIGINT: exit 0, the forward removed, the interface stopped, no double violations", async () => {
     const port = forwarder.bridgePort;
     expect(await forwarder.stop("SIGINT")).toBe(0);
-    expect(readFileSync(doubleLog, "utf8")).toContain("forward remove protocol=6 external=2222");
+    expect(readFileSync(doubleLog, "utf8")).toContain("forward remove protocol=6 external=2222 family=2");
     expect(existsSync(`/sys/class/net/${port}`)).toBe(false);
     expect(forwarder.log).toContain("vmnet double: 0 violations");
     await guest.stopAll();

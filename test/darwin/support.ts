@@ -59,6 +59,16 @@ export function doubleLibraries(path: string): DarwinLibraries {
   return { vmnet: path, dispatch: path, libc: "libc.so.6" };
 }
 
+/**
+ * The double as the C library as well: every AF_UNIX datagram socketpair made through it behaves as
+ * on macOS when one end closes (ECONNRESET once, then EDESTADDRREQ on send, ENOTCONN from
+ * getpeername, no more readability: test/vmnet-double/xnu-socket.c). All other C library calls
+ * reach glibc through the double's dependency on it.
+ */
+export function xnuLibraries(path: string): DarwinLibraries {
+  return { vmnet: path, dispatch: path, libc: path };
+}
+
 /** vmnet_double_inject operations (test/vmnet-double/vmnet.c). */
 export const Inject = {
   START_COMPLETION: 1,

@@ -307,6 +307,20 @@ inPrivateNetworkNamespace(import.meta.path, "vmnet host link against the double"
       expect(double.callCount("vmnet_write")).toBe(writes);
     });
 
+    test("a failed vmnet_write counts nothing as written, whatever it left in *pktcnt", () => {
+      // vmnet.h promises *pktcnt only on success; the double leaves garbage there otherwise.
+      const link = open();
+      const request = arpFrame({ senderIp: "198.18.0.10", targetIp: "198.18.0.1" });
+      for (const status of [VmnetStatus.BUFFER_EXHAUSTED, VmnetStatus.MEM_FAILURE]) {
+        double.inject(Inject.WRITE, status);
+        expect(sendFrames(link, [request, request, request])).toBe(0);
+      }
+      double.inject(Inject.WRITE, VmnetStatus.PACKET_TOO_BIG);
+      expect(sendFrames(link, [request, request])).toBe(0);
+      expect(link.rejectedFrames).toBe(2); // the whole chunk: vmnet did not say which
+      expect(sendFrames(link, [request, request])).toBe(2); // and the next write counts again
+    });
+
     test("refuses batches whose slots could truncate a packet", () => {
       const link = open();
       expect(() => link.receive(new FrameBatch(4, 1500))).toThrow(RangeError);
@@ -379,8 +393,8 @@ inPrivateNetworkNamespace(import.meta.path, "vmnet host link against the double"
         0xc6120002,
       );
       expect(newLogLines()).toEqual([
-        "forward add protocol=6 external=2222 address=198.18.0.2 internal=22",
-        "forward add protocol=6 external=8080 address=198.18.0.2 internal=80",
+        "forward add protocol=6 external=2222 family=2 address=198.18.0.2 internal=22",
+        "forward add protocol=6 external=8080 family=2 address=198.18.0.2 internal=80",
       ]);
       expect(link.forwardedPorts).toEqual([2222, 8080]);
     });
@@ -395,15 +409,15 @@ inPrivateNetworkNamespace(import.meta.path, "vmnet host link against the double"
       newLogLines();
       await link.install(ports, 0xc6120003);
       expect(newLogLines()).toEqual([
-        "forward remove protocol=6 external=8080",
-        "forward remove protocol=6 external=2222",
-        "forward add protocol=6 external=2222 address=198.18.0.3 internal=22",
-        "forward add protocol=6 external=8080 address=198.18.0.3 internal=80",
+        "forward remove protocol=6 external=8080 family=2",
+        "forward remove protocol=6 external=2222 family=2",
+        "forward add protocol=6 external=2222 family=2 address=198.18.0.3 internal=22",
+        "forward add protocol=6 external=8080 family=2 address=198.18.0.3 internal=80",
       ]);
       await link.removeAll();
       expect(newLogLines()).toEqual([
-        "forward remove protocol=6 external=8080",
-        "forward remove protocol=6 external=2222",
+        "forward remove protocol=6 external=8080 family=2",
+        "forward remove protocol=6 external=2222 family=2",
       ]);
       expect(link.forwardedPorts).toEqual([]);
       await link.removeAll(); // nothing installed: no calls
@@ -430,10 +444,48 @@ inPrivateNetworkNamespace(import.meta.path, "vmnet host link against the double"
       const second = link.install([{ externalPort: 2222, internalPort: 22 }], 0xc6120004);
       await Promise.all([first, second]);
       expect(newLogLines().slice(-3)).toEqual([
-        "forward add protocol=6 external=2222 address=198.18.0.2 internal=22",
-        "forward remove protocol=6 external=2222",
-        "forward add protocol=6 external=2222 address=198.18.0.4 internal=22",
+        "forward add protocol=6 external=2222 family=2 address=198.18.0.2 internal=22",
+        "forward remove protocol=6 external=2222 family=2",
+        "forward add protocol=6 external=2222 family=2 address=198.18.0.4 internal=22",
       ]);
+    });
+  });
+
+  describe("port forwarding on a vmnet without the address-family functions (before macOS 11)", () => {
+    test("frames still flow; --expose is refused before the interface starts, naming what is missing", async () => {
+      const oldPath = buildDouble("old-macos");
+      const old = doubleControl(oldPath);
+      old.configure(BRIDGE);
+      const system = openDarwinSystem(doubleLibraries(oldPath));
+      expect(system.vmnetForwarding).toBeUndefined();
+      expect(system.vmnetForwardingMissing).toBe("vmnet_interface_add_ip_port_forwarding_rule");
+      const message =
+        `--expose needs vmnet port forwarding, but ${oldPath} does not export ` +
+        "vmnet_interface_add_ip_port_forwarding_rule (vmnet's port forwarding with an address family needs macOS 11 or later)";
+
+      const starts = old.callCount("vmnet_start_interface");
+      const refused = thrownBy(() => openVmnet({ mode: "nat", isolate: true, system, portForwarding: true }));
+      expect(refused).toBeInstanceOf(SoftnetError);
+      expect(describeError(refused)).toBe(message);
+      expect(old.callCount("vmnet_start_interface")).toBe(starts); // nothing was started
+
+      const link = openVmnet({ mode: "nat", isolate: true, system });
+      try {
+        const tap = old.lastTap();
+        await waitFor(() => readFileSync(`/sys/class/net/${tap}/brport/state`, "ascii").trim() === "3");
+        expect(sendFrames(link, [arpFrame({ senderIp: "198.18.0.10", targetIp: "198.18.0.1" })])).toBe(1);
+        expect(await receiveMatching(link, isArpReplyFrom("198.18.0.1"))).toHaveLength(1);
+        let caught: unknown;
+        await link.install([{ externalPort: 2222, internalPort: 22 }], 0xc6120002).catch((error) => {
+          caught = error;
+        });
+        expect(describeError(caught)).toBe(message);
+        expect(link.forwardedPorts).toEqual([]);
+        await link.removeAll(); // nothing installed: nothing to do, no error
+      } finally {
+        link.close();
+      }
+      expect(old.violations()).toEqual({ count: 0, last: "" });
     });
   });
 
@@ -448,7 +500,7 @@ inPrivateNetworkNamespace(import.meta.path, "vmnet host link against the double"
       link.close();
       link.close();
       expect(newLogLines()).toEqual([
-        "forward remove protocol=6 external=2222",
+        "forward remove protocol=6 external=2222 family=2",
         "events off",
         "stop rules_left=0",
       ]);
@@ -466,8 +518,8 @@ inPrivateNetworkNamespace(import.meta.path, "vmnet host link against the double"
       link.close();
       await expect(install).rejects.toThrow("was closed meanwhile");
       expect(newLogLines()).toEqual([
-        "forward add protocol=6 external=2222 address=198.18.0.2 internal=22",
-        "forward remove protocol=6 external=2222",
+        "forward add protocol=6 external=2222 family=2 address=198.18.0.2 internal=22",
+        "forward remove protocol=6 external=2222 family=2",
         "events off",
         "stop rules_left=0",
       ]);

@@ -11,10 +11,17 @@
 //
 // Port forwarding is recorded, not implemented: each add/remove is appended to the call log
 // (vmnet_double_set_log) with the decoded arguments, and the double keeps the rule table so that it
-// can report a removal of a rule that does not exist, or a duplicate, as a violation.
+// can report a removal of a rule that does not exist, or a duplicate, as a violation. It offers the
+// address-family variants (vmnet_interface_add/remove_ip_port_forwarding_rule, macOS 11+) only: the
+// older ones, deprecated since macOS 12, are not there to be called.
 //
-// Built with -DDOUBLE_OLD_MACOS it behaves like vmnet before macOS 15: no vmnet_read_max_packets_key
-// or vmnet_write_max_packets_key symbols, and no such values in the start parameters.
+// After a failed vmnet_read or vmnet_write the double writes garbage into *pktcnt: vmnet.h promises
+// the count only on success, so a caller must not read it otherwise.
+//
+// Built with -DDOUBLE_OLD_MACOS every optional symbol is missing: vmnet_read_max_packets_key and
+// vmnet_write_max_packets_key (macOS 15+; no such values in the start parameters either) and the
+// _ip_ port-forwarding functions (macOS 11+). softnet must run without them; only --expose needs
+// the latter.
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -76,6 +83,9 @@ typedef void (*start_invoke)(void *block, uint32_t status, void *param);
 typedef void (*event_invoke)(void *block, uint32_t mask, void *event);
 typedef void (*completion_invoke)(void *block, uint32_t status);
 
+// What a failed vmnet_read/vmnet_write leaves in *pktcnt: neither 0 nor a plausible count.
+#define POISON_PACKET_COUNT ((int)0xdbdbdbdb)
+
 // ---- test control ----
 
 static pthread_mutex_t config_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -95,7 +105,7 @@ enum operation {
   INJECT_STOP = 6,              // the stop completion reports this status
   INJECT_READ = 7,              // vmnet_read returns this status
   INJECT_WRITE = 8,             // vmnet_write returns this status
-  INJECT_ADD_FORWARD_SYNC = 9,  // vmnet_interface_add_port_forwarding_rule returns this, no completion
+  INJECT_ADD_FORWARD_SYNC = 9,  // vmnet_interface_add_ip_port_forwarding_rule returns this, no completion
   INJECT_EVENTS = 10,           // vmnet_interface_set_event_callback returns this status
   INJECT_FORWARD_DELAY = 11,    // the next port-forward completion runs this many ms late
 };
@@ -153,6 +163,7 @@ EXPORT uint64_t vmnet_double_largest_batch(int which) {
 struct rule {
   uint8_t protocol;
   uint16_t external_port;
+  uint8_t family;
   uint32_t address;  // network order, as passed
   uint16_t internal_port;
 };
@@ -454,10 +465,13 @@ EXPORT uint32_t vmnet_read(void *object, struct vmpktdesc *packets, int *count) 
   double_count_call("vmnet_read");
   struct vmnet_interface *interface = live_interface(object, "vmnet_read");
   if (!interface || !packets || !count) return VMNET_INVALID_ARGUMENT;
-  if (!check_usable(interface, "vmnet_read")) return VMNET_FAILURE;
+  if (!check_usable(interface, "vmnet_read")) {
+    *count = POISON_PACKET_COUNT;
+    return VMNET_FAILURE;
+  }
   uint32_t injected_status = take_injected(INJECT_READ);
   if (injected_status) {
-    *count = 0;
+    *count = POISON_PACKET_COUNT;
     return injected_status;
   }
   int wanted = *count;
@@ -466,12 +480,13 @@ EXPORT uint32_t vmnet_read(void *object, struct vmpktdesc *packets, int *count) 
   pthread_mutex_unlock(&config_lock);
   if (wanted <= 0) {
     double_violation("vmnet_read: *pktcnt = %d", wanted);
+    *count = POISON_PACKET_COUNT;
     return VMNET_INVALID_ARGUMENT;
   }
   if ((uint64_t)wanted > interface->read_max && interface->read_max > 0) {
     double_violation("vmnet_read: %d packets > vmnet_read_max_packets %llu", wanted,
                      (unsigned long long)interface->read_max);
-    *count = 0;
+    *count = POISON_PACKET_COUNT;
     return VMNET_TOO_MANY_PACKETS;
   }
   for (int i = 0; i < wanted; i++) {
@@ -479,7 +494,7 @@ EXPORT uint32_t vmnet_read(void *object, struct vmpktdesc *packets, int *count) 
     if (packet->vm_pkt_iovcnt != 1) {
       double_violation("vmnet_read: packet %d has vm_pkt_iovcnt %u (softnet uses exactly one iovec)", i,
                        packet->vm_pkt_iovcnt);
-      *count = 0;
+      *count = POISON_PACKET_COUNT;
       return VMNET_INVALID_ARGUMENT;
     }
     if (packet->vm_flags != 0 || !packet->vm_pkt_iov || !packet->vm_pkt_iov->iov_base ||
@@ -488,7 +503,7 @@ EXPORT uint32_t vmnet_read(void *object, struct vmpktdesc *packets, int *count) 
       double_violation("vmnet_read: packet %d: flags %u, iov_len %zu, vm_pkt_size %zu (max packet size %llu)", i,
                        packet->vm_flags, packet->vm_pkt_iov ? packet->vm_pkt_iov->iov_len : 0, packet->vm_pkt_size,
                        (unsigned long long)interface->max_packet_size);
-      *count = 0;
+      *count = POISON_PACKET_COUNT;
       return VMNET_INVALID_ARGUMENT;
     }
   }
@@ -519,10 +534,13 @@ EXPORT uint32_t vmnet_write(void *object, struct vmpktdesc *packets, int *count)
   double_count_call("vmnet_write");
   struct vmnet_interface *interface = live_interface(object, "vmnet_write");
   if (!interface || !packets || !count) return VMNET_INVALID_ARGUMENT;
-  if (!check_usable(interface, "vmnet_write")) return VMNET_FAILURE;
+  if (!check_usable(interface, "vmnet_write")) {
+    *count = POISON_PACKET_COUNT;
+    return VMNET_FAILURE;
+  }
   uint32_t injected_status = take_injected(INJECT_WRITE);
   if (injected_status) {
-    *count = 0;
+    *count = POISON_PACKET_COUNT;
     return injected_status;
   }
   int wanted = *count;
@@ -531,31 +549,32 @@ EXPORT uint32_t vmnet_write(void *object, struct vmpktdesc *packets, int *count)
   pthread_mutex_unlock(&config_lock);
   if (wanted <= 0) {
     double_violation("vmnet_write: *pktcnt = %d", wanted);
+    *count = POISON_PACKET_COUNT;
     return VMNET_INVALID_ARGUMENT;
   }
   if ((uint64_t)wanted > interface->write_max && interface->write_max > 0) {
     double_violation("vmnet_write: %d packets > vmnet_write_max_packets %llu", wanted,
                      (unsigned long long)interface->write_max);
-    *count = 0;
+    *count = POISON_PACKET_COUNT;
     return VMNET_TOO_MANY_PACKETS;
   }
   for (int i = 0; i < wanted; i++) {
     struct vmpktdesc *packet = &packets[i];
     if (packet->vm_pkt_iovcnt != 1) {
       double_violation("vmnet_write: packet %d has vm_pkt_iovcnt %u", i, packet->vm_pkt_iovcnt);
-      *count = 0;
+      *count = POISON_PACKET_COUNT;
       return VMNET_INVALID_ARGUMENT;
     }
     if (packet->vm_flags != 0 || !packet->vm_pkt_iov || !packet->vm_pkt_iov->iov_base ||
         packet->vm_pkt_iov->iov_len != packet->vm_pkt_size) {
       double_violation("vmnet_write: packet %d: flags %u, iov_len %zu != vm_pkt_size %zu", i, packet->vm_flags,
                        packet->vm_pkt_iov ? packet->vm_pkt_iov->iov_len : 0, packet->vm_pkt_size);
-      *count = 0;
+      *count = POISON_PACKET_COUNT;
       return VMNET_INVALID_ARGUMENT;
     }
     if (packet->vm_pkt_size > interface->max_packet_size) {
       double_violation("vmnet_write: packet %d of %zu bytes > max packet size", i, packet->vm_pkt_size);
-      *count = 0;
+      *count = POISON_PACKET_COUNT;
       return VMNET_PACKET_TOO_BIG;
     }
   }
@@ -570,7 +589,8 @@ EXPORT uint32_t vmnet_write(void *object, struct vmpktdesc *packets, int *count)
     }
     written++;
   }
-  *count = written;
+  // vmnet.h promises *pktcnt on success only.
+  *count = status == VMNET_SUCCESS ? written : POISON_PACKET_COUNT;
   return status;
 }
 
@@ -580,37 +600,73 @@ struct completion_call {
   void *block;
   uint32_t status;
   uint32_t delay_ms;
+  // A forward's internal_address, and the 4 bytes it held at the call (see add_ip_... below).
+  const void *address;
+  uint32_t address_seen;
 };
 
 static void completion_task(void *context) {
   struct completion_call *call = context;
   if (call->delay_ms) usleep(call->delay_ms * 1000);
+  if (call->address) {
+    uint32_t now;
+    memcpy(&now, call->address, sizeof now);
+    if (now != call->address_seen)
+      double_violation("vmnet_interface_add_ip_port_forwarding_rule: the internal_address memory changed "
+                       "before the completion ran");
+  }
   if (call->block) ((completion_invoke)((struct block_literal *)call->block)->invoke)(call->block, call->status);
   free(call);
 }
 
-static void complete(struct dispatch_queue *queue, void *block, uint32_t status) {
+static void complete_checking(struct dispatch_queue *queue, void *block, uint32_t status, const void *address,
+                              uint32_t address_seen) {
   struct completion_call *call = calloc(1, sizeof *call);
   call->block = block;
   call->status = status;
+  call->address = address;
+  call->address_seen = address_seen;
   if (queue == internal_queue()) call->delay_ms = take_injected(INJECT_FORWARD_DELAY);
   double_queue_async(queue, completion_task, call);
 }
 
-// vmnet_return_t vmnet_interface_add_port_forwarding_rule(interface_ref, uint8_t protocol,
-//     uint16_t external_port, struct in_addr internal_address, uint16_t internal_port, handler);
-EXPORT uint32_t vmnet_interface_add_port_forwarding_rule(void *object, uint8_t protocol, uint16_t external_port,
-                                                         struct in_addr address, uint16_t internal_port,
-                                                         void *handler) {
-  double_count_call("vmnet_interface_add_port_forwarding_rule");
-  struct vmnet_interface *interface = live_interface(object, "vmnet_interface_add_port_forwarding_rule");
+static void complete(struct dispatch_queue *queue, void *block, uint32_t status) {
+  complete_checking(queue, block, status, NULL, 0);
+}
+
+#ifndef DOUBLE_OLD_MACOS
+// vmnet_return_t vmnet_interface_add_ip_port_forwarding_rule(interface_ref interface, uint8_t protocol,
+//     uint16_t external_port, uint8_t address_family, const void *internal_address, uint16_t internal_port,
+//     vmnet_interface_completion_handler_t handler);   macOS 11+
+// Signature: Apple's vmnet reference (interface_ref, UInt8, UInt16, UInt8, UnsafeRawPointer, UInt16,
+// handler) and edigaryev/vmnet src/ffi/vmnet.rs. For AF_INET the address is a struct in_addr.
+// The memory it points to must stay as it was until the completion has run: vmnet may read it on
+// its own queue (nothing says when it copies it). The double reads it at the call and again right
+// before the completion, and reports a difference as a violation.
+EXPORT uint32_t vmnet_interface_add_ip_port_forwarding_rule(void *object, uint8_t protocol, uint16_t external_port,
+                                                            uint8_t family, const void *address,
+                                                            uint16_t internal_port, void *handler) {
+  const char *api = "vmnet_interface_add_ip_port_forwarding_rule";
+  double_count_call(api);
+  struct vmnet_interface *interface = live_interface(object, api);
   if (!interface) return VMNET_INVALID_ARGUMENT;
-  if (!check_usable(interface, "vmnet_interface_add_port_forwarding_rule")) return VMNET_FAILURE;
-  if (handler && !double_check_block(handler, "vmnet_interface_add_port_forwarding_rule")) return VMNET_INVALID_ARGUMENT;
+  if (!check_usable(interface, api)) return VMNET_FAILURE;
+  if (handler && !double_check_block(handler, api)) return VMNET_INVALID_ARGUMENT;
+  if (family != AF_INET) {
+    // softnet forwards IPv4 only; AF_INET6 would point to a 16-byte struct in6_addr.
+    double_violation("%s: address_family %u is not AF_INET (%d)", api, family, AF_INET);
+    return VMNET_INVALID_ARGUMENT;
+  }
+  if (!address) {
+    double_violation("%s: NULL internal_address", api);
+    return VMNET_INVALID_ARGUMENT;
+  }
+  struct in_addr internal;
+  memcpy(&internal, address, sizeof internal);
   char text[16];
-  inet_ntop(AF_INET, &address, text, sizeof text);
-  double_log("forward add protocol=%u external=%u address=%s internal=%u", protocol, external_port, text,
-             internal_port);
+  inet_ntop(AF_INET, &internal, text, sizeof text);
+  double_log("forward add protocol=%u external=%u family=%u address=%s internal=%u", protocol, external_port, family,
+             text, internal_port);
   uint32_t sync_status = take_injected(INJECT_ADD_FORWARD_SYNC);
   if (sync_status) return sync_status;
   if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP) return VMNET_INVALID_ARGUMENT;
@@ -618,39 +674,47 @@ EXPORT uint32_t vmnet_interface_add_port_forwarding_rule(void *object, uint8_t p
   if (!status) {
     pthread_mutex_lock(&interface->lock);
     for (int i = 0; i < interface->rule_count; i++) {
-      if (interface->rules[i].protocol == protocol && interface->rules[i].external_port == external_port) {
+      if (interface->rules[i].protocol == protocol && interface->rules[i].external_port == external_port &&
+          interface->rules[i].family == family) {
         double_violation("port forward for %u/%u added twice", protocol, external_port);
         status = VMNET_FAILURE;
       }
     }
     if (!status && interface->rule_count < 64) {
       interface->rules[interface->rule_count++] =
-          (struct rule){protocol, external_port, address.s_addr, internal_port};
+          (struct rule){protocol, external_port, family, internal.s_addr, internal_port};
     }
     pthread_mutex_unlock(&interface->lock);
     if (!status) status = VMNET_SUCCESS;
   }
-  complete(internal_queue(), handler, status);
+  complete_checking(internal_queue(), handler, status, address, internal.s_addr);
   return VMNET_SUCCESS;
 }
 
-// vmnet_return_t vmnet_interface_remove_port_forwarding_rule(interface_ref, uint8_t protocol,
-//     uint16_t external_port, handler);
-EXPORT uint32_t vmnet_interface_remove_port_forwarding_rule(void *object, uint8_t protocol, uint16_t external_port,
-                                                            void *handler) {
-  double_count_call("vmnet_interface_remove_port_forwarding_rule");
-  struct vmnet_interface *interface = live_interface(object, "vmnet_interface_remove_port_forwarding_rule");
+// vmnet_return_t vmnet_interface_remove_ip_port_forwarding_rule(interface_ref interface, uint8_t protocol,
+//     uint16_t external_port, uint8_t address_family, vmnet_interface_completion_handler_t handler);
+//     macOS 11+. No address: a rule is named by protocol, external port and family (Apple's reference:
+//     interface_ref, UInt8, UInt16, UInt8, handler).
+EXPORT uint32_t vmnet_interface_remove_ip_port_forwarding_rule(void *object, uint8_t protocol, uint16_t external_port,
+                                                               uint8_t family, void *handler) {
+  const char *api = "vmnet_interface_remove_ip_port_forwarding_rule";
+  double_count_call(api);
+  struct vmnet_interface *interface = live_interface(object, api);
   if (!interface) return VMNET_INVALID_ARGUMENT;
-  if (!check_usable(interface, "vmnet_interface_remove_port_forwarding_rule")) return VMNET_FAILURE;
-  if (handler && !double_check_block(handler, "vmnet_interface_remove_port_forwarding_rule"))
+  if (!check_usable(interface, api)) return VMNET_FAILURE;
+  if (handler && !double_check_block(handler, api)) return VMNET_INVALID_ARGUMENT;
+  if (family != AF_INET) {
+    double_violation("%s: address_family %u is not AF_INET (%d)", api, family, AF_INET);
     return VMNET_INVALID_ARGUMENT;
-  double_log("forward remove protocol=%u external=%u", protocol, external_port);
+  }
+  double_log("forward remove protocol=%u external=%u family=%u", protocol, external_port, family);
   uint32_t status = take_injected(INJECT_REMOVE_FORWARD);
   if (!status) {
     status = VMNET_FAILURE;
     pthread_mutex_lock(&interface->lock);
     for (int i = 0; i < interface->rule_count; i++) {
-      if (interface->rules[i].protocol == protocol && interface->rules[i].external_port == external_port) {
+      if (interface->rules[i].protocol == protocol && interface->rules[i].external_port == external_port &&
+          interface->rules[i].family == family) {
         interface->rules[i] = interface->rules[--interface->rule_count];
         status = VMNET_SUCCESS;
         break;
@@ -662,6 +726,7 @@ EXPORT uint32_t vmnet_interface_remove_port_forwarding_rule(void *object, uint8_
   complete(internal_queue(), handler, status);
   return VMNET_SUCCESS;
 }
+#endif
 
 // ---- stop ----
 

@@ -13,6 +13,20 @@
  * completed. They are global blocks (isa = &_NSConcreteGlobalBlock, BLOCK_IS_GLOBAL), so vmnet's
  * Block_copy returns them unchanged and never copies or frees them: the memory is ours to keep
  * alive, and garbage collection cannot touch it because it is not JavaScript memory.
+ *
+ * Sources (apple-oss-distributions/libclosure, libclosure-96; llvm clang/docs/Block-ABI-Apple.rst):
+ * - layout: Block_private.h `struct Block_layout { void *isa; volatile int32_t flags; int32_t
+ *   reserved; BlockInvokeFunction invoke; struct Block_descriptor_1 *descriptor; ... }`
+ *   and `struct Block_descriptor_1 { uintptr_t reserved; uintptr_t size; }`: 32 bytes of header on
+ *   LP64, then the captured variables;
+ * - BLOCK_IS_GLOBAL = (1 << 28) (Block_private.h); runtime.cpp `_Block_copy` returns a block with
+ *   that flag as it is, and `_Block_release` returns at once for it, before any other field is
+ *   read. No other flag is set (no BLOCK_HAS_SIGNATURE, no BLOCK_HAS_COPY_DISPOSE), so the
+ *   descriptor needs nothing beyond Block_descriptor_1;
+ * - `void * _NSConcreteGlobalBlock[32]` (Block.h): the isa is this array's address;
+ * - invoke's first argument is the block itself (Block-ABI-Apple.rst).
+ * Block_private.h qualifies isa and invoke for pointer authentication only where ptrauth_calls is
+ * on (arm64e); softnet (Bun) is an arm64 process, where both are plain pointers.
  */
 import { cc, FFIType, type Pointer } from "bun:ffi";
 import { readFileSync } from "node:fs";
@@ -30,7 +44,7 @@ import {
   type VmnetKey,
 } from "./system.ts";
 
-/** Block ABI: flags bit of a global block. */
+/** Block ABI: flags bit of a global block (libclosure Block_private.h: BLOCK_IS_GLOBAL = (1 << 28)). */
 export const BLOCK_IS_GLOBAL = 1 << 28;
 /** sizeof(struct block_literal) in blocks.c: the 32-byte block header plus one captured pointer. */
 export const BLOCK_LITERAL_BYTES = 40;

@@ -32,9 +32,10 @@ export const BOOTPD_PREFERENCES_FILE = "com.apple.InternetSharing.default.plist"
 export const BOOTPD_KEY = "bootpd";
 export const BOOTPD_LEASE_TIME_KEY = "DHCPLeaseTimeSecs";
 
-/** CFStringBuiltInEncodings.kCFStringEncodingUTF8 */
+// CoreFoundation facts: apple-oss-distributions/CF (CF-1153.18) CFString.h, CFNumber.h, CFBase.h.
+/** CFStringBuiltInEncodings.kCFStringEncodingUTF8 (CFString.h; CFStringEncoding is UInt32). */
 export const kCFStringEncodingUTF8 = 0x08000100;
-/** CFNumberType.kCFNumberSInt32Type */
+/** CFNumberType.kCFNumberSInt32Type (CFNumber.h: `typedef CF_ENUM(CFIndex, CFNumberType)`, so 64 bits wide). */
 export const kCFNumberSInt32Type = 3;
 
 type Native = Pointer | bigint | null;
@@ -75,6 +76,9 @@ export interface BootpdSymbols {
 
 const { i32, u32, i64, ptr } = FFIType;
 
+// CFIndex is `signed long` (CFBase.h): i64. Boolean is `unsigned char` (CFBase.h): FFIType.bool.
+// SCPreferences*: configd SystemConfiguration.fproj/SCPreferences.h; SCError, SCErrorString:
+// SystemConfiguration.h (apple-oss-distributions/configd, configd-1405).
 const COREFOUNDATION_SYMBOLS = {
   // CFStringRef CFStringCreateWithCString(CFAllocatorRef alloc, const char *cStr, CFStringEncoding encoding);
   CFStringCreateWithCString: { args: [ptr, ptr, u32], returns: ptr },

@@ -10,8 +10,27 @@
  * receive or send allocates nothing.
  *
  * The constants come from the kernel underneath (system.ts KERNEL), so the same code runs on Linux
- * in CI: MSG_DONTWAIT is 0x80 on macOS and 0x40 on Linux, EAGAIN 35 and 11, and so on. macOS has no
- * MSG_NOSIGNAL; SO_NOSIGPIPE on the socket keeps a send to a vanished VM from raising SIGPIPE.
+ * in CI: MSG_DONTWAIT is 0x80 on macOS and 0x40 on Linux, EAGAIN 35 and 11, and so on. On macOS
+ * SO_NOSIGPIPE on the socket keeps every send from raising SIGPIPE (macOS 11+ also has MSG_NOSIGNAL,
+ * but the socket option covers all sends on every version); on Linux sends carry MSG_NOSIGNAL.
+ *
+ * When the VM's end closes (Tart died without stopping softnet), macOS and Linux differ, and softnet
+ * must notice on both. xnu (apple-oss-distributions/xnu, bsd/kern/uipc_usrreq.c, uipc_socket.c,
+ * uipc_syscalls.c): socketpair() connects the two datagram sockets to each other; closing one runs
+ * unp_detach, which calls unp_drop(ECONNRESET) on ours: `so_error = ECONNRESET` once, and
+ * unp_disconnect clears SS_ISCONNECTED, with no wake-up of a poll() already waiting. Then:
+ * - recv (soreceive) returns the datagrams still queued first, then ECONNRESET once (clearing
+ *   so_error), then EAGAIN for ever;
+ * - poll (EVFILT_READ, filt_soread) reports readable while data or so_error is pending, and never
+ *   again after that;
+ * - send (sosendcheck) returns so_error if still pending (ECONNRESET, cleared), then EDESTADDRREQ:
+ *   not connected, and send() gives no address;
+ * - getpeername returns ENOTCONN (SS_ISCONNECTED is clear) without touching so_error.
+ * EPIPE and ECONNREFUSED do not occur on this path. Linux instead keeps recv at EAGAIN, and send
+ * says ECONNREFUSED, then ENOTCONN.
+ * So the link remembers a gone peer for good once any call saw it (the one ECONNRESET may arrive
+ * with the last frames, and poll will not report the socket again), and peerClosed() lets the
+ * caller ask, with getpeername, when no call has seen it.
  */
 import { ptr as ffiPtr, type Pointer } from "bun:ffi";
 import { SoftnetError } from "../../errors.ts";
@@ -19,9 +38,10 @@ import type { FrameBatch, FrameLink } from "../link.ts";
 import { DarwinSysError, type DarwinSystem } from "./system.ts";
 
 /**
- * Our send buffer. On macOS it also caps the size of one datagram (net.local.dgram.maxdgram is
- * only 2 KiB by default), on Linux it bounds the frames queued for the VM. Tart sets the same on
- * its end; set it here too for callers that do not.
+ * Our send buffer. On macOS it also caps the size of one datagram (sosendcheck: EMSGSIZE when a
+ * datagram exceeds so_snd's high-water mark, and net.local.dgram.maxdgram, uipc_usrreq.c
+ * unpdg_sendspace, is only 2 KiB by default), on Linux it bounds the frames queued for the VM. Tart
+ * sets the same on its end; set it here too for callers that do not.
  */
 const SEND_BUFFER_BYTES = 1 << 20;
 const TWO_TO_32 = 2 ** 32;
@@ -40,6 +60,11 @@ export class DarwinDatagramLink implements FrameLink {
   /** Frames the kernel refused one by one (EMSGSIZE). */
   rejectedFrames = 0;
   private closed = false;
+  /** Set for good once a call saw that the VM closed its end; receive and send then return -1. */
+  private gone = false;
+  /** getpeername's out-parameters for peerClosed(), preallocated. */
+  private readonly peerAddress = new Uint8Array(new ArrayBuffer(128));
+  private readonly peerAddressLength = new Uint32Array(new ArrayBuffer(4));
   private readonly header: Uint32Array;
   private readonly headerAddress: number;
   private readonly iovecWord: number;
@@ -90,7 +115,28 @@ export class DarwinDatagramLink implements FrameLink {
     this.description = `vm socket fd ${fd}`;
   }
 
+  /**
+   * True once the VM has closed its end of the socket. Remembered from receive and send; otherwise
+   * asked of the kernel: on macOS getpeername fails with ENOTCONN once the peer is gone (the call
+   * reads SS_ISCONNECTED and leaves so_error and queued frames alone). Meant for a periodic check:
+   * after the peer goes, macOS never again reports this socket readable, so without traffic towards
+   * the VM neither receive nor send might ever run. (On Linux getpeername still answers until a send
+   * fails, and the send reports it.)
+   */
+  peerClosed(): boolean {
+    if (this.gone || this.closed) return this.gone;
+    this.peerAddressLength[0] = this.peerAddress.length;
+    if (this.system.libc.getpeername(this.fd, this.peerAddress, this.peerAddressLength) < 0) {
+      if (this.system.errno() === this.system.kernel.errno.ENOTCONN) this.gone = true;
+    }
+    return this.gone;
+  }
+
   receive(batch: FrameBatch): number {
+    if (this.gone) {
+      batch.count = 0;
+      return -1;
+    }
     const { libc, kernel } = this.system;
     const header = this.header;
     const base = stable(batch.bytes);
@@ -119,9 +165,11 @@ export class DarwinDatagramLink implements FrameLink {
       if (errno === kernel.errno.EAGAIN) break;
       if (errno === kernel.errno.EINTR) continue;
       if (isPeerGone(this.system, errno)) {
-        if (count > 0) break; // hand over what arrived; the next call reports the loss
-        batch.count = 0;
-        return -1;
+        // xnu reports the close once, after the last queued datagram, possibly in this very call:
+        // hand over what arrived and remember the loss; every later call returns -1.
+        this.gone = true;
+        batch.count = count;
+        return count > 0 ? count : -1;
       }
       batch.count = count;
       throw new SoftnetError(`cannot receive frames from ${this.description}`, {
@@ -133,6 +181,7 @@ export class DarwinDatagramLink implements FrameLink {
   }
 
   send(batch: FrameBatch, slots: Uint16Array, count: number): number {
+    if (this.gone) return -1;
     const { libc, kernel } = this.system;
     const base = stable(batch.bytes);
     const slotSize = batch.slotSize;
@@ -146,13 +195,17 @@ export class DarwinDatagramLink implements FrameLink {
         continue;
       }
       const errno = this.system.errno();
-      // The VM is not reading fast enough: drop the rest, as the original does with ENOBUFS.
+      // The VM is not reading fast enough: drop the rest, as the original does with ENOBUFS. (xnu
+      // says ENOBUFS when the VM's receive buffer is full, uipc_send's sbappendaddr; Linux EAGAIN.)
       if (errno === kernel.errno.EAGAIN || errno === kernel.errno.ENOBUFS) break;
       if (errno === kernel.errno.EINTR) {
         j--;
         continue;
       }
-      if (isPeerGone(this.system, errno)) return -1;
+      if (isPeerGone(this.system, errno)) {
+        this.gone = true;
+        return -1;
+      }
       if (errno === kernel.errno.EMSGSIZE) {
         this.rejectedFrames++;
         continue;
@@ -171,9 +224,20 @@ export class DarwinDatagramLink implements FrameLink {
   }
 }
 
+/**
+ * The errors that mean the VM's end is gone. macOS (see the module comment): ECONNRESET (so_error
+ * from unp_drop, on recv or send), EDESTADDRREQ (send once disconnected), EPIPE (sosendcheck on a
+ * defunct socket). Linux: ECONNREFUSED (the first send to a closed peer), then ENOTCONN.
+ */
 function isPeerGone(system: DarwinSystem, errno: number): boolean {
   const e = system.kernel.errno;
-  return errno === e.ECONNREFUSED || errno === e.ENOTCONN || errno === e.EPIPE || errno === e.ECONNRESET;
+  return (
+    errno === e.ECONNRESET ||
+    errno === e.EDESTADDRREQ ||
+    errno === e.EPIPE ||
+    errno === e.ECONNREFUSED ||
+    errno === e.ENOTCONN
+  );
 }
 
 /** Throws a SoftnetError a person can act on unless `fd` is a connected AF_UNIX datagram socket. */

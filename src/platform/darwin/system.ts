@@ -11,6 +11,12 @@
  *   layouts, the errno accessor's name): KERNEL, chosen by the platform we run on, because they
  *   belong to the kernel and C library actually underneath, whichever libraries were injected.
  *
+ * Where each darwin number comes from (apple-oss-distributions, checked against these versions):
+ * errno values: xnu bsd/sys/errno.h (xnu-11417); socket, MSG_* and SO_* constants, struct msghdr
+ * and struct sockaddr: xnu bsd/sys/socket.h; RTLD_*: dyld include/dlfcn.h (dyld-1378). The Linux
+ * numbers are the kernel's asm-generic UAPI headers (x86_64 and arm64 share them) and glibc's
+ * bits/dlfcn.h. Function prototypes: the macOS SDK headers named beside each group.
+ *
  * This module must not import ../libc.ts: that binds glibc by soname when imported and would fail
  * on macOS.
  *
@@ -63,6 +69,8 @@ export interface KernelConstants {
     readonly ENOBUFS: number;
     readonly ENOTCONN: number;
     readonly ECONNREFUSED: number;
+    /** What xnu's send returns on a datagram socket whose peer has closed (see datagram-link.ts). */
+    readonly EDESTADDRREQ: number;
   };
   readonly AF_UNIX: number;
   readonly SOCK_STREAM: number;
@@ -72,11 +80,19 @@ export interface KernelConstants {
   readonly SOL_SOCKET: number;
   readonly SO_TYPE: number;
   readonly SO_SNDBUF: number;
-  /** macOS has no MSG_NOSIGNAL; this socket option does the same per socket. 0 on Linux. */
+  /**
+   * No SIGPIPE from any send on this socket (xnu sendit checks SOF_NOSIGPIPE or MSG_NOSIGNAL before
+   * psignal(SIGPIPE), bsd/kern/uipc_syscalls.c). Used on macOS because it covers every send on the
+   * socket, including the native event block's, on every macOS version. 0 on Linux, which has no
+   * such option and gets MSG_NOSIGNAL instead.
+   */
   readonly SO_NOSIGPIPE: number;
   readonly MSG_DONTWAIT: number;
   readonly MSG_TRUNC: number;
-  /** 0 on macOS (SO_NOSIGPIPE instead). */
+  /**
+   * 0 on macOS: SO_NOSIGPIPE is set on the socket instead. (macOS 11+ does define MSG_NOSIGNAL
+   * 0x80000, xnu bsd/sys/socket.h since xnu-7195; macOS 10.15's xnu-6153 has none.)
+   */
   readonly MSG_NOSIGNAL: number;
   readonly RTLD_NOW: number;
   readonly RTLD_NOLOAD: number;
@@ -91,7 +107,11 @@ export interface KernelConstants {
   readonly sockaddrFamilyOffset: number;
 }
 
-/** <sys/errno.h>, <sys/socket.h>, <dlfcn.h> of macOS (identical on arm64 and x86_64). */
+/**
+ * macOS (identical on arm64 and x86_64): xnu bsd/sys/errno.h, bsd/sys/socket.h; dyld
+ * include/dlfcn.h. The errno accessor is `int *__error(void)` (bsd/sys/errno.h: `#define errno
+ * (*__error())`).
+ */
 export const DARWIN_KERNEL: KernelConstants = Object.freeze({
   name: "darwin",
   errnoFunction: "__error",
@@ -106,11 +126,12 @@ export const DARWIN_KERNEL: KernelConstants = Object.freeze({
     ENOBUFS: 55,
     ENOTCONN: 57,
     ECONNREFUSED: 61,
+    EDESTADDRREQ: 39,
   }),
   AF_UNIX: 1,
   SOCK_STREAM: 1,
   SOCK_DGRAM: 2,
-  SOCK_CLOEXEC: 0,
+  SOCK_CLOEXEC: 0, // xnu has no SOCK_CLOEXEC flag
   SOL_SOCKET: 0xffff,
   SO_TYPE: 0x1008,
   SO_SNDBUF: 0x1001,
@@ -118,15 +139,18 @@ export const DARWIN_KERNEL: KernelConstants = Object.freeze({
   MSG_DONTWAIT: 0x80,
   MSG_TRUNC: 0x10,
   MSG_NOSIGNAL: 0,
-  RTLD_NOW: 0x2,
+  RTLD_NOW: 0x2, // dyld include/dlfcn.h
   RTLD_NOLOAD: 0x10,
-  // { void *msg_name @0; socklen_t msg_namelen @8; struct iovec *msg_iov @16; int msg_iovlen @24;
+  // bsd/sys/socket.h, LP64: { void *msg_name @0; socklen_t msg_namelen @8; struct iovec *msg_iov @16; int msg_iovlen @24;
   //   void *msg_control @32; socklen_t msg_controllen @40; int msg_flags @44 }
   msghdr: Object.freeze({ bytes: 48, iov: 16, iovlen: 24, flags: 44 }),
-  sockaddrFamilyOffset: 1, // { uint8_t sa_len; sa_family_t (uint8_t) sa_family; ... }
+  sockaddrFamilyOffset: 1, // { __uint8_t sa_len; sa_family_t (__uint8_t, sys/_types/_sa_family_t.h) sa_family; ... }
 });
 
-/** The Linux UAPI and glibc values (identical on x86_64 and arm64). */
+/**
+ * Linux (identical on x86_64 and arm64): asm-generic/errno.h, errno-base.h, asm-generic/socket.h,
+ * linux/socket.h and bits/socket.h of glibc, glibc bits/dlfcn.h.
+ */
 export const LINUX_KERNEL: KernelConstants = Object.freeze({
   name: "linux",
   errnoFunction: "__errno_location",
@@ -141,6 +165,7 @@ export const LINUX_KERNEL: KernelConstants = Object.freeze({
     ENOBUFS: 105,
     ENOTCONN: 107,
     ECONNREFUSED: 111,
+    EDESTADDRREQ: 89,
   }),
   AF_UNIX: 1,
   SOCK_STREAM: 1,
@@ -166,7 +191,17 @@ export const KERNEL: KernelConstants = process.platform === "darwin" ? DARWIN_KE
 
 const { i32, u8, u16, u32, u64, i64, ptr, cstring } = FFIType;
 
-/** The C library. On macOS: libSystem; on Linux (tests): glibc, where dlopen/dlsym live in libc.so.6 since 2.34. */
+/**
+ * The C library. On macOS: libSystem; on Linux (tests): glibc, where dlopen/dlsym live in libc.so.6
+ * since 2.34. Prototypes from the macOS SDK's sys/socket.h, unistd.h, dlfcn.h, stdlib.h, string.h,
+ * pwd.h and grp.h (socket calls: xnu bsd/sys/socket.h).
+ *
+ * Every function is bound by its plain name, which is the one a C program on macOS links: the SDK
+ * renames some through __DARWIN_ALIAS/__DARWIN_ALIAS_C (send, recv, recvmsg, socketpair, write,
+ * close, strerror, ...), but on x86_64 and arm64 macOS __DARWIN_ONLY_UNIX_CONFORMANCE is 1, so the
+ * "$UNIX2003" suffix is empty, and "$NOCANCEL" only applies on request (xnu bsd/sys/cdefs.h). None of
+ * these is a __DARWIN_ALIAS_I ("$INODE64" on x86_64) function.
+ */
 export const LIBC_SYMBOLS = {
   // int socketpair(int domain, int type, int protocol, int sv[2]);
   socketpair: { args: [i32, i32, i32, ptr], returns: i32 },
@@ -232,15 +267,20 @@ export const LIBC_SYMBOLS = {
   execv: { args: [ptr, ptr], returns: i32 },
 } as const;
 
-/** libdispatch, libxpc and (as data) the blocks runtime. */
+/**
+ * libdispatch (apple-oss-distributions/libdispatch dispatch/queue.h, semaphore.h, time.h, object.h;
+ * dispatch_time_t is uint64_t), libxpc (the SDK's xpc/xpc.h and xpc/dictionary.h) and (as data) the
+ * blocks runtime. A NULL dispatch_queue_attr_t is DISPATCH_QUEUE_SERIAL.
+ */
 export const DISPATCH_SYMBOLS = {
   // dispatch_queue_t dispatch_queue_create(const char *label, dispatch_queue_attr_t attr);
   dispatch_queue_create: { args: [ptr, ptr], returns: ptr },
-  // dispatch_semaphore_t dispatch_semaphore_create(long value);
+  // dispatch_semaphore_t dispatch_semaphore_create(intptr_t value);   (`long` in older SDKs: same 64 bits)
   dispatch_semaphore_create: { args: [i64], returns: ptr },
-  // long dispatch_semaphore_wait(dispatch_semaphore_t semaphore, dispatch_time_t timeout);   0 or "timed out"
+  // intptr_t dispatch_semaphore_wait(dispatch_semaphore_t dsema, dispatch_time_t timeout);   0, or non-zero
+  // when timed out: the low 32 bits are enough to tell
   dispatch_semaphore_wait: { args: [ptr, u64], returns: i32 },
-  // long dispatch_semaphore_signal(dispatch_semaphore_t semaphore);   called by blocks.c
+  // intptr_t dispatch_semaphore_signal(dispatch_semaphore_t dsema);   called by blocks.c
   dispatch_semaphore_signal: { args: [ptr], returns: i32 },
   // dispatch_time_t dispatch_time(dispatch_time_t when, int64_t delta);
   dispatch_time: { args: [u64, i64], returns: u64 },
@@ -260,7 +300,12 @@ export const DISPATCH_SYMBOLS = {
   xpc_release: { args: [ptr], returns: FFIType.void },
 } as const;
 
-/** vmnet.framework (vmnet.h). vmnet_return_t and interface_event_t are uint32_t. */
+/**
+ * vmnet.framework (vmnet.h), what every softnet needs. vmnet_return_t, operating_modes_t and
+ * interface_event_t are uint32_t enums; interface_ref is a pointer; blocks are passed as pointers
+ * to block literals (blocks.ts). Prototypes as in vmnet.h and Apple's vmnet reference; the same
+ * shapes are bound by edigaryev/vmnet (src/ffi/vmnet.rs), which upstream softnet uses.
+ */
 export const VMNET_SYMBOLS = {
   // interface_ref vmnet_start_interface(xpc_object_t interface_desc, dispatch_queue_t queue,
   //     void (^handler)(vmnet_return_t status, xpc_object_t interface_param));
@@ -275,19 +320,43 @@ export const VMNET_SYMBOLS = {
   // vmnet_return_t vmnet_stop_interface(interface_ref interface, dispatch_queue_t queue,
   //     void (^handler)(vmnet_return_t status));
   vmnet_stop_interface: { args: [ptr, ptr, ptr], returns: u32 },
-  // vmnet_return_t vmnet_interface_add_port_forwarding_rule(interface_ref interface, uint8_t protocol,
-  //     uint16_t external_port, struct in_addr internal_address, uint16_t internal_port,
-  //     void (^handler)(vmnet_return_t status));
-  // struct in_addr is passed by value: a 4-byte struct travels in one integer register (System V
-  // x86_64 and AAPCS64 alike), holding the address's bytes in memory order: network byte order
-  // read as a little-endian uint32. vmnet.ts does that swap.
-  vmnet_interface_add_port_forwarding_rule: { args: [ptr, u8, u16, u32, u16, ptr], returns: u32 },
-  // vmnet_return_t vmnet_interface_remove_port_forwarding_rule(interface_ref interface, uint8_t protocol,
-  //     uint16_t external_port, void (^handler)(vmnet_return_t status));
-  vmnet_interface_remove_port_forwarding_rule: { args: [ptr, u8, u16, ptr], returns: u32 },
 } as const;
 
-/** Data symbols: `extern const char *vmnet_*_key` (vmnet.h). The value is the pointer stored there. */
+/**
+ * vmnet's port forwarding with an address family (macOS 11+), for --expose. Bound apart from
+ * VMNET_SYMBOLS: a vmnet without them must still carry frames, and only --expose may fail.
+ *
+ * Signatures: Apple's vmnet reference (developer.apple.com/documentation/vmnet,
+ * vmnet_interface_add_ip_port_forwarding_rule(_:_:_:_:_:_:_:): interface_ref, UInt8, UInt16, UInt8,
+ * UnsafeRawPointer, UInt16, handler; ..._remove_ip_port_forwarding_rule(_:_:_:_:_:): interface_ref,
+ * UInt8, UInt16, UInt8, handler: no address), and edigaryev/vmnet src/ffi/vmnet.rs, whose
+ * Interface::port_forwarding_rule_add passes the IPv4 address as a pointer to its 4 octets in
+ * network order, as upstream softnet does (lib/host.rs, AddressFamily::Ipv4). These replace
+ * vmnet_interface_add/remove_port_forwarding_rule, deprecated since macOS 12 (Apple's reference:
+ * "macOS 10.15-12.0"), which took the address as a `struct in_addr` by value.
+ *
+ * Small integer arguments (uint8_t, uint16_t): Apple's arm64 ABI has the caller extend them to 32
+ * bits ("Writing ARM64 code for Apple platforms"), which bun:ffi's u8/u16 do.
+ */
+export const VMNET_FORWARDING_SYMBOLS = {
+  // vmnet_return_t vmnet_interface_add_ip_port_forwarding_rule(interface_ref interface, uint8_t protocol,
+  //     uint16_t external_port, uint8_t address_family, const void *internal_address,
+  //     uint16_t internal_port, vmnet_interface_completion_handler_t handler);
+  // handler: void (^)(vmnet_return_t status). For AF_INET, internal_address points to a struct in_addr.
+  vmnet_interface_add_ip_port_forwarding_rule: { args: [ptr, u8, u16, u8, ptr, u16, ptr], returns: u32 },
+  // vmnet_return_t vmnet_interface_remove_ip_port_forwarding_rule(interface_ref interface, uint8_t protocol,
+  //     uint16_t external_port, uint8_t address_family, vmnet_interface_completion_handler_t handler);
+  vmnet_interface_remove_ip_port_forwarding_rule: { args: [ptr, u8, u16, u8, ptr], returns: u32 },
+} as const;
+
+/** The macOS release that introduced VMNET_FORWARDING_SYMBOLS (Apple's vmnet reference). */
+export const VMNET_FORWARDING_SINCE = "macOS 11";
+
+/**
+ * Data symbols: `extern const char *vmnet_*_key` (vmnet.h; Swift: `let vmnet_mtu_key:
+ * UnsafePointer<CChar>`). The value is the pointer stored there. Availability from Apple's vmnet
+ * reference and API diffs: mode, MTU and max packet size since 10.10.
+ */
 export const VMNET_KEYS = [
   "vmnet_operation_mode_key",
   "vmnet_enable_isolation_key", // macOS 11+
@@ -301,8 +370,8 @@ export const VMNET_KEYS = [
 export type VmnetKey = (typeof VMNET_KEYS)[number];
 
 /**
- * Data symbol of the blocks runtime: `void *_NSConcreteGlobalBlock[32]`. A global block's isa is
- * the symbol's *address*.
+ * Data symbol of the blocks runtime: `void * _NSConcreteGlobalBlock[32]` (libclosure Block.h /
+ * Block_private.h). A global block's isa is the symbol's *address*.
  */
 export const GLOBAL_BLOCK_CLASS = "_NSConcreteGlobalBlock";
 
@@ -320,10 +389,14 @@ function loadDispatch(path: string) {
 function loadVmnet(path: string) {
   return dlopen(path, VMNET_SYMBOLS).symbols;
 }
+function loadVmnetForwarding(path: string) {
+  return dlopen(path, VMNET_FORWARDING_SYMBOLS).symbols;
+}
 
 export type LibcSymbols = ReturnType<typeof loadLibc>;
 export type DispatchSymbols = ReturnType<typeof loadDispatch>;
 export type VmnetSymbols = ReturnType<typeof loadVmnet>;
+export type VmnetForwardingSymbols = ReturnType<typeof loadVmnetForwarding>;
 
 /** Reports every bound function call (tests measure which symbols the tests reach). */
 export type CallTrace = (library: string, symbol: string) => void;
@@ -335,6 +408,12 @@ export interface DarwinSystem {
   readonly libc: LibcSymbols;
   readonly dispatch: DispatchSymbols;
   readonly vmnet: VmnetSymbols;
+  /**
+   * vmnet's port forwarding (VMNET_FORWARDING_SYMBOLS), or undefined when the framework lacks one
+   * of them; vmnetForwardingMissing then names it.
+   */
+  readonly vmnetForwarding: VmnetForwardingSymbols | undefined;
+  readonly vmnetForwardingMissing: string | undefined;
   /** The trace this system reports calls to (tests only). */
   readonly trace: CallTrace | undefined;
   /** memfd_create on Linux; undefined on macOS. */
@@ -378,6 +457,8 @@ class OpenedSystem implements DarwinSystem {
   readonly libc: LibcSymbols;
   readonly dispatch: DispatchSymbols;
   readonly vmnet: VmnetSymbols;
+  readonly vmnetForwarding: VmnetForwardingSymbols | undefined;
+  readonly vmnetForwardingMissing: string | undefined;
   readonly memfdCreate: ((name: Buffer, flags: number) => number) | undefined;
   private readonly raw: Record<"libc" | "dispatch" | "vmnet", Record<string, unknown>>;
   private readonly errnoLocation: () => Pointer | null;
@@ -396,6 +477,15 @@ class OpenedSystem implements DarwinSystem {
     this.libc = traced(libc, "libc", trace);
     this.dispatch = traced(dispatch, "dispatch", trace);
     this.vmnet = traced(vmnet, "vmnet", trace);
+    // Optional symbols: looked up one by one first, because bun:ffi's dlopen fails as a whole when
+    // one symbol is missing, and the error should name the missing one.
+    this.vmnetForwardingMissing = Object.keys(VMNET_FORWARDING_SYMBOLS).find(
+      (symbol) => this.dataAddressIn(libraries.vmnet, symbol) === 0,
+    );
+    this.vmnetForwarding =
+      this.vmnetForwardingMissing === undefined
+        ? traced(loadVmnetForwarding(libraries.vmnet), "vmnet", trace)
+        : undefined;
     // int *__error(void) (macOS);  int *__errno_location(void) (glibc)
     const errnoSymbols = dlopen(libraries.libc, {
       [KERNEL.errnoFunction]: { args: [], returns: ptr },

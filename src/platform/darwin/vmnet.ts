@@ -16,6 +16,11 @@
  *
  * Receive and send allocate nothing: the vmpktdesc and iovec arrays are built once per FrameBatch
  * and point straight into its slots (one iovec per packet, as vmnet requires).
+ *
+ * Sources for the ABI facts here: vmnet.h, as documented in Apple's vmnet reference
+ * (developer.apple.com/documentation/vmnet: vmnet_read, vmnet_write, vmnet_return_t, the keys) and
+ * bound with the same shapes by edigaryev/vmnet (src/ffi/vmnet.rs), the crate upstream softnet uses;
+ * the numeric values of the enums are the ones that crate and QEMU's net/vmnet-common.m agree on.
  */
 import { ptr as ffiPtr, type Pointer } from "bun:ffi";
 import type { ExposedPort } from "../../cli.ts";
@@ -31,10 +36,15 @@ import {
   MACOS_LIBRARIES,
   openDarwinSystem,
   pointerOrNull,
+  VMNET_FORWARDING_SINCE,
+  type VmnetForwardingSymbols,
   type VmnetKey,
 } from "./system.ts";
 
-/** vmnet_return_t (vmnet.h). */
+/**
+ * vmnet_return_t (vmnet.h, a uint32_t enum; edigaryev/vmnet src/ffi/vmnet.rs Status lists
+ * 1000-1009). VMNET_NOT_AUTHORIZED (1010) is in newer SDKs' vmnet.h and Apple's reference.
+ */
 export const VmnetStatus = {
   SUCCESS: 1000,
   FAILURE: 1001,
@@ -49,13 +59,15 @@ export const VmnetStatus = {
   NOT_AUTHORIZED: 1010,
 } as const;
 
-/** operating_modes_t (vmnet.h). */
+/** operating_modes_t (vmnet.h; edigaryev/vmnet Mode: Host 1000, Shared 1001, Bridged 1002). */
 export const VMNET_HOST_MODE = 1000;
 export const VMNET_SHARED_MODE = 1001;
-/** interface_event_t (vmnet.h). */
+/** interface_event_t (vmnet.h): VMNET_INTERFACE_PACKETS_AVAILABLE = 1 << 0. */
 export const VMNET_INTERFACE_PACKETS_AVAILABLE = 1;
-/** IPPROTO_TCP (<netinet/in.h>). */
+/** IPPROTO_TCP (xnu bsd/netinet/in.h; 6 everywhere). */
 export const IPPROTO_TCP = 6;
+/** AF_INET (xnu bsd/sys/socket.h; 2 on macOS and Linux alike): the address family of a forward. */
+export const AF_INET = 2;
 
 const ROOT_HINT = "softnet must run as root (sudo, or installed setuid root as Tart does)";
 
@@ -151,6 +163,11 @@ export interface VmnetOptions {
   system?: DarwinSystem;
   /** How long to wait for vmnet's start/stop/port-forward completions; 10 s by default. */
   timeoutMs?: number;
+  /**
+   * The caller will install port forwards (--expose): fail before starting the interface when
+   * vmnet lacks the forwarding functions, rather than at the VM's first lease.
+   */
+  portForwarding?: boolean;
 }
 
 /** A running vmnet interface: a FrameLink for the filter loop and a port-forward backend. */
@@ -180,9 +197,11 @@ export interface VmnetLink extends FrameLink, PortForwardBackend {
 const DEFAULT_TIMEOUT_MS = 10_000;
 const ETHERNET_HEADER_BYTES = 14;
 
-// struct vmpktdesc (24 bytes on LP64): { size_t vm_pkt_size @0; struct iovec *vm_pkt_iov @8;
-//   uint32_t vm_pkt_iovcnt @16; uint32_t vm_flags @20 }.  struct iovec (16 bytes): { void *iov_base @0;
-//   size_t iov_len @8 }.  In 32-bit words:
+// struct vmpktdesc (vmnet.h; Apple's API diff for 10.10.3 lists vm_pkt_size Int, vm_pkt_iov,
+// vm_pkt_iovcnt UInt32, vm_flags UInt32; edigaryev/vmnet binds the same), 24 bytes on LP64:
+// { size_t vm_pkt_size @0; struct iovec *vm_pkt_iov @8; uint32_t vm_pkt_iovcnt @16; uint32_t vm_flags @20 }.
+// struct iovec (xnu bsd/sys/_types/_iovec_t.h, 16 bytes): { void *iov_base @0; size_t iov_len @8 }.
+// In 32-bit words:
 const VMPKTDESC_BYTES = 24;
 const IOVEC_BYTES = 16;
 const DESC_WORDS = VMPKTDESC_BYTES / 4;
@@ -275,6 +294,18 @@ function openSystem(libraries: DarwinLibraries): DarwinSystem {
   }
 }
 
+/**
+ * vmnet's port-forwarding functions, or a SoftnetError that names the missing one and the macOS
+ * version that has it. Only --expose needs them.
+ */
+export function portForwardingFunctions(system: DarwinSystem): VmnetForwardingSymbols {
+  if (system.vmnetForwarding !== undefined) return system.vmnetForwarding;
+  throw new SoftnetError(
+    `--expose needs vmnet port forwarding, but ${system.libraries.vmnet} does not export ${system.vmnetForwardingMissing}`,
+    { hint: `vmnet's port forwarding with an address family needs ${VMNET_FORWARDING_SINCE} or later` },
+  );
+}
+
 function requireKey(system: DarwinSystem, key: VmnetKey): number {
   const value = system.vmnetKey(key);
   if (value === 0) {
@@ -311,6 +342,13 @@ class Vmnet implements VmnetLink {
   /** vmnet_read/vmnet_write's int *pktcnt, at a fixed address. */
   private readonly packetCount = new Int32Array(new ArrayBuffer(4));
   private readonly packetCountAddress: number;
+  /**
+   * The struct in_addr a forward request points vmnet to: 4 bytes in network order, at a fixed
+   * address. Requests are serialised and each waits for its completion, and this memory lives as
+   * long as the link, so vmnet may read it at any time until then.
+   */
+  private readonly forwardAddress = new Uint8Array(new ArrayBuffer(4));
+  private readonly forwardAddressPointer: number;
   /** Where the wake-up bytes are drained to. */
   private readonly scratch = new Uint8Array(new ArrayBuffer(256));
   private readonly scratchAddress: number;
@@ -335,6 +373,7 @@ class Vmnet implements VmnetLink {
     this.pollFd = native.wakeRead;
     this.maxFrameSize = maxPacketSize;
     this.packetCountAddress = ptrOf(this.packetCount);
+    this.forwardAddressPointer = ptrOf(this.forwardAddress);
     this.scratchAddress = ptrOf(this.scratch);
     this.wakeFlags = system.kernel.MSG_DONTWAIT;
     this.description = `vmnet ${mode === "nat" ? "shared (NAT)" : "host"} interface ${formatIpv4(gateway)}/${prefixLength}`;
@@ -343,6 +382,7 @@ class Vmnet implements VmnetLink {
   static start(system: DarwinSystem, options: VmnetOptions): Vmnet {
     const { libc, dispatch, vmnet, kernel } = system;
     const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    if (options.portForwarding === true) portForwardingFunctions(system);
     const modeKey = requireKey(system, "vmnet_operation_mode_key");
     const isolationKey = system.vmnetKey("vmnet_enable_isolation_key");
     if (options.isolate && isolationKey === 0) requireKey(system, "vmnet_enable_isolation_key");
@@ -371,7 +411,8 @@ class Vmnet implements VmnetLink {
       native.wakeRead = fds[0]!;
       native.wakeWrite = fds[1]!;
       if (kernel.SO_NOSIGPIPE !== 0) {
-        // macOS has no MSG_NOSIGNAL: a send to a closed peer would raise SIGPIPE on a GCD thread.
+        // On macOS the event block's send carries no MSG_NOSIGNAL (kernel.MSG_NOSIGNAL is 0 there):
+        // SO_NOSIGPIPE keeps a send to a closed peer from raising SIGPIPE on a GCD thread.
         const one = new Int32Array([1]);
         libc.setsockopt(native.wakeWrite, kernel.SOL_SOCKET, kernel.SO_NOSIGPIPE, one, 4);
       }
@@ -531,8 +572,12 @@ class Vmnet implements VmnetLink {
         batch.count = count;
         throw vmnetError(`cannot read packets from ${this.description}`, status);
       }
-      const got = this.packetCount[0]!;
-      for (let i = count; i < count + got; i++) lengths[i] = words[i * DESC_WORDS + PKT_SIZE_WORD]!;
+      // *pktcnt is in/out (vmnet_read: "populated with the number of packets read"); never trust it
+      // beyond what was asked for, nor a packet size beyond the slot it was read into.
+      const got = Math.max(0, Math.min(this.packetCount[0]!, want));
+      for (let i = count; i < count + got; i++) {
+        lengths[i] = Math.min(words[i * DESC_WORDS + PKT_SIZE_WORD]!, slotSize);
+      }
       count += got;
       if (got < want) break;
     }
@@ -576,8 +621,10 @@ class Vmnet implements VmnetLink {
         vectors.writeDescriptors as Pointer,
         this.packetCountAddress as Pointer,
       );
+      // vmnet.h promises *pktcnt ("populated with the number of packets the framework wrote") on
+      // success only: after any other status it may hold anything, so nothing counts as written.
       const written =
-        status === VmnetStatus.SUCCESS || status === VmnetStatus.BUFFER_EXHAUSTED ? this.packetCount[0]! : 0;
+        status === VmnetStatus.SUCCESS ? Math.max(0, Math.min(this.packetCount[0]!, packets)) : 0;
       sent += written;
       if (status === VmnetStatus.SUCCESS && written === packets) continue;
       if (
@@ -598,22 +645,28 @@ class Vmnet implements VmnetLink {
 
   install(ports: readonly ExposedPort[], address: number): Promise<void> {
     return this.serialised(async () => {
+      const forwarding = portForwardingFunctions(this.system);
       await this.removeInstalled();
-      // struct in_addr by value: its bytes in network order, read as the little-endian register value.
-      const inAddr = byteSwap32(address);
       for (const port of ports) {
         await this.forwardRequest(
           `cannot forward TCP port ${port.externalPort} to ${formatIpv4(address)}:${port.internalPort}`,
           port.externalPort,
-          () =>
-            this.system.vmnet.vmnet_interface_add_port_forwarding_rule(
+          () => {
+            // AF_INET: internal_address points to a struct in_addr, the address in network order.
+            this.forwardAddress[0] = address >>> 24;
+            this.forwardAddress[1] = (address >>> 16) & 0xff;
+            this.forwardAddress[2] = (address >>> 8) & 0xff;
+            this.forwardAddress[3] = address & 0xff;
+            return forwarding.vmnet_interface_add_ip_port_forwarding_rule(
               this.iface,
               IPPROTO_TCP,
               port.externalPort,
-              inAddr,
+              AF_INET,
+              this.forwardAddressPointer as Pointer,
               port.internalPort,
               this.blocks.block(BlockKind.FORWARD),
-            ),
+            );
+          },
         );
         this.installed.push(port.externalPort);
       }
@@ -646,12 +699,15 @@ class Vmnet implements VmnetLink {
         this.forwardsBroken = true;
       }
     }
-    while (this.installed.length > 0 && !this.forwardsBroken) {
+    // A rule can only be installed through these functions, so they exist when one is.
+    const forwarding = this.system.vmnetForwarding;
+    while (forwarding !== undefined && this.installed.length > 0 && !this.forwardsBroken) {
       const port = this.installed.pop()!;
-      const status = this.system.vmnet.vmnet_interface_remove_port_forwarding_rule(
+      const status = forwarding.vmnet_interface_remove_ip_port_forwarding_rule(
         this.iface,
         IPPROTO_TCP,
         port,
+        AF_INET,
         this.blocks.block(BlockKind.FORWARD),
       );
       if (status !== VmnetStatus.SUCCESS) {
@@ -675,14 +731,16 @@ class Vmnet implements VmnetLink {
 
   private async removeInstalled(): Promise<void> {
     while (this.installed.length > 0) {
+      const forwarding = portForwardingFunctions(this.system);
       const port = this.installed[this.installed.length - 1]!;
       // Forgotten even if removing fails: a rule that vmnet says is not there must not be retried forever.
       this.installed.pop();
       await this.forwardRequest(`cannot remove the forward of TCP port ${port}`, undefined, () =>
-        this.system.vmnet.vmnet_interface_remove_port_forwarding_rule(
+        forwarding.vmnet_interface_remove_ip_port_forwarding_rule(
           this.iface,
           IPPROTO_TCP,
           port,
+          AF_INET,
           this.blocks.block(BlockKind.FORWARD),
         ),
       );
@@ -765,17 +823,13 @@ class Vmnet implements VmnetLink {
 }
 
 const QUEUE_LABEL = Buffer.from("dev.softnet.vmnet\0", "utf8");
-/** dispatch_time_t DISPATCH_TIME_NOW. */
+/** dispatch_time_t DISPATCH_TIME_NOW (libdispatch dispatch/time.h: `(0ull)`). */
 const DISPATCH_TIME_NOW = 0n;
 
 /** dispatch_semaphore_wait with a deadline `ms` from now; false when it expired. */
 function waitBlocking(system: DarwinSystem, semaphore: Pointer, ms: number): boolean {
   const deadline = system.dispatch.dispatch_time(DISPATCH_TIME_NOW, BigInt(Math.round(ms * 1e6)));
   return system.dispatch.dispatch_semaphore_wait(semaphore, BigInt(deadline)) === 0;
-}
-
-function byteSwap32(value: number): number {
-  return (((value & 0xff) << 24) | ((value & 0xff00) << 8) | ((value >>> 8) & 0xff00) | (value >>> 24)) >>> 0;
 }
 
 /**

@@ -316,7 +316,7 @@ export class Policy {
 
   /**
    * Learns the lease from the host DHCP server's ACK (address, lease time, DNS servers) and forgets
-   * it on a NAK. Only replies from the gateway, about this VM's MAC, count; anything malformed is
+   * it on a NAK. Only replies from the gateway, about this VM's MAC, count; a malformed reply is
    * ignored (it still reaches the VM, whose own client judges it, as in the original).
    */
   private snoopDhcpReply(bytes: Uint8Array, ip: number, available: number, nowMs: number): void {

@@ -31,7 +31,13 @@ const rules: Rule[] = ["10.0.0.0/8", "192.168.1.0/24", "@host"].map((t) => ({
   target: parseRuleTarget(t) as never,
 }));
 rules.push({ action: "block", target: parseRuleTarget("10.66.0.0/16") as never });
-const policy = new Policy({ vmMac: parseMac(VM_MAC)!, gateway, rules: RuleTable.compile(rules, gateway) });
+const policy = new Policy({
+  vmMac: parseMac(VM_MAC)!,
+  gateway,
+  prefixLength: 24,
+  isolated: true,
+  rules: RuleTable.compile(rules, gateway),
+});
 const ack = dhcpServerFrame({
   messageType: DhcpMessageType.ACK,
   leaseTimeSeconds: 3600,

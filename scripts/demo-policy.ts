@@ -26,7 +26,13 @@ import {
 
 const rules: Rule[] = [{ action: "block", target: parseRuleTarget("1.1.1.0/24") as never }];
 const gateway = parseIpv4(GATEWAY)!;
-const policy = new Policy({ vmMac: parseMac(VM_MAC)!, gateway, rules: RuleTable.compile(rules, gateway) });
+const policy = new Policy({
+  vmMac: parseMac(VM_MAC)!,
+  gateway,
+  prefixLength: 24,
+  isolated: true,
+  rules: RuleTable.compile(rules, gateway),
+});
 let now = 0;
 
 function show(direction: "VM → host" | "host → VM", what: string, frame: Uint8Array): void {

@@ -17,7 +17,7 @@ import type { FrameBatch, FrameLink } from "./platform/link.ts";
 import { type Policy, SnoopEvent } from "./policy/policy.ts";
 import { isPass, REASON_COUNT, REASON_EXPLANATIONS, Reason, reasonName } from "./policy/reasons.ts";
 import { reportWarningOnce } from "./sentry.ts";
-import { formatIpv4 } from "./wire/bytes.ts";
+import { formatIpv4, formatMac } from "./wire/bytes.ts";
 import { describeFrame } from "./wire/describe.ts";
 
 /** Why the loop stopped. */
@@ -63,6 +63,7 @@ export class FilterLoop {
   private readonly debugEnabled: boolean;
   private stopped = false;
   private leaseWasValid = false;
+  private gatewayMacChangesSeen = 0;
   private readonly countersAtLastSummary = new Float64Array(REASON_COUNT);
   private readonly unsentAtLastSummary = new Float64Array(2);
 
@@ -89,7 +90,7 @@ export class FilterLoop {
         const offset = slot * batch.slotSize;
         const reason = policy.decideFromVm(batch.bytes, offset, batch.lengths[slot], now);
         if (isPass(reason)) slots[accepted++] = slot;
-        else this.logDrop(reason, batch, slot, now);
+        else this.logDrop("from VM", reason, batch, slot, now);
       }
       if (accepted > 0) {
         const sent = host.send(batch, slots, accepted);
@@ -120,8 +121,10 @@ export class FilterLoop {
         const offset = slot * batch.slotSize;
         const reason = policy.observeFromHost(batch.bytes, offset, batch.lengths[slot], now);
         if (isPass(reason)) slots[accepted++] = slot;
+        else this.logDrop("to VM", reason, batch, slot, now);
       }
       if (policy.lastSnoopEvent !== SnoopEvent.NONE) this.leaseEvent(now);
+      if (policy.gatewayMacChanges !== this.gatewayMacChangesSeen) this.gatewayMacEvent();
       if (accepted > 0) {
         const sent = vm.send(batch, slots, accepted);
         if (sent < 0) {
@@ -215,14 +218,23 @@ export class FilterLoop {
     this.options.onLeaseChange?.();
   }
 
-  private logDrop(reason: number, batch: FrameBatch, slot: number, now: number): void {
+  /** The gateway's MAC was learned or changed: an isolated VM now takes routed traffic only from it. */
+  private gatewayMacEvent(): void {
+    const { policy, logger } = this.options;
+    const first = this.gatewayMacChangesSeen === 0;
+    this.gatewayMacChangesSeen = policy.gatewayMacChanges;
+    logger.info(`gateway MAC ${first ? "is" : "changed to"} ${formatMac(policy.gatewayMac)}`);
+  }
+
+  /** Logs a dropped frame: spoofing by the VM at warn, anything else at debug, rate-limited per reason. */
+  private logDrop(direction: string, reason: number, batch: FrameBatch, slot: number, now: number): void {
     const spoof = SPOOF_REASONS.has(reason);
     if (!spoof && !this.debugEnabled) return;
     const suppressed = this.dropLog.take(reason, now);
     if (suppressed < 0) return;
     const frame = describeFrame(batch.bytes, slot * batch.slotSize, batch.lengths[slot]);
     const more = suppressed > 0 ? ` (${suppressed} more like it not logged)` : "";
-    const line = `dropped from VM: ${reasonName(reason)}: ${REASON_EXPLANATIONS[reason]}: ${frame}${more}`;
+    const line = `dropped ${direction}: ${reasonName(reason)}: ${REASON_EXPLANATIONS[reason]}: ${frame}${more}`;
     if (spoof) this.options.logger.warn(line);
     else this.options.logger.debug(line);
   }

@@ -266,6 +266,9 @@ async function runFilter(setup: FilterSetup): Promise<number> {
   const policy = new Policy({
     vmMac: options.vmMac,
     gateway: host.gateway,
+    // The VM's network and whether it is isolated: what it may receive depends on both.
+    prefixLength: host.prefixLength,
+    isolated: setup.isolate,
     rules: RuleTable.compile(options.rules, host.gateway),
   });
   const clock = () => performance.now();

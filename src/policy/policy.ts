@@ -3,12 +3,21 @@
  * plus DHCP snooping, which feeds the lease that the VM-side decisions depend on.
  *
  * Pure: no I/O, no clock of its own. Every call reads a frame in place (bytes[offset, offset+length))
- * and returns a Reason; nothing is allocated per frame.
+ * and returns a Reason; nothing is allocated per frame. The one write: decideFromVm clears, in
+ * place, the DHCP options that would let a VM choose its own identity at the host's DHCP server
+ * (stripClientOptions), in a frame it lets through.
  */
 
 import { ArpOperation, arpOperation, arpSenderIp, arpSenderMac, isEthernetIpv4Arp } from "../wire/arp.ts";
-import { BROADCAST_MAC, readU16 } from "../wire/bytes.ts";
-import { BootpOp, DhcpMessage, DhcpMessageType, DhcpPort, readDhcp } from "../wire/dhcp.ts";
+import { BROADCAST_MAC, isMulticastMac, readU16 } from "../wire/bytes.ts";
+import {
+  BootpOp,
+  DhcpMessage,
+  DhcpMessageType,
+  DhcpPort,
+  readDhcp,
+  stripClientOptions,
+} from "../wire/dhcp.ts";
 import {
   Ethernet,
   EtherType,
@@ -22,24 +31,44 @@ import {
   Ipv4,
   ipv4Destination,
   ipv4FragmentOffset,
+  ipv4MoreFragments,
   ipv4Protocol,
   ipv4Source,
   ipv4TotalLength,
 } from "../wire/ipv4.ts";
-import { isValidUdp, Udp, udpDestinationPort, udpLength, udpSourcePort } from "../wire/udp.ts";
-import { isGlobal, LIMITED_BROADCAST, UNSPECIFIED } from "./address.ts";
+import {
+  isValidUdp,
+  Udp,
+  udpDestinationPort,
+  udpLength,
+  udpSourcePort,
+  updateUdpChecksumAfterClearing,
+} from "../wire/udp.ts";
+import { isGlobal, LIMITED_BROADCAST, networkContains, UNSPECIFIED } from "./address.ts";
 import { Lease } from "./lease.ts";
-import { REASON_COUNT, Reason, type ReasonCode } from "./reasons.ts";
+import { isPass, REASON_COUNT, Reason, type ReasonCode } from "./reasons.ts";
 import { RuleAction, type RuleTable } from "./rules.ts";
 
 const DNS_PORT = 53;
 const ETHERNET_HARDWARE_TYPE = 1;
+const ETHERNET_ADDRESS_LENGTH = 6;
+/** 224.0.0.0: from here on, multicast, reserved and broadcast; never a host's own address. */
+const FIRST_MULTICAST = 0xe0000000;
+/** No MAC is known yet (a MAC is a 48-bit integer, never negative). */
+const UNKNOWN_MAC = -1;
 
 export interface PolicyConfig {
   /** The VM's MAC address (48-bit integer). */
   vmMac: number;
   /** The host's address on the VM's network: DHCP replies come from it, the VM may always reach it. */
   gateway: number;
+  /** The prefix length of the VM's network (the host link's), 1..32: other VMs live inside it. */
+  prefixLength: number;
+  /**
+   * True unless the VM's rules allow everything (--allow 0.0.0.0/0): the VM then receives nothing
+   * from other VMs, only from the host, and the host link isolates it too where it can.
+   */
+  isolated: boolean;
   rules: RuleTable;
 }
 
@@ -49,17 +78,30 @@ export const SnoopEvent = { NONE: 0, LEASE_GRANTED: 1, LEASE_REFUSED: 2 } as con
 export class Policy {
   readonly vmMac: number;
   readonly gateway: number;
+  readonly prefixLength: number;
+  readonly isolated: boolean;
   readonly rules: RuleTable;
   readonly lease = new Lease();
   /** Frames per reason, both directions. */
   readonly counters = new Float64Array(REASON_COUNT);
   /** Set by observeFromHost when it snooped a DHCP ACK or NAK; the caller resets it. */
   lastSnoopEvent: number = SnoopEvent.NONE;
+  /**
+   * The MAC that frames from the gateway's own address come from, -1 until one arrived; with
+   * `gatewayMacChanges` bumped each time it is learned or changes, for the loop to log.
+   */
+  gatewayMac = UNKNOWN_MAC;
+  gatewayMacChanges = 0;
   private readonly dhcp = new DhcpMessage();
 
   constructor(config: PolicyConfig) {
+    if (!Number.isInteger(config.prefixLength) || config.prefixLength < 1 || config.prefixLength > 32) {
+      throw new RangeError(`the VM network's prefix length must be 1..32, got ${config.prefixLength}`);
+    }
     this.vmMac = config.vmMac;
     this.gateway = config.gateway;
+    this.prefixLength = config.prefixLength;
+    this.isolated = config.isolated;
     this.rules = config.rules;
   }
 
@@ -111,65 +153,170 @@ export class Policy {
     const isFirstUdp = ipv4Protocol(bytes, ip) === IpProtocol.UDP && ipv4FragmentOffset(bytes, ip) === 0;
     const udp = ip + headerLength;
     const udpAvailable = ipv4TotalLength(bytes, ip) - headerLength;
+
+    // A DHCP client message meets the DHCP checks wherever it is addressed: a host's DHCP server
+    // reads port 67 on each of its addresses, and a VM that may reach the gateway (or, with
+    // --allow, any of the host's addresses) must not reach the server past those checks.
+    if (isFirstUdp && udpAvailable >= Udp.HEADER_LENGTH && isDhcpRequestPorts(bytes, udp)) {
+      return this.classifyDhcpFromVm(bytes, ip, udp, udpAvailable, source, destination, nowMs);
+    }
+
     const udpValid = isFirstUdp && isValidUdp(bytes, udp, udpAvailable);
-
     if (this.lease.isValidSource(source, nowMs)) {
-      // Unicast renewals to the host's DHCP server keep the lease alive: no rule may break them.
-      if (udpValid && destination === this.gateway && isDhcpRequestPorts(bytes, udp)) return Reason.PASS_DHCP;
-      const action = this.rules.lookup(destination);
-      if (action === RuleAction.ALLOW) return Reason.PASS_ALLOWED_BY_RULE;
-      if (action === RuleAction.BLOCK) return Reason.BLOCKED_BY_RULE;
-      if (isGlobal(destination)) return Reason.PASS_GLOBAL;
-      if (destination === this.gateway) return Reason.PASS_GATEWAY;
+      const permitted = this.permittedDestination(bytes, udp, udpValid, destination);
+      if (permitted !== Reason.NOT_ALLOWED_DESTINATION) return permitted;
       if (isFirstUdp && !udpValid) return Reason.MALFORMED_UDP;
-      if (udpValid && udpDestinationPort(bytes, udp) === DNS_PORT && this.lease.isDnsServer(destination)) {
-        return Reason.PASS_DNS;
-      }
+      return Reason.NOT_ALLOWED_DESTINATION;
     }
-
-    // DHCP to the host's server passes with or without a lease, or the VM could never get one:
-    // broadcast, and unicast to the gateway too, so a VM that keeps its lease across a softnet
-    // restart renews at T1 instead of losing its network until T2. The payload must ask on behalf
-    // of this VM's MAC: otherwise a guest could drain the pool with invented client addresses.
-    if ((destination === LIMITED_BROADCAST || destination === this.gateway) && isFirstUdp) {
-      if (!udpValid) return Reason.MALFORMED_UDP;
-      if (isDhcpRequestPorts(bytes, udp)) {
-        return this.isOwnDhcpRequest(bytes, udp) ? Reason.PASS_DHCP : Reason.DHCP_SPOOF;
-      }
-    }
-
     if (!this.lease.isValidAt(nowMs)) return Reason.NO_LEASE;
-    if (source !== this.lease.address) return Reason.IP_SPOOF;
+    return Reason.IP_SPOOF;
+  }
+
+  /**
+   * Where a packet from the VM's leased address may go: your rules first, then global addresses,
+   * the gateway, and UDP to the lease's DNS servers. NOT_ALLOWED_DESTINATION when none permits it.
+   */
+  private permittedDestination(
+    bytes: Uint8Array,
+    udp: number,
+    udpValid: boolean,
+    destination: number,
+  ): ReasonCode {
+    const action = this.rules.lookup(destination);
+    if (action === RuleAction.ALLOW) return Reason.PASS_ALLOWED_BY_RULE;
+    if (action === RuleAction.BLOCK) return Reason.BLOCKED_BY_RULE;
+    if (isGlobal(destination)) return Reason.PASS_GLOBAL;
+    if (destination === this.gateway) return Reason.PASS_GATEWAY;
+    if (udpValid && udpDestinationPort(bytes, udp) === DNS_PORT && this.lease.isDnsServer(destination)) {
+      return Reason.PASS_DNS;
+    }
     return Reason.NOT_ALLOWED_DESTINATION;
   }
 
-  private isOwnDhcpRequest(bytes: Uint8Array, udp: number): boolean {
-    const message = this.dhcp;
+  /**
+   * A DHCP client message (UDP from port 68 or to port 67, as the original matches them). To the
+   * host's server (broadcast, or unicast to the gateway) it passes with or without a lease, before
+   * any rule, or the VM could never get or renew one; elsewhere it needs what any packet needs.
+   * Either way it must be well formed, ask for this VM's MAC as a client talking directly to the
+   * server, and come from a source the VM may use; and the options that would let the VM choose
+   * another identity at the server are cleared before it leaves (stripClientOptions), so the server
+   * knows the VM by its MAC alone: one lease per VM, never another client's.
+   */
+  private classifyDhcpFromVm(
+    bytes: Uint8Array,
+    ip: number,
+    udp: number,
+    udpAvailable: number,
+    source: number,
+    destination: number,
+    nowMs: number,
+  ): ReasonCode {
+    // Options in a later fragment would reach the server unread. No client fragments DHCP.
+    if (ipv4MoreFragments(bytes, ip)) return Reason.MALFORMED_DHCP;
+    if (!isValidUdp(bytes, udp, udpAvailable)) return Reason.MALFORMED_UDP;
+    const dhcp = udp + Udp.HEADER_LENGTH;
     const dhcpLength = udpLength(bytes, udp) - Udp.HEADER_LENGTH;
-    if (!readDhcp(bytes, udp + Udp.HEADER_LENGTH, dhcpLength, message)) return false;
-    return (
-      message.op === BootpOp.REQUEST &&
-      message.hardwareType === ETHERNET_HARDWARE_TYPE &&
-      message.hardwareLength === 6 &&
-      message.clientMac === this.vmMac
-    );
+    const message = this.dhcp;
+    if (!readDhcp(bytes, dhcp, dhcpLength, message)) return Reason.MALFORMED_DHCP;
+    if (
+      message.op !== BootpOp.REQUEST ||
+      message.hardwareType !== ETHERNET_HARDWARE_TYPE ||
+      message.hardwareLength !== ETHERNET_ADDRESS_LENGTH ||
+      message.clientMac !== this.vmMac ||
+      // A non-zero giaddr claims a relay: the server would pick the network from it and answer
+      // the relay, not the VM.
+      message.gatewayAddress !== UNSPECIFIED
+    ) {
+      return Reason.DHCP_SPOOF;
+    }
+    if (!this.isDhcpClientSource(source, nowMs)) return Reason.IP_SPOOF;
+
+    let verdict: ReasonCode;
+    if (destination === LIMITED_BROADCAST || destination === this.gateway) {
+      verdict = Reason.PASS_DHCP;
+    } else if (this.lease.isValidSource(source, nowMs)) {
+      verdict = this.permittedDestination(bytes, udp, true, destination);
+    } else {
+      verdict = this.lease.isValidAt(nowMs) ? Reason.IP_SPOOF : Reason.NO_LEASE;
+    }
+    if (!isPass(verdict)) return verdict;
+
+    const clearedSum = stripClientOptions(bytes, dhcp, dhcpLength);
+    if (clearedSum < 0) return Reason.MALFORMED_DHCP; // readDhcp walked the same list; never trust it
+    if (clearedSum > 0) updateUdpChecksumAfterClearing(bytes, udp, clearedSum);
+    return verdict;
+  }
+
+  /**
+   * Which source address a DHCP client message may carry: 0.0.0.0 (no address yet), or the lease
+   * (renewing, rebinding, releasing). While softnet knows no lease, e.g. after a restart under a
+   * VM that kept its address, any unicast address but the gateway's: never the gateway's, which
+   * is how VMs tell the host apart from each other (classifyHostSource).
+   */
+  private isDhcpClientSource(source: number, nowMs: number): boolean {
+    if (source === UNSPECIFIED) return true;
+    if (this.lease.isValidAt(nowMs)) return source === this.lease.address;
+    return source !== this.gateway && source < FIRST_MULTICAST;
   }
 
   private classifyFromHost(bytes: Uint8Array, offset: number, length: number, nowMs: number): ReasonCode {
     if (!isValidEthernet(bytes, offset, length)) return Reason.MALFORMED_ETHERNET;
-    const etherType = readU16(bytes, offset + Ethernet.ETHER_TYPE);
-    if (etherType === EtherType.ARP) return Reason.PASS_HOST_ARP;
-    if (etherType !== EtherType.IPV4) return Reason.NON_IP_ETHERTYPE;
+    // A bridge floods a unicast frame to every port when it has not learned (or has forgotten)
+    // where its destination MAC is: such a frame is someone else's, whatever it carries.
     const destinationMac = ethernetDestination(bytes, offset);
-    if (destinationMac === this.vmMac || destinationMac === BROADCAST_MAC) {
-      this.snoopDhcpReply(bytes, offset + Ethernet.HEADER_LENGTH, length - Ethernet.HEADER_LENGTH, nowMs);
+    if (destinationMac !== this.vmMac && !isMulticastMac(destinationMac)) return Reason.NOT_FOR_THIS_VM;
+    const etherType = readU16(bytes, offset + Ethernet.ETHER_TYPE);
+    const payload = offset + Ethernet.HEADER_LENGTH;
+    const payloadLength = length - Ethernet.HEADER_LENGTH;
+    const sourceMac = ethernetSource(bytes, offset);
+    if (etherType === EtherType.ARP) {
+      if (!isEthernetIpv4Arp(bytes, payload, payloadLength)) return Reason.MALFORMED_ARP;
+      return this.classifyHostSource(arpSenderIp(bytes, payload), sourceMac, Reason.PASS_HOST_ARP);
     }
-    return Reason.PASS_HOST_IPV4;
+    if (etherType !== EtherType.IPV4) return Reason.NON_IP_ETHERTYPE;
+    if (checkIpv4(bytes, payload, payloadLength) === 0) return Reason.MALFORMED_IPV4;
+    if (destinationMac === this.vmMac || destinationMac === BROADCAST_MAC) {
+      this.snoopDhcpReply(bytes, payload, payloadLength, nowMs);
+    }
+    return this.classifyHostSource(ipv4Source(bytes, payload), sourceMac, Reason.PASS_HOST_IPV4);
+  }
+
+  /**
+   * Whether a VM may receive ARP or IPv4 from `source` (the ARP sender or IPv4 source address)
+   * sent by `sourceMac`. Every VM behind softnet can only send from its own MAC and its leased
+   * address (never the gateway's: see isDhcpClientSource), so:
+   *
+   * - From the gateway's address: the host itself. Passes, and its MAC is remembered as the
+   *   gateway's (learned again whenever it changes: a Linux bridge's MAC can, as ports come and go).
+   * - An isolated VM receives nothing else from its own network: any other address in it, and
+   *   0.0.0.0 (DHCP and ARP probes), can only be another VM, whichever flags that VM's softnet has.
+   *   Port isolation on the bridge does not stop them: a port with isolation off reaches all.
+   * - From beyond its network (the internet, the LAN behind the host), an isolated VM takes only
+   *   what the host routes to it: frames from the gateway's MAC, once that is known. This covers
+   *   a VM whose lease lies outside the gateway's subnet (a bridge with more than one) and any
+   *   device on the bridge that is not behind softnet.
+   *
+   * A VM with isolation off (--allow 0.0.0.0/0) receives from the other VMs as well, as upstream.
+   */
+  private classifyHostSource(source: number, sourceMac: number, pass: ReasonCode): ReasonCode {
+    if (source === this.gateway) {
+      if (sourceMac !== this.gatewayMac && !isMulticastMac(sourceMac)) {
+        this.gatewayMac = sourceMac;
+        this.gatewayMacChanges++;
+      }
+      return pass;
+    }
+    if (!this.isolated) return pass;
+    if (source === UNSPECIFIED || networkContains(this.gateway, this.prefixLength, source)) {
+      return Reason.FROM_ANOTHER_VM;
+    }
+    if (this.gatewayMac !== UNKNOWN_MAC && sourceMac !== this.gatewayMac) return Reason.NOT_FROM_GATEWAY;
+    return pass;
   }
 
   /**
    * Learns the lease from the host DHCP server's ACK (address, lease time, DNS servers) and forgets
-   * it on a NAK. Only replies from the gateway, about this VM's MAC, count; anything malformed is
+   * it on a NAK. Only replies from the gateway, about this VM's MAC, count; a malformed reply is
    * ignored (it still reaches the VM, whose own client judges it, as in the original).
    */
   private snoopDhcpReply(bytes: Uint8Array, ip: number, available: number, nowMs: number): void {

@@ -29,11 +29,16 @@ export const Reason = {
   DHCP_SPOOF: 19,
   BLOCKED_BY_RULE: 20,
   NOT_ALLOWED_DESTINATION: 21,
+  MALFORMED_DHCP: 22,
+  // Frames from the host that the VM must not receive.
+  NOT_FOR_THIS_VM: 23,
+  FROM_ANOTHER_VM: 24,
+  NOT_FROM_GATEWAY: 25,
 } as const;
 
 export type ReasonCode = (typeof Reason)[keyof typeof Reason];
 
-export const REASON_COUNT = 22;
+export const REASON_COUNT = 26;
 const FIRST_DROP_REASON = Reason.MALFORMED_ETHERNET;
 
 export function isPass(reason: ReasonCode): boolean {
@@ -64,6 +69,10 @@ export const REASON_NAMES: readonly string[] = [
   "dhcp-spoof",
   "blocked-by-rule",
   "not-allowed-destination",
+  "malformed-dhcp",
+  "not-for-this-vm",
+  "from-another-vm",
+  "not-from-gateway",
 ];
 
 /** What each drop means, in words for a person reading the log. */
@@ -87,9 +96,13 @@ export const REASON_EXPLANATIONS: readonly string[] = [
   "UDP header truncated or inconsistent",
   "the VM has no valid DHCP lease yet (or it expired)",
   "source address is not the VM's leased address",
-  "DHCP request that is malformed or made on behalf of a MAC address that is not the VM's",
+  "DHCP request on behalf of another MAC address, hardware type or length, or through a relay (giaddr)",
   "destination blocked by --block",
   "destination is not global, the gateway, or a DHCP-provided DNS server",
+  "DHCP client message that is fragmented, truncated, or whose options run past its end",
+  "unicast to another MAC address (a bridge floods frames for MACs it has not learned)",
+  "the VM is isolated: source is another address on its network (another VM), or 0.0.0.0",
+  "the VM is isolated: from a MAC other than the gateway's",
 ];
 
 export function reasonName(reason: number): string {

@@ -12,9 +12,7 @@ export function sumWords(bytes: Uint8Array, offset: number, length: number, init
 
 /** Folds a running sum to 16 bits and complements it. */
 export function finishChecksum(sum: number): number {
-  let folded = sum;
-  while (folded > 0xffff) folded = (folded & 0xffff) + Math.floor(folded / 0x10000);
-  return ~folded & 0xffff;
+  return ~foldSum(sum) & 0xffff;
 }
 
 export function internetChecksum(bytes: Uint8Array, offset: number, length: number): number {
@@ -31,4 +29,24 @@ export function pseudoHeaderSum(
   return (
     (source >>> 16) + (source & 0xffff) + (destination >>> 16) + (destination & 0xffff) + protocol + length
   );
+}
+
+/**
+ * The checksum field's new value after some of the bytes it covers were set to zero, without
+ * summing the packet again: RFC 1624 eqn. 3, HC' = ~(~HC + ~m + m'), summed over every changed
+ * word. A cleared byte contributes -m and nothing back, so all of them together are one ~S term,
+ * where `clearedSum` is S: the cleared bytes added as they sat in their 16-bit words (a byte at an
+ * even distance from the start of the checksummed data is the high half). Because the update is
+ * relative, a checksum that was wrong before stays wrong after.
+ */
+export function checksumAfterClearing(checksum: number, clearedSum: number): number {
+  const cleared = foldSum(clearedSum);
+  return ~foldSum((~checksum & 0xffff) + (~cleared & 0xffff)) & 0xffff;
+}
+
+/** Folds a running sum to 16 bits with end-around carry, not complemented. */
+function foldSum(sum: number): number {
+  let folded = sum;
+  while (folded > 0xffff) folded = (folded & 0xffff) + Math.floor(folded / 0x10000);
+  return folded;
 }

@@ -50,9 +50,15 @@ export const DhcpOption = {
   DOMAIN_NAME_SERVER: 6,
   REQUESTED_IP_ADDRESS: 50,
   LEASE_TIME: 51,
+  /** RFC 2132 9.3: the sname and file fields hold more options. */
+  OPTION_OVERLOAD: 52,
   MESSAGE_TYPE: 53,
   SERVER_IDENTIFIER: 54,
   CLIENT_IDENTIFIER: 61,
+  /** RFC 3046: added by relay agents, never by a client. */
+  RELAY_AGENT_INFORMATION: 82,
+  /** RFC 3011: asks for an address on another subnet than the one the message arrived on. */
+  SUBNET_SELECTION: 118,
   END: 255,
 } as const;
 
@@ -209,6 +215,70 @@ function readOption(
   }
 }
 
+/**
+ * Overwrites in place, with PAD (0) bytes, every option of a client message that would let the
+ * client choose how the server tells clients apart or which network it serves them from:
+ *
+ * - 61, client identifier. dnsmasq and macOS bootpd key a lease by it when it is present, and by
+ *   htype + chaddr otherwise (RFC 2131 4.2), so with it a client names itself whatever it likes.
+ * - 82, relay agent information, and 118, subnet selection: a relay's or a client's way to ask
+ *   for an address on another network the server serves (dnsmasq honours both).
+ * - 52, option overload: without it, a server reads no options out of sname and file, which are
+ *   not walked here.
+ *
+ * Every instance goes, so RFC 3396 split options go whole. The message keeps its length, so no
+ * header but the UDP checksum needs fixing. Returns the cleared bytes' sum for
+ * updateUdpChecksumAfterClearing (0 when nothing was cleared), or -1, with nothing changed, when
+ * the message is shorter than its fixed part or an option runs past `length`. Options end at END
+ * or at `length`, where dnsmasq and bootpd stop reading them too.
+ */
+export function stripClientOptions(bytes: Uint8Array, offset: number, length: number): number {
+  if (length < Dhcp.OPTIONS) return -1;
+  const end = offset + length;
+  // Check the whole list before changing a byte: a message that is dropped stays as it came.
+  let cursor = offset + Dhcp.OPTIONS;
+  while (cursor < end) {
+    const code = bytes[cursor];
+    if (code === DhcpOption.END) break;
+    if (code === DhcpOption.PAD) {
+      cursor += 1;
+      continue;
+    }
+    if (cursor + 2 > end) return -1;
+    cursor += 2 + bytes[cursor + 1];
+    if (cursor > end) return -1;
+  }
+  let clearedSum = 0;
+  cursor = offset + Dhcp.OPTIONS;
+  while (cursor < end) {
+    const code = bytes[cursor];
+    if (code === DhcpOption.END) break;
+    if (code === DhcpOption.PAD) {
+      cursor += 1;
+      continue;
+    }
+    const next = cursor + 2 + bytes[cursor + 1];
+    if (isStrippedClientOption(code)) {
+      for (let i = cursor; i < next; i++) {
+        // The UDP header is 8 bytes long, so even offsets in the message are even in the datagram.
+        clearedSum += (i - offset) % 2 === 0 ? bytes[i] << 8 : bytes[i];
+        bytes[i] = DhcpOption.PAD;
+      }
+    }
+    cursor = next;
+  }
+  return clearedSum;
+}
+
+function isStrippedClientOption(code: number): boolean {
+  return (
+    code === DhcpOption.CLIENT_IDENTIFIER ||
+    code === DhcpOption.RELAY_AGENT_INFORMATION ||
+    code === DhcpOption.SUBNET_SELECTION ||
+    code === DhcpOption.OPTION_OVERLOAD
+  );
+}
+
 /** A DHCP message as plain values, for tests and tools (never on the per-frame path). */
 export interface DhcpRepr {
   op: number;
@@ -227,6 +297,8 @@ export interface DhcpRepr {
   requestedAddress?: string;
   clientIdentifier?: Uint8Array;
   dnsServers?: string[];
+  /** Encoded options (code, length, data ...) emitted as given, before END; for tests. */
+  rawOptions?: Uint8Array;
 }
 
 export function parseDhcp(bytes: Uint8Array): DhcpRepr | undefined {
@@ -286,6 +358,7 @@ export function emitDhcp(repr: DhcpRepr): Uint8Array {
   if (repr.clientIdentifier !== undefined) {
     options.push(DhcpOption.CLIENT_IDENTIFIER, repr.clientIdentifier.length, ...repr.clientIdentifier);
   }
+  if (repr.rawOptions !== undefined) options.push(...repr.rawOptions);
   options.push(DhcpOption.END);
 
   const message = new Uint8Array(Dhcp.OPTIONS + options.length);

@@ -1,6 +1,6 @@
 /** UDP headers (RFC 768). */
 import { parseIpv4, readU16, writeU16 } from "./bytes.ts";
-import { finishChecksum, pseudoHeaderSum, sumWords } from "./checksum.ts";
+import { checksumAfterClearing, finishChecksum, pseudoHeaderSum, sumWords } from "./checksum.ts";
 import { IpProtocol } from "./ipv4.ts";
 
 /** Field offsets from the start of the UDP header. */
@@ -29,6 +29,18 @@ export function udpDestinationPort(bytes: Uint8Array, udp: number): number {
 
 export function udpLength(bytes: Uint8Array, udp: number): number {
   return readU16(bytes, udp + Udp.LENGTH);
+}
+
+/**
+ * Keeps a datagram's checksum right after bytes of its payload were set to zero in place
+ * (`clearedSum` as checksumAfterClearing takes it, word-aligned from the UDP header). A checksum of
+ * zero means the sender sent none (RFC 768, allowed over IPv4) and stays zero; a computed zero is
+ * sent as all ones.
+ */
+export function updateUdpChecksumAfterClearing(bytes: Uint8Array, udp: number, clearedSum: number): void {
+  const checksum = readU16(bytes, udp + Udp.CHECKSUM);
+  if (checksum === 0) return;
+  writeU16(bytes, udp + Udp.CHECKSUM, checksumAfterClearing(checksum, clearedSum) || 0xffff);
 }
 
 export interface UdpRepr {

@@ -96,24 +96,40 @@ export function arpFrame(options: {
   );
 }
 
-/** A DHCP client message from the VM (DISCOVER/REQUEST), broadcast unless told otherwise. */
+/**
+ * A DHCP client message from the VM (DISCOVER/REQUEST), broadcast unless told otherwise. `dhcp`
+ * overrides fields of the BOOTP/DHCP message (client identifier, giaddr, raw options, ...).
+ */
 export function dhcpClientFrame(
-  options: { srcMac?: string; src?: string; dst?: string; chaddr?: string; messageType?: number } = {},
+  options: {
+    srcMac?: string;
+    dstMac?: string;
+    src?: string;
+    dst?: string;
+    chaddr?: string;
+    messageType?: number;
+    dhcp?: Partial<DhcpRepr>;
+    ip?: Partial<Ipv4Repr>;
+  } = {},
 ): Uint8Array {
   const dhcp = emitDhcp({
     op: BootpOp.REQUEST,
     xid: 0x1234_5678,
     clientMac: options.chaddr ?? options.srcMac ?? VM_MAC,
     messageType: options.messageType ?? DhcpMessageType.DISCOVER,
+    ...options.dhcp,
   });
   return udpFrame({
     srcMac: options.srcMac,
-    dstMac: options.dst === undefined || options.dst === "255.255.255.255" ? BROADCAST : HOST_MAC,
+    dstMac:
+      options.dstMac ??
+      (options.dst === undefined || options.dst === "255.255.255.255" ? BROADCAST : HOST_MAC),
     src: options.src ?? "0.0.0.0",
     dst: options.dst ?? "255.255.255.255",
     sport: DhcpPort.CLIENT,
     dport: DhcpPort.SERVER,
     payload: dhcp,
+    ip: options.ip,
   });
 }
 

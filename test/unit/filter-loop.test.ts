@@ -12,7 +12,7 @@ import { RuleTable } from "../../src/policy/rules.ts";
 import { type PortForwardBackend, PortForwards } from "../../src/port-forwards.ts";
 import { formatIpv4, parseIpv4, parseMac } from "../../src/wire/bytes.ts";
 import { DhcpMessageType } from "../../src/wire/dhcp.ts";
-import { dhcpServerFrame, GATEWAY, OTHER_MAC, tcpFrame, VM_IP, VM_MAC } from "../support/frames.ts";
+import { dhcpServerFrame, GATEWAY, OTHER_MAC, tcpFrame, udpFrame, VM_IP, VM_MAC } from "../support/frames.ts";
 
 /** A link backed by arrays: `incoming` is what receive() hands out, `sent` what send() got. */
 class MemoryLink implements FrameLink {
@@ -50,7 +50,13 @@ class MemoryLink implements FrameLink {
 
 function setup(batchCapacity = 4) {
   const gateway = parseIpv4(GATEWAY)!;
-  const policy = new Policy({ vmMac: parseMac(VM_MAC)!, gateway, rules: RuleTable.compile([], gateway) });
+  const policy = new Policy({
+    vmMac: parseMac(VM_MAC)!,
+    gateway,
+    prefixLength: 24,
+    isolated: true,
+    rules: RuleTable.compile([], gateway),
+  });
   const vm = new MemoryLink("vm");
   const host = new MemoryLink("host");
   const lines: string[] = [];
@@ -109,6 +115,40 @@ describe("the filter loop", () => {
     const warnings = lines.filter((line) => line.includes("warn: dropped from VM: mac-spoof"));
     expect(warnings.length).toBe(5); // the burst, then silence until tokens refill
     expect(warnings[0]).toContain(`${OTHER_MAC} > `);
+  });
+
+  test("the VM gets nothing from another VM; the drops are logged at debug, the gateway's MAC at info", () => {
+    const { vm, host, loop, lines, grantLease } = setup();
+    grantLease(); // from the gateway's MAC 5e:00:00:00:00:01
+    expect(lines.some((line) => line.includes("info: gateway MAC is 5e:00:00:00:00:01"))).toBe(true);
+    const fromGateway = tcpFrame({
+      srcMac: "5e:00:00:00:00:01",
+      dstMac: VM_MAC,
+      src: "1.1.1.1",
+      dst: VM_IP,
+      dport: 40000,
+    });
+    const fromNeighbour = udpFrame({
+      srcMac: OTHER_MAC,
+      dstMac: VM_MAC,
+      src: "192.168.64.6",
+      dst: VM_IP,
+      dport: 9,
+    });
+    const flooded = udpFrame({
+      srcMac: "5e:00:00:00:00:01",
+      dstMac: OTHER_MAC,
+      src: "1.1.1.1",
+      dst: "192.168.64.6",
+      dport: 9,
+    });
+    vm.sent.length = 0;
+    host.incoming.push(fromNeighbour, fromGateway, flooded);
+    loop.drainFromHost(1024);
+    expect(vm.sent).toEqual([fromGateway]);
+    expect(lines.some((line) => line.includes("debug: dropped to VM: from-another-vm: "))).toBe(true);
+    expect(lines.some((line) => line.includes("debug: dropped to VM: not-for-this-vm: "))).toBe(true);
+    expect(loop.dropSummary()).toBe("1 not-for-this-vm, 1 from-another-vm");
   });
 
   test("a receiver without room drops and counts, and the loop goes on", () => {

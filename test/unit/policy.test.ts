@@ -17,7 +17,7 @@ import { parseRuleTarget, type Rule, RuleTable } from "../../src/policy/rules.ts
 import { ArpOperation } from "../../src/wire/arp.ts";
 import { parseIpv4, parseMac, writeU16 } from "../../src/wire/bytes.ts";
 import { DhcpMessageType } from "../../src/wire/dhcp.ts";
-import { EtherType } from "../../src/wire/ethernet.ts";
+import { EtherType, emitEthernet } from "../../src/wire/ethernet.ts";
 import { TcpFlag } from "../../src/wire/tcp.ts";
 import {
   arpFrame,
@@ -26,6 +26,7 @@ import {
   dhcpServerFrame,
   etherFrame,
   GATEWAY,
+  HOST_MAC,
   icmpEchoFrame,
   OTHER_MAC,
   tcpFrame,
@@ -35,6 +36,8 @@ import {
 } from "../support/frames.ts";
 
 const T0 = 1_000_000;
+/** Where the BOOTP message starts in a frame from dhcpClientFrame: Ethernet, IPv4, UDP headers. */
+const DHCP_AT = 14 + 20 + 8;
 const LEASE_SECONDS = 600;
 
 function rules(allow: string[] = [], block: string[] = []): Rule[] {
@@ -47,12 +50,15 @@ function rules(allow: string[] = [], block: string[] = []): Rule[] {
 }
 
 function newPolicy(
-  options: { allow?: string[]; block?: string[]; lease?: boolean; dns?: string[] } = {},
+  options: { allow?: string[]; block?: string[]; lease?: boolean; dns?: string[]; isolated?: boolean } = {},
 ): Policy {
   const gateway = parseIpv4(GATEWAY)!;
   const policy = new Policy({
     vmMac: parseMac(VM_MAC)!,
     gateway,
+    prefixLength: 24,
+    // As the runtime decides it: only --allow 0.0.0.0/0 lifts isolation.
+    isolated: options.isolated ?? !(options.allow ?? []).includes("0.0.0.0/0"),
     rules: RuleTable.compile(rules(options.allow, options.block), gateway),
   });
   if (options.lease ?? true) {
@@ -332,7 +338,100 @@ const vmRows: Row[] = [
     name: "DHCP to broadcast with a truncated BOOTP message",
     frame: udpFrame({ src: "0.0.0.0", dstMac: BROADCAST, dst: "255.255.255.255", sport: 68, dport: 67 }),
     setup: { lease: false },
+    want: "malformed-dhcp",
+  },
+  {
+    name: "DHCPDISCOVER with another client's identifier (passes, the identifier cleared: see below)",
+    frame: dhcpClientFrame({ dhcp: { clientIdentifier: new Uint8Array([1, 2, 0, 0, 0, 0, 0x99]) } }),
+    setup: { lease: false },
+    want: "dhcp",
+  },
+  {
+    name: "DHCP unicast renewal to the gateway on behalf of another MAC while holding a lease",
+    frame: dhcpClientFrame({
+      src: VM_IP,
+      dst: GATEWAY,
+      chaddr: OTHER_MAC,
+      messageType: DhcpMessageType.REQUEST,
+    }),
     want: "dhcp-spoof",
+  },
+  {
+    name: "DHCPDISCOVER through a pretended relay (giaddr set)",
+    frame: dhcpClientFrame({ dhcp: { gatewayAddress: "10.99.0.1" } }),
+    setup: { lease: false },
+    want: "dhcp-spoof",
+  },
+  {
+    name: "DHCPDISCOVER with hardware type 6 (IEEE 802)",
+    frame: mutate(dhcpClientFrame(), (b) => {
+      b[DHCP_AT + 1] = 6;
+    }),
+    setup: { lease: false },
+    want: "dhcp-spoof",
+  },
+  {
+    name: "DHCPDISCOVER with hardware length 16 (chaddr and ten more bytes)",
+    frame: mutate(dhcpClientFrame(), (b) => {
+      b[DHCP_AT + 2] = 16;
+    }),
+    setup: { lease: false },
+    want: "dhcp-spoof",
+  },
+  {
+    name: "a BOOTREPLY from the VM's client port",
+    frame: mutate(dhcpClientFrame(), (b) => {
+      b[DHCP_AT] = 2;
+    }),
+    setup: { lease: false },
+    want: "dhcp-spoof",
+  },
+  {
+    name: "DHCPDISCOVER whose options run past the message",
+    frame: dhcpClientFrame({ dhcp: { rawOptions: new Uint8Array([12, 50, 0x41]) } }),
+    setup: { lease: false },
+    want: "malformed-dhcp",
+  },
+  {
+    name: "DHCPDISCOVER without the magic cookie",
+    frame: mutate(dhcpClientFrame(), (b) => {
+      b[DHCP_AT + 236] = 0;
+    }),
+    setup: { lease: false },
+    want: "malformed-dhcp",
+  },
+  {
+    name: "a DHCP message split into IP fragments (options in the next fragment go unread)",
+    frame: dhcpClientFrame({ ip: { moreFragments: true, dontFragment: false } }),
+    setup: { lease: false },
+    want: "malformed-dhcp",
+  },
+  {
+    name: "DHCP from the gateway's address (how VMs tell the host apart)",
+    frame: dhcpClientFrame({ src: GATEWAY }),
+    setup: { lease: false },
+    want: "ip-spoof",
+  },
+  {
+    name: "DHCP from an address other than the lease while holding one",
+    frame: dhcpClientFrame({ src: "192.168.64.6", messageType: DhcpMessageType.REQUEST }),
+    want: "ip-spoof",
+  },
+  {
+    name: "DHCP to another of the host's addresses on behalf of another MAC (--allow 0.0.0.0/0)",
+    frame: dhcpClientFrame({ src: VM_IP, dst: "192.168.64.255", chaddr: OTHER_MAC }),
+    setup: { allow: ["0.0.0.0/0"] },
+    want: "dhcp-spoof",
+  },
+  {
+    name: "DHCP to a global address from the lease (passes as global, checked and cleared all the same)",
+    frame: dhcpClientFrame({ src: VM_IP, dst: "1.1.1.1", messageType: DhcpMessageType.REQUEST }),
+    want: "global-destination",
+  },
+  {
+    name: "DHCP to a private address from the lease",
+    frame: dhcpClientFrame({ src: VM_IP, dst: "10.1.2.3", messageType: DhcpMessageType.REQUEST }),
+    want: "not-allowed-destination",
   },
   {
     name: "non-DHCP UDP to the limited broadcast",
@@ -406,43 +505,242 @@ describe("what a VM may send (decideFromVm)", () => {
 
   test("every VM-side reason is covered by a row of the table", () => {
     const covered = new Set(vmRows.map((row) => row.want));
-    const hostOnly = new Set(["host-arp", "host-ipv4"]);
+    const hostOnly = new Set([
+      "host-arp",
+      "host-ipv4",
+      "not-for-this-vm",
+      "from-another-vm",
+      "not-from-gateway",
+    ]);
     const missing = REASON_NAMES.filter((name) => !hostOnly.has(name) && !covered.has(name));
     expect(missing).toEqual([]);
   });
 });
 
+/** Another VM on the same bridge, behind its own softnet: its MAC and its leased address. */
+const OTHER_VM_IP = "192.168.64.6";
+
 describe("what a VM may receive (observeFromHost)", () => {
+  // The default state: an isolated VM (no --allow 0.0.0.0/0) whose lease came from the gateway's
+  // MAC (HOST_MAC), so softnet knows that MAC.
   const hostRows: Row[] = [
     {
       name: "ARP from the host",
-      frame: arpFrame({ srcMac: "5e:00:00:00:00:01", senderIp: GATEWAY, targetIp: VM_IP }),
+      frame: arpFrame({ srcMac: HOST_MAC, senderIp: GATEWAY, targetIp: VM_IP }),
       want: "host-arp",
     },
     {
-      name: "IPv4 from the host",
-      frame: tcpFrame({
-        srcMac: "5e:00:00:00:00:01",
-        dstMac: VM_MAC,
-        src: "1.1.1.1",
-        dst: VM_IP,
-        dport: 40000,
+      name: "IPv4 from the internet, routed by the host",
+      frame: tcpFrame({ srcMac: HOST_MAC, dstMac: VM_MAC, src: "1.1.1.1", dst: VM_IP, dport: 40000 }),
+      want: "host-ipv4",
+    },
+    {
+      name: "IPv4 from the host itself",
+      frame: icmpEchoFrame({ srcMac: HOST_MAC, dstMac: VM_MAC, src: GATEWAY, dst: VM_IP }),
+      want: "host-ipv4",
+    },
+    {
+      name: "a broadcast from the host",
+      frame: udpFrame({
+        srcMac: HOST_MAC,
+        dstMac: BROADCAST,
+        src: GATEWAY,
+        dst: "192.168.64.255",
+        dport: 137,
+      }),
+      want: "host-ipv4",
+    },
+    {
+      name: "multicast from the host (mDNS)",
+      frame: udpFrame({
+        srcMac: HOST_MAC,
+        dstMac: "01:00:5e:00:00:fb",
+        src: GATEWAY,
+        dst: "224.0.0.251",
+        dport: 5353,
       }),
       want: "host-ipv4",
     },
     {
       name: "IPv6 from the host",
-      frame: etherFrame(EtherType.IPV6, 46, "5e:00:00:00:00:01"),
+      frame: emitEthernet(
+        { source: HOST_MAC, destination: VM_MAC, etherType: EtherType.IPV6 },
+        new Uint8Array(46),
+      ),
       want: "non-ip-ethertype",
     },
     { name: "a runt from the host", frame: new Uint8Array(10), want: "malformed-ethernet" },
+    {
+      name: "ARP truncated, from the host",
+      frame: arpFrame({ srcMac: HOST_MAC, senderIp: GATEWAY, targetIp: VM_IP }).subarray(0, 14 + 20),
+      want: "malformed-arp",
+    },
+    {
+      name: "IPv4 truncated, from the host",
+      frame: tcpFrame({ srcMac: HOST_MAC, dstMac: VM_MAC, src: "1.1.1.1", dst: VM_IP, dport: 1 }).subarray(
+        0,
+        30,
+      ),
+      want: "malformed-ipv4",
+    },
+    // Unicast for someone else: a bridge floods it when it does not know (or forgot) the MAC.
+    {
+      name: "unicast IPv4 to another MAC (flooded by the bridge)",
+      frame: udpFrame({ srcMac: HOST_MAC, dstMac: OTHER_MAC, src: "1.1.1.1", dst: OTHER_VM_IP, dport: 9 }),
+      want: "not-for-this-vm",
+    },
+    {
+      name: "unicast ARP to another MAC",
+      frame: arpFrame({
+        srcMac: HOST_MAC,
+        dstMac: OTHER_MAC,
+        operation: ArpOperation.REPLY,
+        senderIp: GATEWAY,
+        targetIp: OTHER_VM_IP,
+      }),
+      want: "not-for-this-vm",
+    },
+    {
+      name: "unicast to another MAC, even with isolation off",
+      frame: udpFrame({ srcMac: OTHER_MAC, dstMac: HOST_MAC, src: OTHER_VM_IP, dst: GATEWAY, dport: 9 }),
+      setup: { allow: ["0.0.0.0/0"] },
+      want: "not-for-this-vm",
+    },
+    // Another VM, whichever flags its softnet has.
+    {
+      name: "UDP straight from another VM",
+      frame: udpFrame({ srcMac: OTHER_MAC, dstMac: VM_MAC, src: OTHER_VM_IP, dst: VM_IP, dport: 9 }),
+      want: "from-another-vm",
+    },
+    {
+      name: "UDP from another VM, routed back by the host (the gateway's MAC)",
+      frame: udpFrame({ srcMac: HOST_MAC, dstMac: VM_MAC, src: OTHER_VM_IP, dst: VM_IP, dport: 9 }),
+      want: "from-another-vm",
+    },
+    {
+      name: "ping from another VM",
+      frame: icmpEchoFrame({ srcMac: OTHER_MAC, dstMac: VM_MAC, src: OTHER_VM_IP, dst: VM_IP }),
+      want: "from-another-vm",
+    },
+    {
+      name: "ARP request from another VM",
+      frame: arpFrame({ srcMac: OTHER_MAC, senderIp: OTHER_VM_IP, targetIp: VM_IP }),
+      want: "from-another-vm",
+    },
+    {
+      name: "ARP probe (sender 0.0.0.0) from another VM",
+      frame: arpFrame({ srcMac: OTHER_MAC, senderIp: "0.0.0.0", targetIp: OTHER_VM_IP }),
+      want: "from-another-vm",
+    },
+    {
+      name: "another VM's DHCPDISCOVER broadcast (source 0.0.0.0)",
+      frame: dhcpClientFrame({ srcMac: OTHER_MAC }),
+      want: "from-another-vm",
+    },
+    {
+      name: "another VM's multicast (mDNS)",
+      frame: udpFrame({
+        srcMac: OTHER_MAC,
+        dstMac: "01:00:5e:00:00:fb",
+        src: OTHER_VM_IP,
+        dst: "224.0.0.251",
+        dport: 5353,
+      }),
+      want: "from-another-vm",
+    },
+    {
+      name: "another VM's traffic before this VM has a lease",
+      frame: udpFrame({
+        srcMac: OTHER_MAC,
+        dstMac: BROADCAST,
+        src: OTHER_VM_IP,
+        dst: "255.255.255.255",
+        dport: 9,
+      }),
+      setup: { lease: false },
+      want: "from-another-vm",
+    },
+    {
+      name: "from outside the network but not from the gateway's MAC (a VM leased on another subnet)",
+      frame: udpFrame({ srcMac: OTHER_MAC, dstMac: VM_MAC, src: "10.5.0.7", dst: VM_IP, dport: 9 }),
+      want: "not-from-gateway",
+    },
+    {
+      name: "from outside the network, any MAC, while the gateway's MAC is not known yet",
+      frame: udpFrame({ srcMac: OTHER_MAC, dstMac: VM_MAC, src: "10.5.0.7", dst: VM_IP, dport: 9 }),
+      setup: { lease: false },
+      want: "host-ipv4",
+    },
+    // Isolation off (--allow 0.0.0.0/0): other VMs may talk to this one, as upstream.
+    {
+      name: "UDP from another VM when isolation is off",
+      frame: udpFrame({ srcMac: OTHER_MAC, dstMac: VM_MAC, src: OTHER_VM_IP, dst: VM_IP, dport: 9 }),
+      setup: { allow: ["0.0.0.0/0"] },
+      want: "host-ipv4",
+    },
+    {
+      name: "ARP from another VM when isolation is off",
+      frame: arpFrame({ srcMac: OTHER_MAC, senderIp: OTHER_VM_IP, targetIp: VM_IP }),
+      setup: { allow: ["0.0.0.0/0"] },
+      want: "host-arp",
+    },
   ];
   for (const row of hostRows) {
     test(`${row.name} → ${row.want}`, () => {
-      const policy = newPolicy({ lease: false });
-      expect(reasonName(policy.observeFromHost(row.frame, 0, row.frame.length, T0))).toBe(row.want);
+      const policy = newPolicy(row.setup);
+      expect(reasonName(policy.observeFromHost(row.frame, 0, row.frame.length, T0 + 1000))).toBe(row.want);
     });
   }
+
+  test("every host-side reason is covered by a row of the table", () => {
+    const covered = new Set(hostRows.map((row) => row.want));
+    const hostReasons = ["host-arp", "host-ipv4", "not-for-this-vm", "from-another-vm", "not-from-gateway"];
+    expect(hostReasons.filter((name) => !covered.has(name))).toEqual([]);
+  });
+
+  test("the gateway's MAC is learned from the host's own frames, and again when it changes", () => {
+    const policy = newPolicy({ lease: false });
+    expect(policy.gatewayMac).toBe(-1);
+    const arp = arpFrame({ srcMac: HOST_MAC, senderIp: GATEWAY, targetIp: VM_IP });
+    policy.observeFromHost(arp, 0, arp.length, T0);
+    expect(policy.gatewayMac).toBe(parseMac(HOST_MAC)!);
+    expect(policy.gatewayMacChanges).toBe(1);
+    const routed = (srcMac: string) =>
+      udpFrame({ srcMac, dstMac: VM_MAC, src: "1.1.1.1", dst: VM_IP, dport: 9 });
+    const newMac = "5e:00:00:00:00:02";
+    expect(reasonName(policy.observeFromHost(routed(newMac), 0, routed(newMac).length, T0))).toBe(
+      "not-from-gateway",
+    );
+    // The bridge's MAC changed: its next ARP from the gateway's address teaches softnet.
+    const moved = arpFrame({ srcMac: newMac, senderIp: GATEWAY, targetIp: VM_IP });
+    expect(reasonName(policy.observeFromHost(moved, 0, moved.length, T0))).toBe("host-arp");
+    expect(policy.gatewayMacChanges).toBe(2);
+    expect(reasonName(policy.observeFromHost(routed(newMac), 0, routed(newMac).length, T0))).toBe(
+      "host-ipv4",
+    );
+    expect(reasonName(policy.observeFromHost(routed(HOST_MAC), 0, routed(HOST_MAC).length, T0))).toBe(
+      "not-from-gateway",
+    );
+    // A repeat from the same MAC is not a change.
+    policy.observeFromHost(moved, 0, moved.length, T0);
+    expect(policy.gatewayMacChanges).toBe(2);
+  });
+
+  test("a prefix length outside 1..32 is refused", () => {
+    const gateway = parseIpv4(GATEWAY)!;
+    for (const prefixLength of [0, 33, 24.5]) {
+      expect(
+        () =>
+          new Policy({
+            vmMac: parseMac(VM_MAC)!,
+            gateway,
+            prefixLength,
+            isolated: true,
+            rules: RuleTable.compile([], gateway),
+          }),
+      ).toThrow(RangeError);
+    }
+  });
 });
 
 describe("DHCP snooping learns the lease from the host's server", () => {

@@ -29,7 +29,13 @@ const RUNS = 3000;
 
 function newPolicy(): Policy {
   const gateway = parseIpv4(GATEWAY)!;
-  const policy = new Policy({ vmMac: parseMac(VM_MAC)!, gateway, rules: RuleTable.compile([], gateway) });
+  const policy = new Policy({
+    vmMac: parseMac(VM_MAC)!,
+    gateway,
+    prefixLength: 24,
+    isolated: true,
+    rules: RuleTable.compile([], gateway),
+  });
   const ack = dhcpServerFrame({
     messageType: DhcpMessageType.ACK,
     leaseTimeSeconds: 600,

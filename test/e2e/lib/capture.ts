@@ -58,10 +58,13 @@ export class Capture {
    * Lines of `tcpdump -r pcap -nn -e -t [filter]`: one per frame, no timestamp, starting with the
    * link-layer addresses, e.g.
    * `02:5e:10:00:00:01 > ff:ff:ff:ff:ff:ff, ethertype IPv4 (0x0800), length 342: 0.0.0.0.68 > ...`.
-   * Can be called while capturing or after stop().
+   * Can be called while capturing or after stop(). With verbose, tcpdump -v: protocol details
+   * follow a frame on indented lines.
    */
-  async lines(filter = ""): Promise<string[]> {
+  async lines(filter = "", { verbose = false } = {}): Promise<string[]> {
     const argv = ["tcpdump", "-r", this.pcapPath, "-nn", "-e", "-t"];
+    // -v decodes more, e.g. every DHCP option, each on a line of its own.
+    if (verbose) argv.push("-v");
     if (filter !== "") argv.push(filter);
     const output = await check(argv);
     return output.split("\n").filter((line) => line !== "");

@@ -32,6 +32,7 @@ export class Guest {
   private nicRelay: Daemon | undefined;
   private dhcpClient: Daemon | undefined;
   private readonly background: Daemon[] = [];
+  private onceCount = 0;
   /** The forwarder between this guest and the bridge, while attached. */
   forwarder: Forwarder | undefined;
 
@@ -142,24 +143,45 @@ export class Guest {
     );
   }
 
+  /**
+   * One busybox udhcpc run on eth0 that quits once it has a lease (-q) or gave up (-n), with
+   * `args` added (e.g. -x 0x3d:... for a client identifier, -r ADDRESS to ask for one). Its
+   * script applies the lease to eth0 as startDhcp's does. Resolves with udhcpc's exit code, the
+   * lease it applied (if any) and what it printed. It releases nothing when it quits.
+   */
+  async udhcpcOnce(
+    args: string[],
+    { timeoutSeconds = 10 } = {},
+  ): Promise<RunResult & { lease?: GuestLease }> {
+    const leaseFile = join(this.site.workDir, `${this.name}.once-${++this.onceCount}.lease`);
+    const result = await this.exec(
+      [
+        "env",
+        `LEASE_FILE=${leaseFile}`,
+        "busybox",
+        "udhcpc",
+        "-q",
+        "-n",
+        "-i",
+        "eth0",
+        "-s",
+        this.site.udhcpcScript,
+        "-T",
+        "1",
+        "-t",
+        "3",
+        "-A",
+        "1",
+        ...args,
+      ],
+      { timeoutMs: timeoutSeconds * 1000 },
+    );
+    return { ...result, lease: readLeaseFile(leaseFile) };
+  }
+
   /** The lease udhcpc applied, or undefined while it has none. */
   lease(): GuestLease | undefined {
-    if (!existsSync(this.leaseFile)) return undefined;
-    const fields = new Map<string, string>();
-    for (const line of readFileSync(this.leaseFile, "utf8").split("\n")) {
-      const equals = line.indexOf("=");
-      if (equals > 0) fields.set(line.slice(0, equals), line.slice(equals + 1));
-    }
-    if (!fields.get("ip")) return undefined;
-    return {
-      address: fields.get("ip")!,
-      prefixLength: Number(fields.get("mask")),
-      router: (fields.get("router") ?? "").split(" ")[0]!,
-      dnsServers: (fields.get("dns") ?? "").split(" ").filter((server) => server !== ""),
-      leaseSeconds: Number(fields.get("lease")),
-      serverId: fields.get("serverid") ?? "",
-      boundOrRenewedCount: Number(fields.get("count")),
-    };
+    return readLeaseFile(this.leaseFile);
   }
 
   /** Waits until udhcpc has applied a lease (the address is on eth0 and the default route set). */
@@ -320,4 +342,24 @@ export async function startBannerServer(
     return listening.trim() !== "";
   });
   return server;
+}
+
+/** What the udhcpc script recorded in `path`, or undefined while it holds no lease. */
+function readLeaseFile(path: string): GuestLease | undefined {
+  if (!existsSync(path)) return undefined;
+  const fields = new Map<string, string>();
+  for (const line of readFileSync(path, "utf8").split("\n")) {
+    const equals = line.indexOf("=");
+    if (equals > 0) fields.set(line.slice(0, equals), line.slice(equals + 1));
+  }
+  if (!fields.get("ip")) return undefined;
+  return {
+    address: fields.get("ip")!,
+    prefixLength: Number(fields.get("mask")),
+    router: (fields.get("router") ?? "").split(" ")[0]!,
+    dnsServers: (fields.get("dns") ?? "").split(" ").filter((server) => server !== ""),
+    leaseSeconds: Number(fields.get("lease")),
+    serverId: fields.get("serverid") ?? "",
+    boundOrRenewedCount: Number(fields.get("count")),
+  };
 }

@@ -68,6 +68,21 @@ export interface DnsmasqLease {
   clientId: string;
 }
 
+/** What a test may change about a topology. */
+export interface TopologyOptions {
+  /** dnsmasq's address pool (default ADDRESSES.dhcpRange); a small one makes exhaustion visible. */
+  dhcpRange?: { first: string; last: string };
+}
+
+/** A plain machine on the bridge, not behind softnet: a namespace with a veth port on br0. */
+export interface BridgeHost {
+  namespace: string;
+  /** Its interface's name inside its namespace. */
+  interfaceName: string;
+  mac: string;
+  address: string;
+}
+
 export interface Neighbour {
   address: string;
   mac: string | undefined;
@@ -149,9 +164,13 @@ export class Topology {
   private readonly captures: Capture[] = [];
   private readonly namespaces: string[] = [];
   private readonly udhcpcScript: string;
+  private readonly dhcpRange: { first: string; last: string };
+  private bridgeHostCount = 0;
+  private captureCount = 0;
   private tornDown = false;
 
-  private constructor() {
+  private constructor(options: TopologyOptions) {
+    this.dhcpRange = options.dhcpRange ?? ADDRESSES.dhcpRange;
     this.name = `${NAME_PREFIX}${process.pid}-${++topologyCount}`;
     this.hostNamespace = `${this.name}-host`;
     this.internetNamespace = `${this.name}-internet`;
@@ -170,14 +189,14 @@ export class Topology {
    * Builds the whole topology (namespaces, links, routes, dnsmasq, DNS and TCP servers) and
    * resolves once every server is ready. On failure, tears down what was built and rethrows.
    */
-  static async create(): Promise<Topology> {
+  static async create(options: TopologyOptions = {}): Promise<Topology> {
     if (process.getuid?.() !== 0) throw new Error("e2e tests need root (network namespaces, TAP devices)");
     const missing: string[] = [];
     for (const tool of ["ip", "socat", "dnsmasq", "busybox", "tcpdump", "ping", "nc", "dig", "ss"]) {
       if (Bun.which(tool, { PATH: `${process.env.PATH}:/usr/sbin:/sbin` }) === null) missing.push(tool);
     }
     if (missing.length > 0) throw new Error(`missing ${missing.join(", ")}: run scripts/e2e-deps.sh`);
-    const topology = new Topology();
+    const topology = new Topology(options);
     try {
       await topology.build();
     } catch (error) {
@@ -280,7 +299,7 @@ export class Topology {
         "--port=53",
         `--address=/${DNS_NAMES.example}/${A.globalHost}`,
         `--address=/${DNS_NAMES.whoami}/${A.gateway}`,
-        `--dhcp-range=${A.dhcpRange.first},${A.dhcpRange.last},${DHCP_LEASE_SECONDS}`,
+        `--dhcp-range=${this.dhcpRange.first},${this.dhcpRange.last},${DHCP_LEASE_SECONDS}`,
         `--dhcp-option=option:router,${A.gateway}`,
         `--dhcp-option=option:dns-server,${A.gateway},${A.secondDnsServer}`,
         `--dhcp-leasefile=${this.dnsmasqLeaseFile}`,
@@ -340,6 +359,36 @@ export class Topology {
     return guest;
   }
 
+  /**
+   * Adds a plain machine on the bridge (MAC 02:5e:20:00:00:NN, `address`/24 on the bridge's
+   * network): a namespace whose veth's other end is a port of br0 with nothing filtering it, as
+   * an administrator's container or a VM without softnet would be.
+   */
+  async addBridgeHost(address: string): Promise<BridgeHost> {
+    const index = ++this.bridgeHostCount;
+    const namespace = `${this.name}-b${index}`;
+    const mac = `02:5e:20:00:00:${index.toString(16).padStart(2, "0")}`;
+    const port = `bhost${index}`;
+    await this.addNamespace(namespace);
+    await this.ip(
+      this.hostNamespace,
+      "link",
+      "add",
+      port,
+      "type",
+      "veth",
+      "peer",
+      "name",
+      "eth0",
+      "netns",
+      namespace,
+    );
+    await this.ip(this.hostNamespace, "link", "set", port, "master", this.bridge, "up");
+    await this.ip(namespace, "link", "set", "eth0", "address", mac, "up");
+    await this.ip(namespace, "addr", "add", `${address}/${ADDRESSES.gatewayPrefixLength}`, "dev", "eth0");
+    return { namespace, interfaceName: "eth0", mac, address };
+  }
+
   /** Runs argv in namespace. */
   exec(namespace: string, argv: string[], options?: RunOptions): Promise<RunResult> {
     return run(inNamespace(namespace, argv), options);
@@ -352,7 +401,8 @@ export class Topology {
 
   /** Starts a tcpdump witness on an interface of the host namespace (the bridge by default). */
   async startCapture(interfaceName: string = this.bridge, namespace = this.hostNamespace): Promise<Capture> {
-    const path = join(this.workDir, `capture-${this.captures.length + 1}-${interfaceName}.pcap`);
+    // Numbered before the first await: captures started together must not share a file.
+    const path = join(this.workDir, `capture-${++this.captureCount}-${interfaceName}.pcap`);
     const capture = await Capture.start(namespace, interfaceName, path);
     this.captures.push(capture);
     return capture;

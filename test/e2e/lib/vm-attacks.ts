@@ -1,0 +1,314 @@
+// What one VM can try against another on a shared bridge (issue 9, items 3 and 5), as scenarios
+// that run against any softnet: the source tree as root (test/e2e) or the setuid release binary
+// started by an unprivileged user (test/release/setuid-vm-attacks.test.ts). Each scenario builds
+// its guests, runs real clients (busybox udhcpc, dhcpcd, hping3, ping), and returns what the
+// witnesses saw (dnsmasq's lease file, the host's neighbour table, tcpdump in the guests'
+// namespaces); the tests decide what must hold.
+import type { Capture } from "./capture.ts";
+import type { ForwarderSpec } from "./forwarder.ts";
+import { transparentRelay } from "./forwarder.ts";
+import type { Guest, GuestLease } from "./guest.ts";
+import { waitFor } from "./proc.ts";
+import { ADDRESSES, type DnsmasqLease, type Neighbour, type Topology } from "./topology.ts";
+
+/** softnet with these extra arguments (--allow, --log-level, ...), however it is started. */
+export type SoftnetFactory = (args: string[]) => ForwarderSpec;
+
+const DEBUG = ["--log-level", "debug"];
+
+/** A guest behind its own softnet, with a lease from its udhcpc (which keeps running). */
+export async function guestBehind(
+  topology: Topology,
+  softnet: SoftnetFactory,
+  args: string[] = [],
+): Promise<{ guest: Guest; lease: GuestLease }> {
+  const guest = await topology.addGuest();
+  await guest.attach(softnet([...DEBUG, ...args]));
+  const lease = await guest.dhcp(20_000);
+  return { guest, lease };
+}
+
+/** The guest's MAC as the hex digits busybox's -x 0x3d: wants after the type byte. */
+function macHex(mac: string): string {
+  return mac.replaceAll(":", "");
+}
+
+export interface DrainOutcome {
+  attacker: Guest;
+  /** The address each udhcpc run with a fresh client identifier got ("" for none). */
+  addresses: string[];
+  /** dnsmasq's leases on the attacker's MAC after the runs. */
+  attackerLeases: DnsmasqLease[];
+  /** The next VM's lease, or why it got none. */
+  next: { guest: Guest; lease?: GuestLease; error?: string };
+}
+
+/**
+ * One VM asks again and again, each time under a new client identifier (RFC 4361 style, type
+ * 255), as if it were many clients; then another VM asks for an address. With dnsmasq keying
+ * leases by client identifier, a pool smaller than `attempts` runs dry.
+ */
+export async function drainWithClientIds(
+  topology: Topology,
+  softnet: SoftnetFactory,
+  attempts: number,
+): Promise<DrainOutcome> {
+  const attacker = await topology.addGuest();
+  await attacker.attach(softnet(DEBUG));
+  const addresses: string[] = [];
+  for (let i = 0; i < attempts; i++) {
+    // type 255, IAID, and a DUID-EN (type 2, enterprise 0xab11, identifier i): unique per run.
+    const clientId = `ff000000${(i + 1).toString(16).padStart(2, "0")}00020000ab110000${i.toString(16).padStart(4, "0")}`;
+    const run = await attacker.udhcpcOnce(["-x", `0x3d:${clientId}`]);
+    addresses.push(run.lease?.address ?? "");
+  }
+  const attackerLeases = topology.dhcpServerLeases().filter((lease) => lease.mac === attacker.mac);
+  const nextGuest = await topology.addGuest();
+  await nextGuest.attach(softnet(DEBUG));
+  const next: DrainOutcome["next"] = { guest: nextGuest };
+  try {
+    next.lease = await nextGuest.dhcp(20_000);
+  } catch (error) {
+    next.error = error instanceof Error ? error.message : String(error);
+  }
+  return { attacker, addresses, attackerLeases, next };
+}
+
+export interface TheftOutcome {
+  victim: Guest;
+  victimLease: GuestLease;
+  thief: Guest;
+  /** What the thief's udhcpc got, if anything. */
+  thiefLease?: GuestLease;
+  thiefOutput: string;
+  /** dnsmasq's lease on the victim's address, after the attempt. */
+  serverLease?: DnsmasqLease;
+  neighbourBefore?: Neighbour;
+  neighbourAfter?: Neighbour;
+  /** The host can still ping the victim, and the victim the gateway. */
+  victimReachable: boolean;
+}
+
+/**
+ * A VM asks for another VM's address under that VM's client identifier (busybox's default: type
+ * 1 and the MAC), from its own MAC: `udhcpc -r <victim address> -x 0x3d:01<victim MAC>`. With
+ * dnsmasq keying leases by client identifier, it is handed the victim's lease, and dnsmasq points
+ * the host's neighbour entry for that address at the thief.
+ */
+export async function stealLeaseWithClientId(
+  topology: Topology,
+  softnet: SoftnetFactory,
+): Promise<TheftOutcome> {
+  const { guest: victim, lease: victimLease } = await guestBehind(topology, softnet);
+  // The host learns the victim's MAC for its address.
+  await victim.ping(ADDRESSES.gateway);
+  const neighbourBefore = await topology.hostNeighbour(victimLease.address);
+  const thief = await topology.addGuest();
+  await thief.attach(softnet(DEBUG));
+  const run = await thief.udhcpcOnce(["-r", victimLease.address, "-x", `0x3d:01${macHex(victim.mac)}`]);
+  const serverLease = topology.dhcpServerLeases().find((lease) => lease.address === victimLease.address);
+  const neighbourAfter = await topology.hostNeighbour(victimLease.address);
+  const fromHost = await topology.hostExec(["ping", "-n", "-c", "2", "-W", "1", victimLease.address], {
+    timeoutMs: 8_000,
+  });
+  const victimReachable = fromHost.code === 0 && (await victim.ping(ADDRESSES.gateway));
+  return {
+    victim,
+    victimLease,
+    thief,
+    thiefLease: run.lease,
+    thiefOutput: run.stdout + run.stderr,
+    serverLease,
+    neighbourBefore,
+    neighbourAfter,
+    victimReachable,
+  };
+}
+
+export interface DuidOutcome {
+  guest: Guest;
+  /** The address dhcpcd configured on eth0. */
+  address: string;
+  serverLease?: DnsmasqLease;
+  /** tcpdump -v's Client-ID lines of the guest's DHCP requests: as sent (eth0), as the bridge saw them. */
+  clientIdsSent: string[];
+  clientIdsOnBridge: string[];
+  reachesGateway: boolean;
+  dhcpcdLog: string;
+}
+
+/**
+ * Debian's dhcpcd, which sends an RFC 4361 client identifier (type 255, IAID, DUID) by default,
+ * as systemd-networkd and netplan do. Its state lives on tmpfs mounts private to its process
+ * (ip netns exec gives every command its own mount namespace), so guests never share a DUID file.
+ */
+export async function duidClient(topology: Topology, softnet: SoftnetFactory): Promise<DuidOutcome> {
+  const guest = await topology.addGuest();
+  await guest.attach(softnet(DEBUG));
+  const onEth0 = await topology.startCapture("eth0", guest.namespace);
+  const onBridge = await topology.startCapture();
+  const dhcpcd = guest.spawn("dhcpcd", [
+    "sh",
+    "-c",
+    "mount -t tmpfs tmpfs /run && mkdir /run/dhcpcd && mount -t tmpfs tmpfs /var/lib/dhcpcd && " +
+      "exec dhcpcd --nobackground --ipv4only --noipv4ll --debug eth0",
+  ]);
+  let address = "";
+  try {
+    address = await waitFor(
+      "dhcpcd to configure an address on eth0",
+      async () => {
+        if (!dhcpcd.running) throw new Error(`dhcpcd exited ${dhcpcd.exitCode}: ${dhcpcd.log}`);
+        return (await guest.addresses())[0];
+      },
+      { timeoutMs: 30_000 },
+    );
+  } catch (error) {
+    throw new Error(`${(error as Error).message}\ndhcpcd said:\n${dhcpcd.log}`);
+  }
+  await onEth0.stop();
+  await onBridge.stop();
+  const clientIds = async (capture: Capture) =>
+    (await capture.lines(`ether src ${guest.mac} and udp dst port 67`, { verbose: true })).filter((line) =>
+      /Client-ID/.test(line),
+    );
+  return {
+    guest,
+    address,
+    serverLease: topology.dhcpServerLeases().find((lease) => lease.mac === guest.mac),
+    clientIdsSent: await clientIds(onEth0),
+    clientIdsOnBridge: await clientIds(onBridge),
+    reachesGateway: await guest.ping(ADDRESSES.gateway),
+    dhcpcdLog: dhcpcd.log,
+  };
+}
+
+export interface NeighbourOutcome {
+  victim: Guest;
+  victimLease: GuestLease;
+  /** A second victim whose softnet runs with --allow 0.0.0.0/0: not isolated, the control. */
+  open: Guest;
+  openLease: GuestLease;
+  attacker: Guest;
+  attackerLease: GuestLease;
+  /** Frames from the attacker's address seen on the victim's eth0 (tcpdump in its namespace). */
+  fromAttackerAtVictim: number;
+  /** UDP to port 9 sent by the attacker that reached the open VM's eth0. */
+  udpAtOpen: number;
+  /** UDP to port 9 and echo requests the host sent, seen on the victim's eth0. */
+  fromHostAtVictim: number;
+  hostPingsVictim: boolean;
+  sent: { udp: number; pings: number };
+}
+
+/**
+ * A VM whose softnet runs with --allow 0.0.0.0/0 (isolation off for its port) sends UDP and pings
+ * to an isolated VM: straight over the bridge (a permanent neighbour entry skips ARP, which the
+ * victim does not answer) and routed through the host. The same UDP goes to a VM with isolation
+ * off too (it must arrive: upstream semantics), and the host sends to the victim (it must arrive).
+ */
+export async function neighbourWithIsolationOff(
+  topology: Topology,
+  softnet: SoftnetFactory,
+  count = 20,
+): Promise<NeighbourOutcome> {
+  const { guest: victim, lease: victimLease } = await guestBehind(topology, softnet);
+  const { guest: open, lease: openLease } = await guestBehind(topology, softnet, ["--allow", "0.0.0.0/0"]);
+  const { guest: attacker, lease: attackerLease } = await guestBehind(topology, softnet, [
+    "--allow",
+    "0.0.0.0/0",
+  ]);
+  // Everyone has talked to the host, so the host knows their MACs (for routing back).
+  for (const guest of [victim, open, attacker]) await guest.ping(ADDRESSES.gateway);
+  const atVictim = await topology.startCapture("eth0", victim.namespace);
+  const atOpen = await topology.startCapture("eth0", open.namespace);
+
+  const udp = (address: string) =>
+    attacker.exec(["hping3", "--udp", "-p", "9", "-c", String(count), "-i", "u20000", address], {
+      timeoutMs: 15_000,
+    });
+  // Straight over the bridge.
+  for (const [guest, lease] of [
+    [victim, victimLease],
+    [open, openLease],
+  ] as const) {
+    await attacker.exec(
+      ["ip", "neigh", "replace", lease.address, "lladdr", guest.mac, "nud", "permanent", "dev", "eth0"],
+      {},
+    );
+  }
+  await udp(victimLease.address);
+  await udp(openLease.address);
+  await attacker.ping(victimLease.address, { count: 3, waitSeconds: 1 });
+  // Routed by the host: to the gateway's MAC, back out of the bridge to the victim.
+  await attacker.exec(["ip", "neigh", "del", victimLease.address, "dev", "eth0"]);
+  await attacker.exec(["ip", "route", "replace", `${victimLease.address}/32`, "via", ADDRESSES.gateway]);
+  await udp(victimLease.address);
+  await attacker.ping(victimLease.address, { count: 3, waitSeconds: 1 });
+  // The host itself: a witness that the capture sees what does arrive.
+  await topology.hostExec(["hping3", "--udp", "-p", "9", "-c", "3", "-i", "u20000", victimLease.address], {
+    timeoutMs: 10_000,
+  });
+  const hostPing = await topology.hostExec(["ping", "-n", "-c", "3", "-W", "1", victimLease.address], {
+    timeoutMs: 10_000,
+  });
+  await atVictim.stop();
+  await atOpen.stop();
+  return {
+    victim,
+    victimLease,
+    open,
+    openLease,
+    attacker,
+    attackerLease,
+    fromAttackerAtVictim: await atVictim.count(`host ${attackerLease.address}`),
+    udpAtOpen: await atOpen.count(`src host ${attackerLease.address} and udp dst port 9`),
+    fromHostAtVictim: await atVictim.count(
+      `src host ${ADDRESSES.gateway} and (udp dst port 9 or icmp[icmptype] == icmp-echo)`,
+    ),
+    hostPingsVictim: hostPing.code === 0,
+    sent: { udp: 2 * count, pings: 6 },
+  };
+}
+
+export interface FloodOutcome {
+  /** Frames to the unknown MACs on each eth0 (tcpdump in the guest's namespace, promiscuous). */
+  atIsolated: number;
+  atOpen: number;
+  /** A guest behind a transparent relay, no softnet: shows that the bridge did flood. */
+  atControl: number;
+  isolated: Guest;
+  open: Guest;
+}
+
+/**
+ * Unicast frames to MACs the bridge has never seen: a bridge floods them to every port, as it does
+ * when an FDB entry has aged out. Sent from a plain machine on the bridge and from a VM whose
+ * softnet has isolation off. No VM behind softnet may receive them, isolated or not.
+ */
+export async function floodToUnknownMacs(topology: Topology, softnet: SoftnetFactory): Promise<FloodOutcome> {
+  const { guest: isolated } = await guestBehind(topology, softnet);
+  const { guest: open } = await guestBehind(topology, softnet, ["--allow", "0.0.0.0/0"]);
+  const { guest: attacker } = await guestBehind(topology, softnet, ["--allow", "0.0.0.0/0"]);
+  const control = await topology.addGuest();
+  await control.attach(transparentRelay());
+  const machine = await topology.addBridgeHost("192.168.64.250");
+  const captures = await Promise.all(
+    [isolated, open, control].map((guest) => topology.startCapture("eth0", guest.namespace)),
+  );
+  const unknownMacs = ["02:5e:99:00:00:01", "02:5e:99:00:00:02"];
+  const senders: Array<[string, (argv: string[]) => Promise<unknown>]> = [
+    [unknownMacs[0]!, (argv) => topology.exec(machine.namespace, argv, { timeoutMs: 15_000 })],
+    [unknownMacs[1]!, (argv) => attacker.exec(argv, { timeoutMs: 15_000 })],
+  ];
+  for (const [index, [mac, exec]] of senders.entries()) {
+    const nobody = `192.168.64.${200 + index}`;
+    await exec(["ip", "neigh", "replace", nobody, "lladdr", mac, "nud", "permanent", "dev", "eth0"]);
+    await exec(["hping3", "--udp", "-p", "9", "-c", "10", "-i", "u20000", nobody]);
+    await exec(["ping", "-n", "-c", "3", "-W", "1", nobody]);
+  }
+  for (const capture of captures) await capture.stop();
+  const filter = unknownMacs.map((mac) => `ether dst ${mac}`).join(" or ");
+  const [atIsolated, atOpen, atControl] = await Promise.all(captures.map((capture) => capture.count(filter)));
+  return { atIsolated: atIsolated!, atOpen: atOpen!, atControl: atControl!, isolated, open };
+}

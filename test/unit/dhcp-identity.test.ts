@@ -1,0 +1,302 @@
+/**
+ * A VM's identity at the host's DHCP server is its MAC, and nothing it writes can change that.
+ * dnsmasq and macOS bootpd key a lease by the client identifier (option 61) when a message has
+ * one, by htype + chaddr otherwise; softnet pins chaddr to the VM's MAC and clears option 61 (and
+ * 82, 118, 52: another network, or options hidden in sname/file) from every client message it lets
+ * through, in place, with PAD bytes, keeping the UDP checksum right. These tests read the bytes
+ * that leave softnet.
+ */
+import { describe, expect, test } from "bun:test";
+import fc from "fast-check";
+import { Policy } from "../../src/policy/policy.ts";
+import { isPass, reasonName } from "../../src/policy/reasons.ts";
+import { RuleTable } from "../../src/policy/rules.ts";
+import { parseIpv4, parseMac, readU16, readU32, writeU16 } from "../../src/wire/bytes.ts";
+import { finishChecksum, pseudoHeaderSum, sumWords } from "../../src/wire/checksum.ts";
+import { Dhcp, DhcpMessageType, DhcpOption, parseDhcp } from "../../src/wire/dhcp.ts";
+import { IpProtocol } from "../../src/wire/ipv4.ts";
+import { dhcpClientFrame, dhcpServerFrame, GATEWAY, OTHER_MAC, VM_IP, VM_MAC } from "../support/frames.ts";
+
+const IP_AT = 14;
+const UDP_AT = IP_AT + 20;
+const DHCP_AT = UDP_AT + 8;
+const STRIPPED = [
+  DhcpOption.CLIENT_IDENTIFIER,
+  DhcpOption.RELAY_AGENT_INFORMATION,
+  DhcpOption.SUBNET_SELECTION,
+  DhcpOption.OPTION_OVERLOAD,
+];
+
+function newPolicy(lease = false): Policy {
+  const gateway = parseIpv4(GATEWAY)!;
+  const policy = new Policy({
+    vmMac: parseMac(VM_MAC)!,
+    gateway,
+    prefixLength: 24,
+    isolated: true,
+    rules: RuleTable.compile([], gateway),
+  });
+  if (lease) {
+    const ack = dhcpServerFrame({ messageType: DhcpMessageType.ACK, leaseTimeSeconds: 600 });
+    policy.observeFromHost(ack, 0, ack.length, 0);
+  }
+  return policy;
+}
+
+function fromVm(policy: Policy, frame: Uint8Array): string {
+  return reasonName(policy.decideFromVm(frame, 0, frame.length, 1000));
+}
+
+/** The options of the frame's DHCP message up to END, as [code, data] (PADs left out). */
+function options(frame: Uint8Array): Array<[number, number[]]> {
+  const found: Array<[number, number[]]> = [];
+  const end = UDP_AT + readU16(frame, UDP_AT + 4);
+  for (let cursor = DHCP_AT + Dhcp.OPTIONS; cursor < end; ) {
+    const code = frame[cursor]!;
+    if (code === DhcpOption.END) break;
+    if (code === DhcpOption.PAD) {
+      cursor++;
+      continue;
+    }
+    const length = frame[cursor + 1]!;
+    found.push([code, Array.from(frame.subarray(cursor + 2, cursor + 2 + length))]);
+    cursor += 2 + length;
+  }
+  return found;
+}
+
+/** The receiver's check (RFC 768): a zero field means no checksum; otherwise all words sum to -0. */
+function udpChecksumHolds(frame: Uint8Array): boolean {
+  if (readU16(frame, UDP_AT + 6) === 0) return true;
+  const length = readU16(frame, UDP_AT + 4);
+  const pseudo = pseudoHeaderSum(
+    readU32(frame, IP_AT + 12),
+    readU32(frame, IP_AT + 16),
+    IpProtocol.UDP,
+    length,
+  );
+  return finishChecksum(sumWords(frame, UDP_AT, length, pseudo)) === 0;
+}
+
+const hostname = (name: string) => [12, name.length, ...new TextEncoder().encode(name)];
+const PARAMETER_REQUEST_LIST = [55, 4, 1, 3, 6, 15];
+/** RFC 4361: type 255, a 4-byte IAID, then a DUID (here DUID-EN, type 2, as systemd builds it). */
+const DUID_CLIENT_ID = new Uint8Array([
+  255, 0, 0, 0, 1, 0, 2, 0, 0, 0xab, 0x11, 0x9f, 0x2c, 0x35, 0x1e, 0x70, 0x42,
+]);
+
+describe("the options that would give a VM another identity are cleared", () => {
+  test("a client identifier naming another client: cleared, and nothing else changes", () => {
+    const frame = dhcpClientFrame({
+      dhcp: {
+        clientIdentifier: new Uint8Array([
+          1,
+          ...OTHER_MAC.split(":").map((byte) => Number.parseInt(byte, 16)),
+        ]),
+        rawOptions: new Uint8Array([...hostname("vm1"), ...PARAMETER_REQUEST_LIST]),
+      },
+    });
+    const before = frame.slice();
+    expect(options(before).map(([code]) => code)).toEqual([53, 61, 12, 55]);
+    expect(fromVm(newPolicy(), frame)).toBe("dhcp");
+    expect(frame.length).toBe(before.length);
+    expect(options(frame)).toEqual(options(before).filter(([code]) => code !== 61));
+    expect(parseDhcp(frame.subarray(DHCP_AT))?.clientIdentifier).toBeUndefined();
+    expect(udpChecksumHolds(before)).toBe(true);
+    expect(udpChecksumHolds(frame)).toBe(true);
+    // Only the option's own bytes (and the checksum) changed, and they became PAD.
+    const changed = [...frame.keys()].filter((i) => frame[i] !== before[i]);
+    const start = DHCP_AT + Dhcp.OPTIONS + 3;
+    expect(changed.every((i) => (i >= start && i < start + 9) || i === UDP_AT + 6 || i === UDP_AT + 7)).toBe(
+      true,
+    );
+    expect(Array.from(frame.subarray(start, start + 9))).toEqual(new Array(9).fill(0));
+  });
+
+  test("a DUID client identifier (RFC 4361, systemd-networkd, netplan, dhcpcd) is cleared and the request passes", () => {
+    const frame = dhcpClientFrame({ dhcp: { clientIdentifier: DUID_CLIENT_ID } });
+    expect(fromVm(newPolicy(), frame)).toBe("dhcp");
+    expect(options(frame).map(([code]) => code)).toEqual([53]);
+    expect(udpChecksumHolds(frame)).toBe(true);
+  });
+
+  test("relay agent information (82), subnet selection (118) and option overload (52) are cleared", () => {
+    const frame = dhcpClientFrame({
+      dhcp: {
+        rawOptions: new Uint8Array([
+          ...[82, 8, 1, 2, 0x61, 0x62, 2, 2, 0x63, 0x64],
+          ...[118, 4, 10, 5, 0, 0],
+          ...[52, 1, 3],
+          ...hostname("vm1"),
+        ]),
+      },
+    });
+    expect(fromVm(newPolicy(), frame)).toBe("dhcp");
+    expect(options(frame).map(([code]) => code)).toEqual([53, 12]);
+    expect(udpChecksumHolds(frame)).toBe(true);
+  });
+
+  test("a client identifier split in two (RFC 3396) goes whole", () => {
+    const frame = dhcpClientFrame({
+      dhcp: { rawOptions: new Uint8Array([61, 3, 1, 2, 0, 12, 1, 0x61, 61, 5, 0, 0, 0, 0, 0x99]) },
+    });
+    expect(fromVm(newPolicy(), frame)).toBe("dhcp");
+    expect(options(frame).map(([code]) => code)).toEqual([53, 12]);
+    expect(udpChecksumHolds(frame)).toBe(true);
+  });
+
+  test("a unicast renewal to the gateway is cleared too", () => {
+    const frame = dhcpClientFrame({
+      src: VM_IP,
+      dst: GATEWAY,
+      messageType: DhcpMessageType.REQUEST,
+      dhcp: { clientAddress: VM_IP, clientIdentifier: DUID_CLIENT_ID },
+    });
+    expect(fromVm(newPolicy(true), frame)).toBe("dhcp");
+    expect(options(frame).map(([code]) => code)).toEqual([53]);
+    expect(udpChecksumHolds(frame)).toBe(true);
+  });
+
+  test("bytes after END are no options to a server, and are left alone", () => {
+    const frame = dhcpClientFrame({ dhcp: { rawOptions: new Uint8Array([255, 61, 2, 1, 2]) } });
+    const before = frame.slice();
+    expect(fromVm(newPolicy(), frame)).toBe("dhcp");
+    expect(frame).toEqual(before);
+  });
+
+  test("a message with nothing to clear goes out byte for byte", () => {
+    const frame = dhcpClientFrame({ dhcp: { rawOptions: new Uint8Array(hostname("vm1")) } });
+    const before = frame.slice();
+    expect(fromVm(newPolicy(), frame)).toBe("dhcp");
+    expect(frame).toEqual(before);
+  });
+
+  test("a datagram sent without a checksum (0) stays without one", () => {
+    const frame = dhcpClientFrame({ dhcp: { clientIdentifier: DUID_CLIENT_ID } });
+    writeU16(frame, UDP_AT + 6, 0);
+    expect(fromVm(newPolicy(), frame)).toBe("dhcp");
+    expect(readU16(frame, UDP_AT + 6)).toBe(0);
+    expect(options(frame).map(([code]) => code)).toEqual([53]);
+  });
+
+  test("a wrong checksum stays wrong: the server drops what it would have dropped", () => {
+    const frame = dhcpClientFrame({ dhcp: { clientIdentifier: DUID_CLIENT_ID } });
+    writeU16(frame, UDP_AT + 6, readU16(frame, UDP_AT + 6) ^ 0x0101);
+    expect(udpChecksumHolds(frame)).toBe(false);
+    expect(fromVm(newPolicy(), frame)).toBe("dhcp");
+    expect(udpChecksumHolds(frame)).toBe(false);
+  });
+
+  test("a dropped message is left exactly as it came", () => {
+    const frame = dhcpClientFrame({ chaddr: OTHER_MAC, dhcp: { clientIdentifier: DUID_CLIENT_ID } });
+    const before = frame.slice();
+    expect(fromVm(newPolicy(), frame)).toBe("dhcp-spoof");
+    expect(frame).toEqual(before);
+  });
+});
+
+/** One option of a generated list: a PAD byte, or a code with its data. */
+const optionArbitrary = fc.oneof(
+  fc.constant<[number, number[]]>([DhcpOption.PAD, []]),
+  fc.tuple(
+    fc.oneof(
+      fc.constantFrom(...STRIPPED),
+      // Anything else a client may send, but not the ones readDhcp checks the length of.
+      fc.integer({ min: 1, max: 254 }).filter((code) => ![1, 3, 6, 50, 51, 53, 54, 61].includes(code)),
+    ),
+    fc.array(fc.integer({ min: 0, max: 255 }), { minLength: 2, maxLength: 40 }),
+  ),
+);
+
+function encode(list: Array<[number, number[]]>): Uint8Array {
+  return new Uint8Array(
+    list.flatMap(([code, data]) => (code === DhcpOption.PAD ? [0] : [code, data.length, ...data])),
+  );
+}
+
+describe("properties over generated option lists", () => {
+  test("what passes carries none of the cleared options, everything else intact, checksum right", () => {
+    fc.assert(
+      fc.property(fc.array(optionArbitrary, { maxLength: 12 }), fc.boolean(), (list, renewing) => {
+        const frame = renewing
+          ? dhcpClientFrame({ src: VM_IP, dst: GATEWAY, messageType: 3, dhcp: { rawOptions: encode(list) } })
+          : dhcpClientFrame({ dhcp: { rawOptions: encode(list) } });
+        const length = frame.length;
+        const expected = options(frame).filter(([code]) => !STRIPPED.includes(code as never));
+        expect(fromVm(newPolicy(renewing), frame)).toBe("dhcp");
+        expect(frame.length).toBe(length);
+        expect(options(frame)).toEqual(expected);
+        expect(udpChecksumHolds(frame)).toBe(true);
+      }),
+      { numRuns: 2000 },
+    );
+  });
+
+  test("a wrong checksum stays wrong whatever was cleared", () => {
+    fc.assert(
+      fc.property(
+        fc.array(optionArbitrary, { minLength: 1, maxLength: 8 }),
+        fc.integer({ min: 1, max: 0xfffe }),
+        (list, delta) => {
+          const frame = dhcpClientFrame({
+            dhcp: { clientIdentifier: DUID_CLIENT_ID, rawOptions: encode(list) },
+          });
+          const good = readU16(frame, UDP_AT + 6);
+          const bad = (good + delta) % 0xffff || 0xffff; // another value, and not 0 ("none")
+          writeU16(frame, UDP_AT + 6, bad);
+          expect(fromVm(newPolicy(), frame)).toBe("dhcp");
+          expect(udpChecksumHolds(frame)).toBe(false);
+        },
+      ),
+      { numRuns: 1000 },
+    );
+  });
+
+  test("whatever bytes a VM sends, a DHCP message that passes names it by its MAC alone", () => {
+    const seeds = [
+      dhcpClientFrame({ dhcp: { clientIdentifier: DUID_CLIENT_ID } }),
+      dhcpClientFrame({
+        dhcp: { rawOptions: new Uint8Array([82, 4, 1, 2, 0, 0, 118, 4, 10, 0, 0, 1, 52, 1, 3]) },
+      }),
+      dhcpClientFrame({
+        src: VM_IP,
+        dst: GATEWAY,
+        messageType: 3,
+        dhcp: { clientIdentifier: DUID_CLIENT_ID },
+      }),
+    ];
+    const mutated = fc
+      .tuple(
+        fc.constantFrom(...seeds),
+        fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { maxLength: 6 }),
+        fc.option(fc.nat()),
+      )
+      .map(([seed, edits, cut]) => {
+        const frame = seed.slice();
+        // Mostly inside the options, where the walk has to hold.
+        for (const [position, value] of edits) {
+          const at = position % 2 === 0 ? DHCP_AT + Dhcp.OPTIONS + (position % 40) : position % frame.length;
+          if (at < frame.length) frame[at] = value;
+        }
+        return cut === null ? frame : frame.slice(0, cut % (frame.length + 1));
+      });
+    fc.assert(
+      fc.property(mutated, (frame) => {
+        const policy = newPolicy(true);
+        const reason = policy.decideFromVm(frame, 0, frame.length, 1000);
+        if (!isPass(reason)) return;
+        if (frame.length < DHCP_AT + Dhcp.OPTIONS) return; // not DHCP at all (e.g. cut to a short UDP)
+        // A later fragment has no UDP header; its datagram could only reach a server with a first
+        // fragment, and a first fragment of a DHCP message is refused (policy.test.ts).
+        if ((readU16(frame, IP_AT + 6) & 0x1fff) !== 0 || frame[IP_AT + 9] !== IpProtocol.UDP) return;
+        if (readU16(frame, UDP_AT + 2) !== 67 && readU16(frame, UDP_AT) !== 68) return;
+        const codes = options(frame).map(([code]) => code);
+        for (const code of STRIPPED) expect(codes).not.toContain(code);
+        expect(frame.subarray(DHCP_AT + 28, DHCP_AT + 34)).toEqual(
+          new Uint8Array(VM_MAC.split(":").map((byte) => Number.parseInt(byte, 16))),
+        );
+      }),
+      { numRuns: 5000 },
+    );
+  });
+});

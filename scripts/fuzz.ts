@@ -84,9 +84,45 @@ class Random {
 function seedFrames(): Uint8Array[] {
   const ack = (leaseTimeSeconds: number) =>
     dhcpServerFrame({ messageType: DhcpMessageType.ACK, leaseTimeSeconds, dnsServers: [GATEWAY, "9.9.9.9"] });
+  const duid = Uint8Array.of(0xff, 0, 0, 0, 1, 0, 2, 0, 0, 0xab, 0x11, 1, 2, 3, 4, 5, 6, 7, 8);
   return [
     dhcpClientFrame(),
     dhcpClientFrame({ messageType: DhcpMessageType.REQUEST }),
+    // Options softnet clears in place (61 client identifier, 82, 118, 52), one of them split.
+    dhcpClientFrame({ messageType: DhcpMessageType.REQUEST, dhcp: { clientIdentifier: duid } }),
+    dhcpClientFrame({
+      dst: GATEWAY,
+      src: VM_IP,
+      messageType: DhcpMessageType.REQUEST,
+      dhcp: {
+        rawOptions: Uint8Array.of(
+          82,
+          4,
+          1,
+          2,
+          0xaa,
+          0xbb,
+          118,
+          4,
+          10,
+          0,
+          0,
+          0,
+          52,
+          1,
+          3,
+          61,
+          3,
+          1,
+          2,
+          3,
+          61,
+          2,
+          4,
+          5,
+        ),
+      },
+    }),
     ack(600),
     ack(60),
     dhcpServerFrame({ messageType: DhcpMessageType.OFFER, leaseTimeSeconds: 600, dnsServers: [GATEWAY] }),
@@ -180,7 +216,13 @@ const RULE_SETS: Rule[][] = [
 function newPolicy(random: Random): Policy {
   const gateway = parseIpv4(GATEWAY)!;
   const rules = RULE_SETS[random.below(RULE_SETS.length)]!;
-  return new Policy({ vmMac: parseMac(VM_MAC)!, gateway, rules: RuleTable.compile(rules, gateway) });
+  return new Policy({
+    vmMac: parseMac(VM_MAC)!,
+    gateway,
+    prefixLength: 24,
+    rules: RuleTable.compile(rules, gateway),
+    isolated: rules.length !== 1 || rules[0]!.action !== "allow",
+  });
 }
 
 function guardIntact(buffer: Uint8Array, from: number, to: number): boolean {

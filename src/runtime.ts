@@ -117,8 +117,9 @@ async function runOnLinux(options: SoftnetOptions, logger: Logger): Promise<numb
   cleanups.add(() => vm.close());
   try {
     const isolate = !allowsEverything(options.rules);
-    const host = openTapOnBridge({ bridge: options.bridge, isolate });
+    const host = openTapOnBridge({ bridge: options.bridge, isolate, vmMac: options.vmMac });
     cleanups.add(() => host.close());
+    for (const change of host.bridgeChanges) logger.info(change);
     const nft = options.exposedPorts.length > 0 ? nftables.locateNft() : undefined;
     const forwardBackend =
       nft === undefined ? undefined : new nftables.NftablesPortForwards(nft, host.name, options.bridge);

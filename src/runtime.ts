@@ -106,6 +106,9 @@ async function runOnLinux(options: SoftnetOptions, logger: Logger): Promise<numb
   const { describeTarget, escalateWithSudo, resolveDropTarget } = await import("./platform/identity.ts");
   // Without root or CAP_NET_ADMIN: become root through passwordless sudo (this process is replaced).
   if (!hasSetupPrivileges()) throw escalateWithSudo(linuxIdentityCalls, process.argv.slice(2));
+  // A caller who is not root may use only the bridges root lists in /etc/softnet/bridge.conf.
+  const { enforceBridgeAcl } = await import("./platform/linux/bridge-acl-file.ts");
+  enforceBridgeAcl(options.bridge, libc.getuid(), process.env);
   const { epollReactorBackend } = await import("./platform/linux/epoll-reactor.ts");
   const nftables = await import("./platform/linux/nftables.ts");
   const { UnixPeerWatch } = await import("./platform/linux/peer-watch.ts");

@@ -140,7 +140,7 @@ export function openTapOnBridge(options: TapOptions): TapOnBridge {
   let control = -1;
   let tap = -1;
   try {
-    const links = listLinks(netlink);
+    const links = configure("cannot list the network interfaces", () => listLinks(netlink));
     const bridge = links.find((link) => link.name === bridgeName);
     if (bridge === undefined) {
       throw new SoftnetError(`bridge ${bridgeName} does not exist`, {
@@ -170,7 +170,10 @@ export function openTapOnBridge(options: TapOptions): TapOnBridge {
     const mtu = request.mtu(bridgeName);
 
     // Refuse before changing anything: the VM's MAC must be new to this bridge.
-    const holder = findMacHolder(options.vmMac, bridge, links, listFdb(netlink));
+    const fdb = configure(`cannot read the forwarding database of bridge ${bridgeName}`, () =>
+      listFdb(netlink),
+    );
+    const holder = findMacHolder(options.vmMac, bridge, links, fdb);
     if (holder !== undefined) throw macInUse(options.vmMac, bridgeName, holder);
 
     const bridgeChanges = fixBridgeMac(netlink, bridge);
@@ -187,7 +190,9 @@ export function openTapOnBridge(options: TapOptions): TapOnBridge {
     request.addToBridge(bridgeName, name);
     // Before the port is up, so no frame ever passes through it unlocked or without isolation.
     lockPort(netlink, name, tapIndex, bridgeName, options.isolate);
-    pinVmMac(netlink, tapIndex, name, options.vmMac, bridge);
+    configure(`cannot pin MAC ${formatMac(options.vmMac)} to ${name} on ${bridgeName}`, () =>
+      pinVmMac(netlink, tapIndex, options.vmMac, bridge),
+    );
     request.bringUp(name);
 
     const link = new TapLink(
@@ -212,9 +217,9 @@ export function openTapOnBridge(options: TapOptions): TapOnBridge {
 }
 
 /** Runs a netlink step; a refusal becomes a SoftnetError saying what failed. */
-function configure(what: string, step: () => void): void {
+function configure<T>(what: string, step: () => T): T {
   try {
-    step();
+    return step();
   } catch (error) {
     if (!(error instanceof NetlinkError)) throw error;
     throw new SoftnetError(what, {
@@ -265,10 +270,9 @@ function lockPort(
   configure(`cannot set the bridge port flags of ${port} on ${bridge}`, () =>
     setBridgePortFlags(netlink, portIndex, wanted),
   );
-  let actual: ReturnType<typeof readBridgePortFlags>;
-  configure(`cannot read the bridge port flags of ${port}`, () => {
-    actual = readBridgePortFlags(netlink, portIndex);
-  });
+  const actual = configure(`cannot read the bridge port flags of ${port}`, () =>
+    readBridgePortFlags(netlink, portIndex),
+  );
   if (
     actual === undefined ||
     actual.learning !== wanted.learning ||
@@ -282,24 +286,17 @@ function lockPort(
   }
 }
 
-/** The static, sticky FDB entry MAC → port, created exclusively: EEXIST means another port won a race for the MAC. */
-function pinVmMac(
-  netlink: NetlinkSocket,
-  portIndex: number,
-  port: string,
-  vmMac: number,
-  bridge: Link,
-): void {
+/**
+ * The static, sticky FDB entry MAC → port, created exclusively: EEXIST means the bridge got the
+ * MAC since it was checked (another softnet starting with it at the same time), a refusal too.
+ */
+function pinVmMac(netlink: NetlinkSocket, portIndex: number, vmMac: number, bridge: Link): void {
   try {
     addStaticFdbEntry(netlink, portIndex, vmMac);
   } catch (error) {
-    if (error instanceof NetlinkError && error.errno === Errno.EEXIST) {
-      const holder = findMacHolder(vmMac, bridge, listLinks(netlink), listFdb(netlink));
-      throw macInUse(vmMac, bridge.name, holder ?? "the bridge already has an entry for it");
-    }
-    configure(`cannot pin MAC ${formatMac(vmMac)} to ${port} on ${bridge.name}`, () => {
-      throw error;
-    });
+    if (!(error instanceof NetlinkError && error.errno === Errno.EEXIST)) throw error;
+    const holder = findMacHolder(vmMac, bridge, listLinks(netlink), listFdb(netlink));
+    throw macInUse(vmMac, bridge.name, holder ?? "the bridge has an entry for it");
   }
 }
 

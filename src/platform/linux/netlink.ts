@@ -412,7 +412,8 @@ export class NetlinkSocket {
       if (start <= end)
         kernelMessage = attribute.string(view, findAttribute(view, start, end, NLMSGERR_ATTR_MSG));
     }
-    return new NetlinkError(name, -error, kernelMessage);
+    // The kernel sends a negative errno; anything else is not an error it could have meant.
+    return new NetlinkError(name, error < 0 && error > -4096 ? -error : Errno.EIO, kernelMessage);
   }
 
   private setOption(option: number, value: number): void {

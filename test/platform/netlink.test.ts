@@ -4,6 +4,7 @@
 import { describe, expect, test } from "bun:test";
 import { Errno } from "../../src/platform/libc.ts";
 import {
+  addStaticFdbEntry,
   type FdbEntry,
   findMacHolder,
   type Link,
@@ -171,6 +172,31 @@ describe("NetlinkSocket against this kernel", () => {
       netlink.close();
     }
   });
+});
+
+test("the kernel's own explanation (extended ack) is read from an error reply", () => {
+  const netlink = NetlinkSocket.open(NETLINK_ROUTE, "test");
+  try {
+    let caught: unknown;
+    try {
+      addStaticFdbEntry(netlink, 0, 0x02aabbccddee); // ndm_ifindex 0: rtnl_fdb_add says "invalid ifindex"
+    } catch (error) {
+      caught = error;
+    }
+    expect(caught).toBeInstanceOf(NetlinkError);
+    const error = caught as NetlinkError;
+    if (process.getuid?.() === 0) {
+      expect({ errno: error.errno, kernelMessage: error.kernelMessage }).toEqual({
+        errno: Errno.EINVAL,
+        kernelMessage: "invalid ifindex",
+      });
+      expect(error.message).toEndWith("(EINVAL): invalid ifindex");
+    } else {
+      expect(error.errno).toBe(Errno.EPERM);
+    }
+  } finally {
+    netlink.close();
+  }
 });
 
 describe("findMacHolder: who on the bridge already has the VM's MAC", () => {

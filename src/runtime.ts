@@ -133,6 +133,9 @@ async function runOnLinux(options: SoftnetOptions, logger: Logger): Promise<numb
   );
   // Without root or CAP_NET_ADMIN: become root through passwordless sudo (this process is replaced).
   if (!hasSetupPrivileges()) throw escalateWithSudo(linuxIdentityCalls, process.argv.slice(2));
+  // A caller who is not root may use only the bridges root lists in /etc/softnet/bridge.conf.
+  const { enforceBridgeAcl } = await import("./platform/linux/bridge-acl-file.ts");
+  enforceBridgeAcl(options.bridge, libc.getuid(), process.env);
   const { epollReactorBackend } = await import("./platform/linux/epoll-reactor.ts");
   const nftables = await import("./platform/linux/nftables.ts");
   const { UnixPeerWatch } = await import("./platform/linux/peer-watch.ts");
@@ -146,8 +149,9 @@ async function runOnLinux(options: SoftnetOptions, logger: Logger): Promise<numb
   cleanups.add(() => vm.close());
   try {
     const isolate = !allowsEverything(options.rules);
-    const host = openTapOnBridge({ bridge: options.bridge, isolate });
+    const host = openTapOnBridge({ bridge: options.bridge, isolate, vmMac: options.vmMac });
     cleanups.add(() => host.close());
+    for (const change of host.bridgeChanges) logger.info(change);
     const nft = options.exposedPorts.length > 0 ? nftables.locateNft() : undefined;
     const forwardBackend =
       nft === undefined ? undefined : new nftables.NftablesPortForwards(nft, host.name, options.bridge);

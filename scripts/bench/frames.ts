@@ -470,7 +470,10 @@ export class FrameBench {
    */
   async measureForwarders(): Promise<boolean> {
     const forwarders: Forwarder[] = [];
-    for (const name of ["C relay", "softnet"] as RealForwarder[]) {
+    // softnet first: it refuses to start while the bridge has its VM MAC on another port, and the
+    // relay's port gets VM_MAC pinned as soon as it is up (softnet's own pin is then moved by
+    // `fdb replace` before each host→VM run, which the kernel allows).
+    for (const name of ["softnet", "C relay"] as RealForwarder[]) {
       try {
         forwarders.push(await this.startForwarder(name));
         this.results.process[name] = {};

@@ -3,12 +3,16 @@
 // with one line that says how to fix it. A real user, a real sudoers rule, a real guest.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { readFileSync, rmSync, writeFileSync } from "node:fs";
+import { EtcOverlay } from "../support/etc-overlay.ts";
 import { type Forwarder, type Guest, run, softnet, Topology } from "./lib/index.ts";
 
 const USER = "softnet-e2e";
 const SUDOERS = "/etc/sudoers.d/softnet-e2e";
 let topology: Topology;
 let uid: number;
+/** A non-root caller may use only the bridges /etc/softnet/bridge.conf allows: this one allows br0. */
+const etc = EtcOverlay.create();
+etc.writeFile("softnet/bridge.conf", "allow br0\n");
 
 beforeAll(async () => {
   if ((await run(["id", "-u", USER])).code !== 0) {
@@ -29,6 +33,7 @@ beforeAll(async () => {
 afterAll(async () => {
   rmSync(SUDOERS, { force: true });
   await topology?.teardown();
+  etc.cleanup();
 });
 
 /**
@@ -41,7 +46,10 @@ function asUser(argv: string[]): string[] {
 
 /** softnet started by USER, as a person would type it. */
 function softnetAsUser(): ReturnType<typeof softnet> {
-  return softnet([], { description: "softnet run by an unprivileged user", wrap: asUser });
+  return softnet([], {
+    description: "softnet run by an unprivileged user",
+    wrap: (argv) => etc.wrap(asUser(argv)),
+  });
 }
 
 /** The softnet process under sudo (sudo stays as its parent to relay signals). */
@@ -69,6 +77,30 @@ describe("an unprivileged user", () => {
     // Tart's SIGINT reaches softnet through sudo; the clean exit comes back through it too.
     expect(await forwarder.stop("SIGINT")).toBe(0);
     await guest.stopAll();
+  });
+
+  test("with passwordless sudo, a bridge /etc/softnet/bridge.conf does not allow is refused", async () => {
+    writeFileSync(SUDOERS, `${USER} ALL=(root) NOPASSWD: ${process.execPath}\n`, { mode: 0o440 });
+    await topology.hostExec(["ip", "link", "add", "br9", "type", "bridge"]);
+    await topology.hostExec(["ip", "addr", "add", "192.0.2.1/24", "dev", "br9"]);
+    const result = await topology.hostExec(
+      etc.wrap(
+        asUser([
+          process.execPath,
+          "src/main.ts",
+          "--vm-fd",
+          "0",
+          "--vm-mac-address",
+          "02:00:00:00:00:09",
+          "--bridge",
+          "br9",
+        ]),
+      ),
+    );
+    expect(result.code).toBe(1);
+    expect(result.stderr).toStartWith(
+      `softnet: uid ${uid} may not use bridge br9: no line of /etc/softnet/bridge.conf says "allow br9" or "allow all"`,
+    );
   });
 
   test("without sudo rights: exit 1 and one line saying how to fix it", async () => {

@@ -1,4 +1,7 @@
-// openTapOnBridge against real TAP devices and bridges. Needs root.
+// openTapOnBridge against real TAP devices and bridges. Needs root. Besides the basics: the port
+// is locked to its VM (learning and unicast flooding off, the VM's MAC pinned by a static sticky
+// FDB entry, a MAC the bridge already has refused; issue 9 item 4), and the bridge's own MAC stays
+// put as softnet's ports come and go (item 6).
 //
 // Everything happens in a private network namespace: this file, run normally, creates a namespace
 // and runs itself again inside it with `ip netns exec` (which also mounts a /sys that shows the
@@ -7,6 +10,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, readdirSync, readFileSync, realpathSync } from "node:fs";
 import { resolve } from "node:path";
+import { Errno, lastErrno, libc, O_CLOEXEC, O_NONBLOCK, O_RDWR } from "../../src/platform/libc.ts";
 import { FrameBatch } from "../../src/platform/link.ts";
 import { epollReactorBackend } from "../../src/platform/linux/epoll-reactor.ts";
 import { openTapOnBridge, type TapOnBridge } from "../../src/platform/linux/tap.ts";
@@ -58,11 +62,14 @@ function tapTests(namespace: string): void {
   const BRIDGE_WITHOUT_IPV4 = "sntbr1";
   const GATEWAY = 0xc6120001; // 198.18.0.1
   const taps: TapOnBridge[] = [];
+  /** A new VM MAC for every TAP: 02:53:4e:00:01:NN. */
+  let macCount = 0;
+  const nextVmMac = () => 0x02534e000100 + ++macCount;
 
-  function openTap(isolate = true, name?: string): TapOnBridge {
-    const tap = openTapOnBridge({ bridge: BRIDGE, isolate, name });
+  function openTap(isolate = true, name?: string, vmMac = nextVmMac()): TapOnBridge & { vmMac: number } {
+    const tap = openTapOnBridge({ bridge: BRIDGE, isolate, name, vmMac });
     taps.push(tap);
-    return tap;
+    return Object.assign(tap, { vmMac });
   }
 
   beforeAll(() => {
@@ -136,12 +143,18 @@ function tapTests(namespace: string): void {
   const VM_MAC = [0x02, 0x53, 0x4e, 0x00, 0x00, 0x02];
   const VM_IP = [198, 18, 0, 2];
 
-  function arpRequestForGateway(): Uint8Array {
+  const macBytes = (mac: number): number[] => [...Buffer.from(mac.toString(16).padStart(12, "0"), "hex")];
+  const macText = (mac: number): string =>
+    macBytes(mac)
+      .map((byte) => byte.toString(16).padStart(2, "0"))
+      .join(":");
+
+  function arpRequestForGateway(mac: number[]): Uint8Array {
     const frame = new Uint8Array(60);
     frame.fill(0xff, 0, 6);
-    frame.set(VM_MAC, 6);
+    frame.set(mac, 6);
     frame.set([0x08, 0x06, 0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x01], 12); // ARP, Ethernet/IPv4, request
-    frame.set(VM_MAC, 22);
+    frame.set(mac, 22);
     frame.set(VM_IP, 28);
     frame.set([198, 18, 0, 1], 38);
     return frame;
@@ -158,11 +171,12 @@ function tapTests(namespace: string): void {
     );
   }
 
-  /** A broadcast frame with an experimental ethertype and a marker only this test uses. */
-  function markedFrame(marker: number): Uint8Array {
+  /** A frame (broadcast unless `to` is given) with an experimental ethertype and a marker only this test uses. */
+  function markedFrame(marker: number, from: number[] = VM_MAC, to?: number[]): Uint8Array {
     const frame = new Uint8Array(64);
-    frame.fill(0xff, 0, 6);
-    frame.set(VM_MAC, 6);
+    if (to === undefined) frame.fill(0xff, 0, 6);
+    else frame.set(to, 0);
+    frame.set(from, 6);
     frame.set([0x88, 0xb5], 12); // IEEE 802 local experimental ethertype
     new DataView(frame.buffer).setUint32(14, marker);
     return frame;
@@ -206,11 +220,11 @@ function tapTests(namespace: string): void {
       // Ask up to five times: a request sent while the port is still settling may go unanswered.
       let reply: Uint8Array | null = null;
       for (let attempt = 0; attempt < 5 && reply === null; attempt++) {
-        expect(sendFrame(tap, arpRequestForGateway())).toBe(1);
+        expect(sendFrame(tap, arpRequestForGateway(macBytes(tap.vmMac)))).toBe(1);
         reply = await receiveMatching(tap, isArpReplyToVm, 1000);
       }
       expect(reply).not.toBeNull();
-      expect([...reply!.subarray(0, 6)]).toEqual(VM_MAC); // to the VM
+      expect([...reply!.subarray(0, 6)]).toEqual(macBytes(tap.vmMac)); // to the VM
       expect([...reply!.subarray(6, 12)]).toEqual(bridgeMac()); // from the bridge
     });
 
@@ -231,7 +245,7 @@ function tapTests(namespace: string): void {
           }
           return false;
         });
-        expect(sendFrame(tap, arpRequestForGateway())).toBe(1);
+        expect(sendFrame(tap, arpRequestForGateway(macBytes(tap.vmMac)))).toBe(1);
         await waitFor(() => gotReply);
       } finally {
         reactor.close();
@@ -277,7 +291,7 @@ function tapTests(namespace: string): void {
     });
 
     test("close() deletes the TAP", async () => {
-      const tap = openTapOnBridge({ bridge: BRIDGE, isolate: true });
+      const tap = openTapOnBridge({ bridge: BRIDGE, isolate: true, vmMac: nextVmMac() });
       expect(existsSync(`/sys/class/net/${tap.name}`)).toBe(true);
       tap.close();
       tap.close();
@@ -298,19 +312,22 @@ function tapTests(namespace: string): void {
   describe("openTapOnBridge errors", () => {
     test("a bridge that does not exist", () => {
       expectSoftnetError(
-        () => openTapOnBridge({ bridge: "sntnope", isolate: true }),
+        () => openTapOnBridge({ bridge: "sntnope", isolate: true, vmMac: nextVmMac() }),
         "bridge sntnope does not exist",
       );
     });
 
     test("an interface that is not a bridge", () => {
-      expectSoftnetError(() => openTapOnBridge({ bridge: "lo", isolate: true }), "lo is not a bridge");
+      expectSoftnetError(
+        () => openTapOnBridge({ bridge: "lo", isolate: true, vmMac: nextVmMac() }),
+        "lo is not a bridge",
+      );
     });
 
     test("a bridge without an IPv4 address, leaving no TAP behind", () => {
       const before = interfaces();
       expectSoftnetError(
-        () => openTapOnBridge({ bridge: BRIDGE_WITHOUT_IPV4, isolate: true }),
+        () => openTapOnBridge({ bridge: BRIDGE_WITHOUT_IPV4, isolate: true, vmMac: nextVmMac() }),
         `bridge ${BRIDGE_WITHOUT_IPV4} has no IPv4 address`,
       );
       expect(interfaces()).toEqual(before);
@@ -318,17 +335,260 @@ function tapTests(namespace: string): void {
 
     test("invalid or taken names", () => {
       expectSoftnetError(
-        () => openTapOnBridge({ bridge: "bad/name", isolate: true }),
+        () => openTapOnBridge({ bridge: "bad/name", isolate: true, vmMac: nextVmMac() }),
         '--bridge "bad/name" is not a valid network interface name',
       );
       expectSoftnetError(
-        () => openTapOnBridge({ bridge: "x".repeat(16), isolate: true }),
+        () => openTapOnBridge({ bridge: "x".repeat(16), isolate: true, vmMac: nextVmMac() }),
         "is not a valid network interface name",
       );
       expectSoftnetError(
-        () => openTapOnBridge({ bridge: BRIDGE, isolate: true, name: "lo" }),
+        () => openTapOnBridge({ bridge: BRIDGE, isolate: true, name: "lo", vmMac: nextVmMac() }),
         "cannot create TAP device lo: an interface with that name exists",
       );
+    });
+  });
+
+  /** A bridge port that learns, as any VM's port without softnet does: a plain TAP the test drives. */
+  class LearningPort {
+    readonly fd: number;
+    constructor(
+      readonly name: string,
+      bridge = BRIDGE,
+    ) {
+      run(["ip", "tuntap", "add", "dev", name, "mode", "tap"]);
+      run(["ip", "link", "set", name, "master", bridge, "up"]);
+      this.fd = libc.open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
+      expect(this.fd).toBeGreaterThanOrEqual(0);
+      const ifreq = new Uint8Array(40); // struct ifreq: name, then ifr_flags (<linux/if_tun.h>)
+      ifreq.set(Buffer.from(name, "ascii"));
+      new DataView(ifreq.buffer).setUint16(16, 0x0002 | 0x1000, true); // IFF_TAP | IFF_NO_PI
+      expect(libc.ioctl(this.fd, 0x400454ca, ifreq)).toBe(0); // TUNSETIFF
+    }
+
+    send(frame: Uint8Array): void {
+      expect(libc.write(this.fd, frame, frame.length)).toBe(frame.length);
+    }
+
+    async receiveMatching(match: (frame: Uint8Array) => boolean, ms = 2000): Promise<Uint8Array | null> {
+      const buffer = new Uint8Array(2048);
+      const deadline = performance.now() + ms;
+      while (performance.now() < deadline) {
+        const length = libc.read(this.fd, buffer, buffer.length);
+        if (length > 0) {
+          if (match(buffer.subarray(0, length))) return buffer.slice(0, length);
+          continue;
+        }
+        expect(lastErrno()).toBe(Errno.EAGAIN);
+        await Bun.sleep(5);
+      }
+      return null;
+    }
+
+    close(): void {
+      libc.close(this.fd);
+      run(["ip", "link", "del", this.name]);
+    }
+  }
+
+  interface FdbRow {
+    mac: string;
+    ifname: string;
+    flags: string[];
+    master?: string;
+    state?: string;
+  }
+
+  /** The bridge's FDB as `bridge fdb` reports it (the test's witness, not softnet's own reading). */
+  function fdbOf(mac: number, bridge = BRIDGE): FdbRow[] {
+    const rows = JSON.parse(run(["bridge", "-j", "fdb", "show", "br", bridge])) as FdbRow[];
+    return rows.filter((row) => row.mac === macText(mac));
+  }
+
+  async function waitForwardingPort(name: string): Promise<void> {
+    await waitFor(() => sysfs(`${name}/brport/state`) === "3");
+  }
+
+  describe("the port is locked to its VM (issue 9, item 4)", () => {
+    test("learning and unicast flooding are off, and the VM's MAC is pinned to the port (static, sticky)", () => {
+      const tap = openTap(true);
+      expect(sysfs(`${tap.name}/brport/learning`)).toBe("0");
+      expect(sysfs(`${tap.name}/brport/unicast_flood`)).toBe("0");
+      expect(sysfs(`${tap.name}/brport/isolated`)).toBe("1");
+      expect(sysfs(`${tap.name}/brport/broadcast_flood`)).toBe("1"); // ARP and DHCP still reach the VM
+      expect(fdbOf(tap.vmMac)).toEqual([
+        { mac: macText(tap.vmMac), ifname: tap.name, flags: ["sticky"], master: BRIDGE, state: "static" },
+      ]);
+      // The TAP's own address is an fe: one, and is not the VM's.
+      expect(sysfs(`${tap.name}/address`)).toBe(macText(tap.tapMac));
+      expect(sysfs(`${tap.name}/address`)).toStartWith("fe:");
+    });
+
+    test("closing the TAP removes the pinned entry", async () => {
+      const vmMac = nextVmMac();
+      const tap = openTapOnBridge({ bridge: BRIDGE, isolate: true, vmMac });
+      expect(fdbOf(vmMac)).toHaveLength(1);
+      tap.close();
+      await waitFor(() => fdbOf(vmMac).length === 0);
+    });
+
+    test("a MAC another softnet port has pinned is refused, naming the MAC, the bridge and the port", () => {
+      const first = openTap();
+      const before = interfaces();
+      expectSoftnetError(
+        () => openTapOnBridge({ bridge: BRIDGE, isolate: true, vmMac: first.vmMac }),
+        `MAC ${macText(first.vmMac)} is already in use on bridge ${BRIDGE}: port ${first.name} has it, pinned (a static entry)`,
+      );
+      expect(interfaces()).toEqual(before); // no TAP left behind
+      expect(fdbOf(first.vmMac)).toHaveLength(1);
+      expect(fdbOf(first.vmMac)[0]!.ifname).toBe(first.name);
+    });
+
+    test("a MAC the bridge learned on another port is refused", async () => {
+      const other = new LearningPort("sntlearn1");
+      try {
+        await waitForwardingPort(other.name);
+        const mac = nextVmMac();
+        other.send(markedFrame(0x5e4d0101, macBytes(mac)));
+        await waitFor(() => fdbOf(mac).some((row) => row.ifname === other.name));
+        expectSoftnetError(
+          () => openTapOnBridge({ bridge: BRIDGE, isolate: true, vmMac: mac }),
+          `MAC ${macText(mac)} is already in use on bridge ${BRIDGE}: port ${other.name} has it, learned from its traffic`,
+        );
+      } finally {
+        other.close();
+      }
+    });
+
+    test("a MAC that is an interface's own address is refused", () => {
+      const bridgeAddress = Number.parseInt(sysfs(`${BRIDGE}/address`).replaceAll(":", ""), 16);
+      expectSoftnetError(
+        () => openTapOnBridge({ bridge: BRIDGE, isolate: true, vmMac: bridgeAddress }),
+        `MAC ${macText(bridgeAddress)} is already in use on bridge ${BRIDGE}: interface ${BRIDGE} has that address`,
+      );
+    });
+
+    test("frames from the pinned MAC on another port (learning or softnet's) do not move it: the VM keeps its traffic", async () => {
+      const victim = openTap(false);
+      const squatter = openTap(false);
+      const other = new LearningPort("sntlearn2");
+      try {
+        for (const name of [victim.name, squatter.name, other.name]) await waitForwardingPort(name);
+        // The victim's MAC as source, from a learning port and from another softnet port.
+        other.send(markedFrame(0x5e4d0201, macBytes(victim.vmMac)));
+        expect(sendFrame(squatter, markedFrame(0x5e4d0202, macBytes(victim.vmMac)))).toBe(1);
+        await Bun.sleep(100);
+        expect(fdbOf(victim.vmMac).map((row) => row.ifname)).toEqual([victim.name]);
+        // A frame for the victim goes to the victim, and only there.
+        const marker = 0x5e4d0203;
+        other.send(markedFrame(marker, [0x02, 0x99, 0, 0, 0, 1], macBytes(victim.vmMac)));
+        expect(await receiveMatching(victim, hasMarker(marker))).not.toBeNull();
+        expect(await receiveMatching(squatter, hasMarker(marker), 300)).toBeNull();
+      } finally {
+        other.close();
+      }
+    });
+
+    test("unicast frames for addresses the bridge does not know are not flooded to the port; broadcasts are", async () => {
+      const tap = openTap(false);
+      const witness = new LearningPort("sntlearn3");
+      const sender = new LearningPort("sntlearn4");
+      try {
+        for (const name of [tap.name, witness.name, sender.name]) await waitForwardingPort(name);
+        const unknown = [0x02, 0x99, 0x99, 0x99, 0x99, 0x99];
+        const flooded = 0x5e4d0301;
+        sender.send(markedFrame(flooded, [0x02, 0x99, 0, 0, 0, 2], unknown));
+        // Flooded (the witness, an ordinary port, gets it) but not to softnet's port.
+        expect(await witness.receiveMatching(hasMarker(flooded))).not.toBeNull();
+        expect(await receiveMatching(tap, hasMarker(flooded), 300)).toBeNull();
+        const broadcast = 0x5e4d0302;
+        sender.send(markedFrame(broadcast, [0x02, 0x99, 0, 0, 0, 2]));
+        expect(await receiveMatching(tap, hasMarker(broadcast))).not.toBeNull();
+      } finally {
+        witness.close();
+        sender.close();
+      }
+    });
+  });
+
+  describe("the bridge's MAC stays the same as softnet's ports come and go (issue 9, item 6)", () => {
+    /** A bridge as `ip link add NAME type bridge` makes it (no explicit address), with an IPv4 address. */
+    function plainBridge(
+      name: string,
+      subnet: number,
+      options: { port?: string; portMac?: string } = {},
+    ): void {
+      run(["ip", "link", "add", name, "type", "bridge"]);
+      run(["ip", "addr", "add", `198.18.${subnet}.1/24`, "dev", name]);
+      run(["ip", "link", "set", name, "up"]);
+      if (options.port !== undefined) {
+        run(["ip", "link", "add", options.port, "type", "veth", "peer", "name", `${options.port}p`]);
+        if (options.portMac !== undefined)
+          run(["ip", "link", "set", options.port, "address", options.portMac]);
+        run(["ip", "link", "set", options.port, "master", name, "up"]);
+        run(["ip", "link", "set", `${options.port}p`, "up"]);
+      }
+      expect(sysfs(`${name}/addr_assign_type`)).not.toBe("3"); // NET_ADDR_SET: nobody chose it
+    }
+
+    /** Starts and stops softnet's TAP `times` times; returns the bridge's MAC seen at every step. */
+    async function startsAndStops(
+      bridge: string,
+      times: number,
+    ): Promise<{ seen: string[]; changes: string[][] }> {
+      const seen = [sysfs(`${bridge}/address`)];
+      const changes: string[][] = [];
+      for (let i = 0; i < times; i++) {
+        const tap = openTapOnBridge({ bridge, isolate: true, vmMac: nextVmMac() });
+        seen.push(sysfs(`${bridge}/address`));
+        changes.push([...(tap.bridgeChanges ?? [])]); // (?? []: so that the old code fails on the MAC, not here)
+        tap.close();
+        await waitFor(() => !existsSync(`/sys/class/net/${tap.name}`));
+        seen.push(sysfs(`${bridge}/address`));
+      }
+      return { seen, changes };
+    }
+
+    test("with another port (whose MAC a random TAP MAC would usually undercut): 8 starts and stops", async () => {
+      plainBridge("sntbr2", 2, { port: "sntveth2", portMac: "ee:ee:ee:00:00:02" });
+      const before = sysfs("sntbr2/address");
+      expect(before).toBe("ee:ee:ee:00:00:02"); // it follows its only port, as the kernel does
+      const { seen, changes } = await startsAndStops("sntbr2", 8);
+      expect(seen).toEqual(Array(17).fill(before));
+      expect(sysfs("sntbr2/addr_assign_type")).toBe("3");
+      // Made explicit once, with a note for the log; later starts change nothing.
+      expect(changes[0]).toEqual([
+        `bridge sntbr2: made its MAC ${before} explicit, so ports joining and leaving cannot change the VMs' gateway MAC`,
+      ]);
+      expect(changes.slice(1)).toEqual(Array(7).fill([]));
+    });
+
+    test("with no other port: 8 starts and stops", async () => {
+      plainBridge("sntbr3", 3);
+      const before = sysfs("sntbr3/address");
+      const { seen } = await startsAndStops("sntbr3", 8);
+      expect(seen).toEqual(Array(17).fill(before));
+    });
+
+    test("a bridge whose last port left (00:00:00:00:00:00) gets one random local address that then stays", async () => {
+      plainBridge("sntbr4", 4, { port: "sntveth4" });
+      run(["ip", "link", "del", "sntveth4"]);
+      await waitFor(() => sysfs("sntbr4/address") === "00:00:00:00:00:00");
+      const { seen, changes } = await startsAndStops("sntbr4", 3);
+      const given = seen[1]!;
+      expect(given).toMatch(/^02:/);
+      expect(seen.slice(1)).toEqual(Array(6).fill(given));
+      expect(changes[0]![0]).toContain(`had no MAC address (00:00:00:00:00:00): gave it ${given}`);
+    });
+
+    test("a bridge with an address chosen by its administrator is left alone", async () => {
+      run(["ip", "link", "add", "sntbr5", "address", "02:5e:00:00:00:05", "type", "bridge"]);
+      run(["ip", "addr", "add", "198.18.5.1/24", "dev", "sntbr5"]);
+      run(["ip", "link", "set", "sntbr5", "up"]);
+      expect(sysfs("sntbr5/addr_assign_type")).toBe("3");
+      const { seen, changes } = await startsAndStops("sntbr5", 2);
+      expect(seen).toEqual(Array(5).fill("02:5e:00:00:00:05"));
+      expect(changes).toEqual([[], []]);
     });
   });
 }

@@ -19,6 +19,7 @@ import {
 } from "../../scripts/release/setuid-attacks.ts";
 import { libc } from "../../src/platform/libc.ts";
 import { REQUIRED_IN_CI } from "../support/ci.ts";
+import { EtcOverlay } from "../support/etc-overlay.ts";
 import { canRunLinuxX64, isRoot, releaseDist, unhardenedBuild } from "./release-build.ts";
 
 const runnable = canRunLinuxX64 && isRoot;
@@ -137,8 +138,13 @@ function sh(argv: string[]): string {
 
 describe.skipIf(!runnable && !REQUIRED_IN_CI)("a full run under every attack at once", () => {
   const namespace = `softnet-suid-${process.pid}`;
+  // A user's softnet may use only the bridges /etc/softnet/bridge.conf allows (setuid-bridge.test.ts):
+  // these runs get a private /etc that allows every bridge.
+  let etc: EtcOverlay;
   beforeAll(() => {
     if (!runnable) return;
+    etc = EtcOverlay.create();
+    etc.writeFile("softnet/bridge.conf", "allow all\n");
     sh(["ip", "netns", "add", namespace]);
     sh(["ip", "-n", namespace, "link", "set", "lo", "up"]);
     sh(["ip", "-n", namespace, "link", "add", "br0", "type", "bridge"]);
@@ -147,6 +153,7 @@ describe.skipIf(!runnable && !REQUIRED_IN_CI)("a full run under every attack at 
   });
   afterAll(() => {
     if (runnable) Bun.spawnSync(["ip", "netns", "delete", namespace]);
+    etc?.cleanup();
   });
 
   /** Every environment hook of the attack list, with .env and bunfig.toml planted in the cwd. */
@@ -188,10 +195,12 @@ describe.skipIf(!runnable && !REQUIRED_IN_CI)("a full run under every attack at 
       "netns",
       "exec",
       namespace,
-      ...hardened.asAttacker(
-        hardened.binary,
-        ["--vm-fd", "0", "--vm-mac-address", "02:00:00:00:00:01", "--bridge", "br0"],
-        env,
+      ...etc.wrap(
+        hardened.asAttacker(
+          hardened.binary,
+          ["--vm-fd", "0", "--vm-mac-address", "02:00:00:00:00:01", "--bridge", "br0"],
+          env,
+        ),
       ),
     ];
     const child = Bun.spawn(argv, {
@@ -265,10 +274,12 @@ describe.skipIf(!runnable && !REQUIRED_IN_CI)("a full run under every attack at 
         "netns",
         "exec",
         namespace,
-        ...hardened.asAttacker(
-          hardened.binary,
-          ["--vm-fd", "0", "--vm-mac-address", "02:00:00:00:00:01", "--bridge", "br0"],
-          { PATH: "/usr/bin:/bin" },
+        ...etc.wrap(
+          hardened.asAttacker(
+            hardened.binary,
+            ["--vm-fd", "0", "--vm-mac-address", "02:00:00:00:00:01", "--bridge", "br0"],
+            { PATH: "/usr/bin:/bin" },
+          ),
         ),
       ],
       { cwd: dir, stdin: hostEnd, stdout: "pipe", stderr: "pipe" },
@@ -311,10 +322,12 @@ describe.skipIf(!runnable && !REQUIRED_IN_CI)("a full run under every attack at 
         "netns",
         "exec",
         namespace,
-        ...hardened.asAttacker(
-          hardened.binary,
-          ["--vm-fd", "0", "--vm-mac-address", "02:00:00:00:00:01", "--bridge", "br9"],
-          { BUN_BE_BUN: "1" },
+        ...etc.wrap(
+          hardened.asAttacker(
+            hardened.binary,
+            ["--vm-fd", "0", "--vm-mac-address", "02:00:00:00:00:01", "--bridge", "br9"],
+            { BUN_BE_BUN: "1" },
+          ),
         ),
       ],
       { stdin: hostEnd, stdout: "pipe", stderr: "pipe" },

@@ -13,30 +13,30 @@
  * still root, in the VM socket's own namespace (SIOCGSKNS gives it), then kept for the run.
  */
 import { fstatSync } from "node:fs";
+import { CLONE_NEWNET, libc, MSG_DONTWAIT, O_CLOEXEC } from "../libc.ts";
 import {
-  AF_NETLINK,
-  CLONE_NEWNET,
-  libc,
-  MSG_DONTWAIT,
-  O_CLOEXEC,
-  SOCK_CLOEXEC,
-  SOCK_DGRAM,
-} from "../libc.ts";
+  attribute,
+  findAttribute,
+  type MessageSpan,
+  NETLINK_SOCK_DIAG,
+  NLM_F_REQUEST,
+  NLMSG_HEADER_BYTES,
+  openNetlinkFd,
+  walkMessages,
+} from "./netlink.ts";
 
-const NETLINK_SOCK_DIAG = 4;
+// include/uapi/linux/sock_diag.h, unix_diag.h
 const SOCK_DIAG_BY_FAMILY = 20;
-const NLMSG_ERROR = 2;
-const NLM_F_REQUEST = 1;
 const AF_UNIX = 1;
 const UDIAG_SHOW_PEER = 0x4;
 const UNIX_DIAG_PEER = 2;
 /** ioctl on a socket: a file descriptor for the network namespace it belongs to. */
 const SIOCGSKNS = 0x894c;
 
-// struct nlmsghdr (16 bytes) followed by struct unix_diag_req (24 bytes).
-const REQUEST_LENGTH = 40;
-// struct nlmsghdr (16) + struct unix_diag_msg (16), then struct nlattr { u16 len; u16 type } + data.
-const RESPONSE_ATTRIBUTES = 32;
+/** struct unix_diag_req (24 bytes) after struct nlmsghdr. */
+const REQUEST_LENGTH = NLMSG_HEADER_BYTES + 24;
+/** struct unix_diag_msg (16 bytes): the reply's fixed header, attributes follow. */
+const UNIX_DIAG_MSG_BYTES = 16;
 
 export type PeerState = "alive" | "gone" | "unknown";
 
@@ -45,6 +45,9 @@ export class UnixPeerWatch {
   private readonly response = new Uint8Array(new ArrayBuffer(1024));
   private readonly responseView = new DataView(this.response.buffer);
   private sequence = 0;
+  private answer: PeerState = "unknown";
+  /** Bound once: reads the reply message of the current request (no closure per call). */
+  private readonly readReply = (span: MessageSpan) => this.readPeer(span);
 
   private constructor(
     private readonly diagSocket: number,
@@ -83,7 +86,7 @@ export class UnixPeerWatch {
       if (!sameNamespace && libc.setns(namespace, CLONE_NEWNET) !== 0) {
         return "cannot enter the VM socket's network namespace";
       }
-      diagSocket = libc.socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+      diagSocket = openNetlinkFd(NETLINK_SOCK_DIAG);
       if (!sameNamespace && libc.setns(own, CLONE_NEWNET) !== 0) {
         // Staying in the wrong namespace would be worse than having no watch: give up loudly.
         throw new Error("cannot return to softnet's own network namespace after opening the peer watch");
@@ -108,21 +111,23 @@ export class UnixPeerWatch {
     if (libc.send(this.diagSocket, this.request, REQUEST_LENGTH, 0) !== REQUEST_LENGTH) return "unknown";
     // The kernel answers within sendmsg(), so the reply is already queued.
     const length = libc.recv(this.diagSocket, this.response, this.response.length, MSG_DONTWAIT);
+    if (length <= 0) return "unknown";
+    this.answer = "unknown";
+    if (!walkMessages(this.responseView, length, this.readReply)) return "unknown";
+    return this.answer;
+  }
+
+  /** The reply to our request: an error (unknown), or the socket with its peer attribute. */
+  private readPeer(span: MessageSpan): void {
+    if (span.sequence !== this.sequence || span.type !== SOCK_DIAG_BY_FAMILY) return;
+    if (span.payloadLength < UNIX_DIAG_MSG_BYTES) return;
     const view = this.responseView;
-    if (length < RESPONSE_ATTRIBUTES || view.getUint16(4, true) === NLMSG_ERROR) return "unknown";
-    const messageLength = Math.min(view.getUint32(0, true), length);
-    let offset = RESPONSE_ATTRIBUTES;
-    while (offset + 4 <= messageLength) {
-      const attributeLength = view.getUint16(offset, true);
-      if (attributeLength < 4) break;
-      if (view.getUint16(offset + 2, true) === UNIX_DIAG_PEER && attributeLength >= 8) {
-        // A released peer has no inode any more.
-        return view.getUint32(offset + 4, true) === 0 ? "gone" : "alive";
-      }
-      offset += (attributeLength + 3) & ~3;
-    }
-    // No peer attribute: the socket is not connected to anything any more.
-    return "gone";
+    const end = span.payload + span.payloadLength;
+    const peer = findAttribute(view, span.payload + UNIX_DIAG_MSG_BYTES, end, UNIX_DIAG_PEER);
+    const peerInode = attribute.u32(view, peer);
+    // No peer attribute: the socket is not connected to anything any more. A released peer has no
+    // inode any more.
+    this.answer = peerInode === undefined || peerInode === 0 ? "gone" : "alive";
   }
 
   close(): void {

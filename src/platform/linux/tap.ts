@@ -5,15 +5,27 @@
  * becomes the VM's gateway), usually a DHCP server (dnsmasq) and NAT. softnet adds one TAP port per
  * VM, with bridge port isolation on, so VMs reach the host and the outside but not each other.
  *
+ * The port is locked to its VM (issue 9, item 4): it does not learn addresses, the VM's MAC is
+ * pinned to it by a static, sticky FDB entry, and unicast frames for addresses the bridge does not
+ * know are not flooded to it. softnet refuses to start when the bridge already has the VM's MAC
+ * (another VM's port, a learned entry, an interface): a second VM with the same MAC would otherwise
+ * take the first one's traffic.
+ *
+ * The bridge's own MAC (the VM's gateway) must not change as ports come and go (item 6): a bridge
+ * whose address nobody set follows the lowest MAC among its ports, and drops to zero when the last
+ * one leaves. softnet makes the bridge's current address explicit, once (as libvirt does for the
+ * bridges it manages), and gives its TAPs fe:xx:xx:xx:xx:xx addresses, which sort above any
+ * ordinary MAC.
+ *
  * A TAP has no batch system calls: read() and write() move one frame each. The fd is non-blocking,
  * so a receive reads until EAGAIN or the batch is full.
  *
- * Closing the fd deletes the TAP (it is not made persistent), which also removes it from the bridge:
- * when softnet dies, however it dies, nothing is left behind.
+ * Closing the fd deletes the TAP (it is not made persistent), which also removes it from the bridge
+ * and deletes its FDB entries: when softnet dies, however it dies, nothing is left behind.
  */
 import type { Pointer } from "bun:ffi";
-import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { SoftnetError } from "../../errors.ts";
+import { formatMac } from "../../wire/bytes.ts";
 import {
   AF_INET,
   Errno,
@@ -28,6 +40,20 @@ import {
   stableAddress,
 } from "../libc.ts";
 import type { FrameBatch, FrameLink } from "../link.ts";
+import {
+  addStaticFdbEntry,
+  findMacHolder,
+  type Link,
+  listFdb,
+  listLinks,
+  NET_ADDR_SET,
+  randomLocalMac,
+  readAddressAssignType,
+  readBridgePortFlags,
+  setBridgePortFlags,
+  setLinkMac,
+} from "./bridge.ts";
+import { NETLINK_ROUTE, NetlinkError, NetlinkSocket } from "./netlink.ts";
 
 /** A TAP port on a bridge, plus what softnet needs to know about the bridge's network. */
 export interface TapOnBridge extends FrameLink {
@@ -47,6 +73,10 @@ export interface TapOnBridge extends FrameLink {
    * slots of maxFrameSize bytes suffice.
    */
   readonly maxFrameSize: number;
+  /** The TAP's own MAC, fe:xx:xx:xx:xx:xx (not the VM's: that one is pinned to the port). */
+  readonly tapMac: number;
+  /** What softnet changed on the bridge itself, for the log (empty when nothing). */
+  readonly bridgeChanges: readonly string[];
   /** Frames the kernel refused one by one (EINVAL: shorter than an Ethernet header; EIO: TAP down). */
   readonly rejectedFrames: number;
 }
@@ -56,6 +86,8 @@ export interface TapOptions {
   bridge: string;
   /** Bridge port isolation: on keeps VMs on this bridge from reaching each other directly. */
   isolate: boolean;
+  /** The VM's MAC: pinned to the TAP port; refused when the bridge already has it. */
+  vmMac: number;
   /** TAP name; by default "sn" and 6 random hex digits. It must not exist yet. */
   name?: string;
 }
@@ -84,62 +116,187 @@ const IFR_UNION = 16;
 const IFR_SOCKADDR_IN_ADDR = IFR_UNION + 4;
 
 const ROOT_HINT = "softnet needs root or CAP_NET_ADMIN to create a TAP device and attach it to a bridge";
+/**
+ * First byte of every TAP's MAC: locally administered, unicast, and above any vendor-assigned or
+ * ordinary random MAC, so a bridge that follows its lowest port never picks a softnet TAP (libvirt
+ * uses fe: for its tap devices for the same reason).
+ */
+const TAP_MAC_FIRST_BYTE = 0xfe;
+/** First byte for a bridge that has no address at all (00:00:00:00:00:00): locally administered. */
+const BRIDGE_MAC_FIRST_BYTE = 0x02;
 
 /**
  * Creates a TAP device, gives it the bridge's MTU, attaches it to `options.bridge` with port
- * isolation as asked, and brings it up. Reads the bridge's IPv4 address and prefix, which become
- * the VM network's gateway and subnet. Throws a SoftnetError that says what to fix.
+ * isolation as asked, locks the port to `options.vmMac`, and brings it up. Reads the bridge's IPv4
+ * address and prefix, which become the VM network's gateway and subnet. Throws a SoftnetError that
+ * says what to fix; on any failure nothing of the TAP is left behind.
  */
 export function openTapOnBridge(options: TapOptions): TapOnBridge {
-  const bridge = options.bridge;
-  checkInterfaceName(bridge, "--bridge");
-  if (!existsSync(`/sys/class/net/${bridge}`)) {
-    throw new SoftnetError(`bridge ${bridge} does not exist`, {
-      hint: `create it with "ip link add ${bridge} type bridge", or pick one from "ip -br link show type bridge"`,
-    });
-  }
-  if (!existsSync(`/sys/class/net/${bridge}/bridge`)) {
-    throw new SoftnetError(`${bridge} is not a bridge`, {
-      hint: '--bridge takes a Linux bridge; pick one from "ip -br link show type bridge"',
-    });
-  }
-  if (options.name !== undefined) {
-    checkInterfaceName(options.name, "TAP name");
-    if (existsSync(`/sys/class/net/${options.name}`)) {
+  const bridgeName = options.bridge;
+  checkInterfaceName(bridgeName, "--bridge");
+  if (options.name !== undefined) checkInterfaceName(options.name, "TAP name");
+
+  const netlink = NetlinkSocket.open(NETLINK_ROUTE, "configure the bridge");
+  let control = -1;
+  let tap = -1;
+  try {
+    const links = configure("cannot list the network interfaces", () => listLinks(netlink));
+    const bridge = links.find((link) => link.name === bridgeName);
+    if (bridge === undefined) {
+      throw new SoftnetError(`bridge ${bridgeName} does not exist`, {
+        hint: `create it with "ip link add ${bridgeName} type bridge", or pick one from "ip -br link show type bridge"`,
+      });
+    }
+    if (bridge.kind !== "bridge") {
+      throw new SoftnetError(`${bridgeName} is not a bridge`, {
+        hint: '--bridge takes a Linux bridge; pick one from "ip -br link show type bridge"',
+      });
+    }
+    if (options.name !== undefined && links.some((link) => link.name === options.name)) {
       throw new SoftnetError(`cannot create TAP device ${options.name}: an interface with that name exists`, {
         hint: "choose another name, or leave it out to get a random one",
       });
     }
-  }
 
-  const control = libc.socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  if (control < 0) {
-    throw new SoftnetError("cannot open a socket to configure network interfaces", {
-      cause: new SysError("socket(AF_INET)", lastErrno()),
-    });
-  }
-  let tap = -1;
-  try {
+    control = libc.socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (control < 0) {
+      throw new SoftnetError("cannot open a socket to configure network interfaces", {
+        cause: new SysError("socket(AF_INET)", lastErrno()),
+      });
+    }
     const request = new InterfaceRequest(control);
-    const gateway = request.ipv4Address(bridge);
-    const prefixLength = request.prefixLength(bridge);
-    const mtu = request.mtu(bridge);
+    const gateway = request.ipv4Address(bridgeName);
+    const prefixLength = request.prefixLength(bridgeName);
+    const mtu = request.mtu(bridgeName);
+
+    // Refuse before changing anything: the VM's MAC must be new to this bridge.
+    const fdb = configure(`cannot read the forwarding database of bridge ${bridgeName}`, () =>
+      listFdb(netlink),
+    );
+    const holder = findMacHolder(options.vmMac, bridge, links, fdb);
+    if (holder !== undefined) throw macInUse(options.vmMac, bridgeName, holder);
+
+    const bridgeChanges = fixBridgeMac(netlink, bridge);
 
     tap = openTunDevice();
     const name = createTap(tap, options.name ?? randomTapName());
+    const tapIndex = request.index(name);
+    // Before enslaving, so the bridge never sees the kernel's random address on this port.
+    const tapMac = randomLocalMac(TAP_MAC_FIRST_BYTE);
+    configure(`cannot set the MAC of ${name}`, () => setLinkMac(netlink, tapIndex, tapMac));
     // Before enslaving: a bridge without an explicit MTU follows its smallest port, so a TAP left
     // at 1500 would shrink a jumbo-frame bridge.
     request.setMtu(name, mtu);
-    request.addToBridge(bridge, name);
-    // Before the port is up, so no frame is ever forwarded through it without isolation.
-    setPortIsolation(name, bridge, options.isolate);
+    request.addToBridge(bridgeName, name);
+    // Before the port is up, so no frame ever passes through it unlocked or without isolation.
+    lockPort(netlink, name, tapIndex, bridgeName, options.isolate);
+    configure(`cannot pin MAC ${formatMac(options.vmMac)} to ${name} on ${bridgeName}`, () =>
+      pinVmMac(netlink, tapIndex, options.vmMac, bridge),
+    );
     request.bringUp(name);
 
-    return new TapLink(tap, control, name, bridge, gateway, prefixLength, mtu);
+    const link = new TapLink(
+      tap,
+      control,
+      name,
+      bridgeName,
+      gateway,
+      prefixLength,
+      mtu,
+      tapMac,
+      bridgeChanges,
+    );
+    tap = -1;
+    control = -1;
+    return link;
+  } finally {
+    if (tap >= 0) libc.close(tap); // deletes the TAP, and with it the bridge port and its FDB entries
+    if (control >= 0) libc.close(control);
+    netlink.close();
+  }
+}
+
+/** Runs a netlink step; a refusal becomes a SoftnetError saying what failed. */
+function configure<T>(what: string, step: () => T): T {
+  try {
+    return step();
   } catch (error) {
-    if (tap >= 0) libc.close(tap); // deletes the TAP, and with it the bridge port
-    libc.close(control);
-    throw error;
+    if (!(error instanceof NetlinkError)) throw error;
+    throw new SoftnetError(what, {
+      cause: error,
+      hint: error.errno === Errno.EPERM || error.errno === Errno.EACCES ? ROOT_HINT : undefined,
+    });
+  }
+}
+
+function macInUse(mac: number, bridge: string, holder: string): SoftnetError {
+  return new SoftnetError(`MAC ${formatMac(mac)} is already in use on bridge ${bridge}: ${holder}`, {
+    hint:
+      "every VM on a bridge needs a MAC of its own; if another VM uses this one, give this VM a new " +
+      "MAC (tart set <vm> --random-mac)",
+  });
+}
+
+/**
+ * Makes the bridge's current MAC its explicit address unless someone already set one, so adding
+ * and removing ports (softnet's and anyone else's) never changes it again. Returns what changed,
+ * for the log. A bridge at 00:00:00:00:00:00 lost its last port: no VM has its address cached, and
+ * zero cannot be set, so it gets a random locally administered one.
+ */
+function fixBridgeMac(netlink: NetlinkSocket, bridge: Link): string[] {
+  const assignType = readAddressAssignType(bridge);
+  if (assignType === NET_ADDR_SET) return [];
+  const current = bridge.mac ?? 0;
+  const fixed = current === 0 ? randomLocalMac(BRIDGE_MAC_FIRST_BYTE) : current;
+  configure(`cannot fix the MAC address of bridge ${bridge.name}`, () =>
+    setLinkMac(netlink, bridge.index, fixed),
+  );
+  return [
+    current === 0
+      ? `bridge ${bridge.name} had no MAC address (00:00:00:00:00:00): gave it ${formatMac(fixed)}, which ports joining and leaving will not change`
+      : `bridge ${bridge.name}: made its MAC ${formatMac(fixed)} explicit, so ports joining and leaving cannot change the VMs' gateway MAC`,
+  ];
+}
+
+/** Learning and unicast flooding off, isolation as asked; read back, since old kernels ignore flags they do not know. */
+function lockPort(
+  netlink: NetlinkSocket,
+  port: string,
+  portIndex: number,
+  bridge: string,
+  isolate: boolean,
+): void {
+  const wanted = { learning: false, unicastFlood: false, isolated: isolate };
+  configure(`cannot set the bridge port flags of ${port} on ${bridge}`, () =>
+    setBridgePortFlags(netlink, portIndex, wanted),
+  );
+  const actual = configure(`cannot read the bridge port flags of ${port}`, () =>
+    readBridgePortFlags(netlink, portIndex),
+  );
+  if (
+    actual === undefined ||
+    actual.learning !== wanted.learning ||
+    actual.unicastFlood !== wanted.unicastFlood ||
+    actual.isolated !== wanted.isolated
+  ) {
+    throw new SoftnetError(
+      `bridge port ${port} on ${bridge} reads ${JSON.stringify(actual ?? "nothing")} after setting ${JSON.stringify(wanted)}`,
+      { hint: "softnet needs Linux 4.18 or later (bridge port isolation)" },
+    );
+  }
+}
+
+/**
+ * The static, sticky FDB entry MAC → port, created exclusively: EEXIST means the bridge got the
+ * MAC since it was checked (another softnet starting with it at the same time), a refusal too.
+ */
+function pinVmMac(netlink: NetlinkSocket, portIndex: number, vmMac: number, bridge: Link): void {
+  try {
+    addStaticFdbEntry(netlink, portIndex, vmMac);
+  } catch (error) {
+    if (!(error instanceof NetlinkError && error.errno === Errno.EEXIST)) throw error;
+    const holder = findMacHolder(vmMac, bridge, listLinks(netlink), listFdb(netlink));
+    throw macInUse(vmMac, bridge.name, holder ?? "the bridge has an entry for it");
   }
 }
 
@@ -158,6 +315,8 @@ class TapLink implements TapOnBridge {
     readonly gateway: number,
     readonly prefixLength: number,
     readonly mtu: number,
+    readonly tapMac: number,
+    readonly bridgeChanges: readonly string[],
   ) {
     this.pollFd = fd;
     this.maxFrameSize = mtu + ETHERNET_HEADER_BYTES;
@@ -274,6 +433,11 @@ class InterfaceRequest {
     return this.view.getInt32(IFR_UNION, true);
   }
 
+  index(name: string): number {
+    this.check(this.call(name, SIOCGIFINDEX), `cannot find the index of ${name}`, "ioctl(SIOCGIFINDEX)");
+    return this.view.getInt32(IFR_UNION, true);
+  }
+
   setMtu(name: string, mtu: number): void {
     this.prepare(name);
     this.view.setInt32(IFR_UNION, mtu, true);
@@ -281,8 +445,7 @@ class InterfaceRequest {
   }
 
   addToBridge(bridge: string, port: string): void {
-    this.check(this.call(port, SIOCGIFINDEX), `cannot find the index of ${port}`, "ioctl(SIOCGIFINDEX)");
-    const index = this.view.getInt32(IFR_UNION, true);
+    const index = this.index(port);
     this.prepare(bridge);
     this.view.setInt32(IFR_UNION, index, true);
     this.check(this.invoke(SIOCBRADDIF), `cannot add ${port} to bridge ${bridge}`, "ioctl(SIOCBRADDIF)");
@@ -356,33 +519,6 @@ function createTap(fd: number, name: string): string {
   }
   const end = ifreq.indexOf(0);
   return Buffer.from(ifreq.subarray(0, end < 0 || end > IFNAMSIZ ? IFNAMSIZ : end)).toString("ascii");
-}
-
-function setPortIsolation(port: string, bridge: string, isolate: boolean): void {
-  const path = `/sys/class/net/${port}/brport/isolated`;
-  try {
-    writeFileSync(path, isolate ? "1" : "0");
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    throw new SoftnetError(
-      `cannot turn bridge port isolation ${isolate ? "on" : "off"} for ${port} on ${bridge}`,
-      {
-        cause: error,
-        hint:
-          code === "ENOENT"
-            ? "bridge port isolation needs Linux 4.18 or later"
-            : code === "EACCES"
-              ? ROOT_HINT
-              : undefined,
-      },
-    );
-  }
-  const actual = readFileSync(path, "ascii").trim();
-  if (actual !== (isolate ? "1" : "0")) {
-    throw new SoftnetError(
-      `bridge port isolation for ${port} reads ${actual} after writing ${isolate ? 1 : 0}`,
-    );
-  }
 }
 
 function randomTapName(): string {

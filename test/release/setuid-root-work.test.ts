@@ -24,28 +24,34 @@ import { join } from "node:path";
 import { SetuidLab } from "../../scripts/release/setuid-attacks.ts";
 import { ADDRESSES, type Forwarder, type Guest, softnet, Topology, waitFor } from "../e2e/lib/index.ts";
 import { REQUIRED_IN_CI } from "../support/ci.ts";
+import { EtcOverlay } from "../support/etc-overlay.ts";
 import { canRunLinuxX64, isRoot, releaseDist } from "./release-build.ts";
 
 const runnable = canRunLinuxX64 && isRoot;
 let lab: SetuidLab;
+/** /etc/softnet/bridge.conf for the setuid runs: a user may join only the bridges root allows. */
+let etc: EtcOverlay;
 let topology: Topology;
 
 beforeAll(async () => {
   if (!runnable) return;
   lab = SetuidLab.create(join(await releaseDist(), "softnet-linux-x64"));
+  etc = EtcOverlay.create();
+  etc.writeFile("softnet/bridge.conf", "allow br0\n");
   topology = await Topology.create();
 }, 300_000);
 
 afterAll(async () => {
   await topology?.teardown();
   lab?.cleanup();
+  etc?.cleanup();
 });
 
 /** softnet as Tart would start it, but the setuid release binary run by the unprivileged user. */
 function setuidSoftnet(extraArgs: string[]) {
   return softnet(extraArgs, {
     description: `setuid softnet ${extraArgs.join(" ")}`.trim(),
-    wrap: (argv) => lab.asAttacker(lab.binary, argv.slice(2), { PATH: "/usr/bin:/bin" }),
+    wrap: (argv) => etc.wrap(lab.asAttacker(lab.binary, argv.slice(2), { PATH: "/usr/bin:/bin" })),
   });
 }
 
@@ -102,9 +108,12 @@ describe.skipIf(!runnable && !REQUIRED_IN_CI)(
 
     test("--expose 22:22 is refused with one line: the host's ssh port is root's", async () => {
       const argv = ["--vm-fd", "0", "--vm-mac-address", "02:00:00:00:00:22", "--bridge", topology.bridge];
-      const result = await topology.hostExec(lab.asAttacker(lab.binary, [...argv, "--expose", "22:22"]), {
-        stdin: "",
-      });
+      const result = await topology.hostExec(
+        etc.wrap(lab.asAttacker(lab.binary, [...argv, "--expose", "22:22"])),
+        {
+          stdin: "",
+        },
+      );
       expect(result.code).toBe(1);
       expect(result.stderr).toMatch(
         /^softnet: --expose 22:22: only root may expose a host port below 1024 \(.*--expose 2222:22\)\n$/,

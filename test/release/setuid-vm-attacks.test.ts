@@ -17,10 +17,13 @@ import {
   Topology,
 } from "../e2e/lib/index.ts";
 import { REQUIRED_IN_CI } from "../support/ci.ts";
+import { EtcOverlay } from "../support/etc-overlay.ts";
 import { canRunLinuxX64, isRoot, releaseDist } from "./release-build.ts";
 
 const runnable = canRunLinuxX64 && isRoot;
 let lab: SetuidLab;
+/** /etc/softnet/bridge.conf for the setuid runs: a user may join only the bridges root allows. */
+let etc: EtcOverlay;
 let small: Topology;
 let topology: Topology;
 
@@ -30,6 +33,8 @@ beforeAll(async () => {
     throw new Error("missing dhcpcd: run scripts/e2e-deps.sh (package dhcpcd-base)");
   }
   lab = SetuidLab.create(join(await releaseDist(), "softnet-linux-x64"));
+  etc = EtcOverlay.create();
+  etc.writeFile("softnet/bridge.conf", "allow br0\n");
   small = await Topology.create({ dhcpRange: { first: "192.168.64.10", last: "192.168.64.14" } });
   topology = await Topology.create();
 }, 300_000);
@@ -38,15 +43,18 @@ afterAll(async () => {
   await small?.teardown();
   await topology?.teardown();
   lab?.cleanup();
+  etc?.cleanup();
 });
 
 /** The setuid binary run by the unprivileged user, as Tart would start it for that user's VM. */
 const setuidSoftnet: SoftnetFactory = (args) =>
   commandForwarder(`setuid softnet (run by ${ATTACKER}) ${args.join(" ")}`.trim(), (context) =>
-    lab.asAttacker(
-      lab.binary,
-      ["--vm-fd", "0", "--vm-mac-address", context.vmMac, "--bridge", context.bridge, ...args],
-      { PATH: "/usr/bin:/bin" },
+    etc.wrap(
+      lab.asAttacker(
+        lab.binary,
+        ["--vm-fd", "0", "--vm-mac-address", context.vmMac, "--bridge", context.bridge, ...args],
+        { PATH: "/usr/bin:/bin" },
+      ),
     ),
   );
 

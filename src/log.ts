@@ -33,7 +33,8 @@ export type LogEvent =
   | "counters"
   | "capture-limit"
   | "capture-failed"
-  | "cleanup-failed";
+  | "cleanup-failed"
+  | "fatal";
 
 export type LogFields = Record<string, unknown>;
 
@@ -114,6 +115,17 @@ export class Logger {
     }
     return `${JSON.stringify(record)}\n`;
   }
+}
+
+/**
+ * main()'s last words when softnet fails after the command line was read: `softnet: what failed:
+ * why` for people, or with --log-format json one more JSON line (event "fatal"), so that a log
+ * shipper never meets a line it cannot parse.
+ */
+export function fatalLine(format: LogFormat, line: string, now: Date = new Date()): string {
+  if (format !== "json") return `softnet: ${line}\n`;
+  const record = { time: now.toISOString(), level: "error", pid: process.pid, event: "fatal", message: line };
+  return `${JSON.stringify(record)}\n`;
 }
 
 /**

@@ -178,7 +178,7 @@ export function counterReport(sources: CounterSources): CounterReport {
   } else {
     lines.push(
       `  capture: ${capture.frames} frames, ${capture.bytes} bytes in ${capture.path} ` +
-        `(limit ${capture.limitBytes} bytes; ${capture.state})`,
+        `(limit ${formatSize(capture.limitBytes)}; ${capture.state})`,
     );
     fields.capture = {
       path: capture.path,
@@ -212,4 +212,17 @@ export function formatDuration(totalSeconds: number): string {
   if (hours > 0) return `${hours} h ${minutes} min ${seconds} s`;
   if (minutes > 0) return `${minutes} min ${seconds} s`;
   return `${seconds} s`;
+}
+
+/** 104857600 → "100 MiB", 5000 → "5000 bytes": exact, in the units --capture-limit accepts. */
+export function formatSize(bytes: number): string {
+  for (const [unit, size] of [
+    ["TiB", 1024 ** 4],
+    ["GiB", 1024 ** 3],
+    ["MiB", 1024 ** 2],
+    ["KiB", 1024],
+  ] as const) {
+    if (bytes >= size && bytes % size === 0) return `${bytes / size} ${unit}`;
+  }
+  return `${bytes} bytes`;
 }

@@ -22,6 +22,7 @@ import { REQUIRED_IN_CI } from "../support/ci.ts";
 import {
   ADDRESSES,
   closeFd,
+  commandForwarder,
   datagramSocketPair,
   type Forwarder,
   type Guest,
@@ -383,6 +384,48 @@ e2e("what --capture refuses (exit 1, one line, nothing touched)", () => {
     const frames = await readWithTshark(path);
     expect(frames.length).toBeGreaterThan(0);
     expect(statSync(path).size).toBeLessThan(100_000);
+    await guest.stopAll();
+  });
+});
+
+e2e("the macOS runtime (runOnDarwin on the vmnet double)", () => {
+  test("opens the capture as the user it became, records vmnet's frames, and answers SIGUSR2", async () => {
+    const guest = await topology.addGuest();
+    const path = capturePath();
+    const doubleLog = join(captureDir, `double-${captureCount}.log`);
+    const forwarder = await guest.attach(
+      commandForwarder("softnet (macOS runtime on the vmnet double) --capture", (context) => [
+        process.execPath,
+        "test/darwin/softnet-on-double.ts",
+        "--double-log",
+        doubleLog,
+        "--vm-fd",
+        "0",
+        "--vm-mac-address",
+        context.vmMac,
+        "--bridge",
+        context.bridge,
+        "--capture",
+        path,
+      ]),
+    );
+    const lease = await guest.dhcp();
+    expect(await guest.ping(ADDRESSES.globalHost)).toBe(true);
+    forwarder.daemon.process.kill("SIGUSR2");
+    await forwarder.daemon.waitForOutput(/ {2}capture: \d+ frames/);
+    expect(forwarder.log).toContain(`lease: ${lease.address}, expires in `);
+    expect(await forwarder.stop("SIGINT")).toBe(0);
+    expect(forwarder.log).toContain("vmnet double: 0 violations");
+    const stat = statSync(path);
+    expect({ uid: stat.uid, mode: stat.mode & 0o777 }).toEqual({ uid: NOBODY, mode: 0o600 });
+    const frames = await readWithTshark(path);
+    expect(frames[0]!.interfaceName).toContain("via vmnet");
+    const echo = frames.filter((frame) => frame.hex.includes("08080808") && frame.hex.slice(68, 70) === "08");
+    const replies = frames.filter(
+      (frame) => frame.hex.includes("08080808") && frame.hex.slice(68, 70) === "00",
+    );
+    expect(echo.map((frame) => frame.direction)).toEqual(["outbound"]);
+    expect(replies.map((frame) => frame.direction)).toEqual(["inbound"]);
     await guest.stopAll();
   });
 });

@@ -22,7 +22,13 @@ import { SoftnetError } from "../errors.ts";
 import type { Logger } from "../log.ts";
 import type { FrameBatch } from "../platform/link.ts";
 import { isPass, REASON_COUNT, REASON_EXPLANATIONS, reasonName } from "../policy/reasons.ts";
-import { type CaptureStatus, TrafficDirection, type TrafficDirectionCode, UNSENT } from "../stats.ts";
+import {
+  type CaptureStatus,
+  formatSize,
+  TrafficDirection,
+  type TrafficDirectionCode,
+  UNSENT,
+} from "../stats.ts";
 import { COMMIT, VERSION } from "../version.ts";
 import { formatMac } from "../wire/bytes.ts";
 import { CaptureFile, type CaptureSink } from "./file.ts";
@@ -122,6 +128,7 @@ export class FrameCapture {
   /**
    * Appends slots 0..count of batch, each with its verdict (a reason, plus UNSENT), as Enhanced
    * Packet Blocks. Writes to the file only when the buffer is full; flush() writes the rest.
+   * The frames of one batch arrived in one receive call and share its timestamp.
    */
   recordBatch(direction: TrafficDirectionCode, batch: FrameBatch, verdicts: Uint8Array, count: number): void {
     if (this.state !== State.WRITING || this.closed || count === 0) return;
@@ -215,7 +222,7 @@ export class FrameCapture {
     this.state = State.LIMIT_REACHED;
     const { path, limitBytes, logger } = this.options;
     logger.warn(
-      `capture ${path} reached --capture-limit ${limitBytes} bytes after ${this.frames} frames: ` +
+      `capture ${path} reached --capture-limit ${formatSize(limitBytes)} after ${this.frames} frames: ` +
         "no more frames are written (softnet keeps forwarding)",
       "capture-limit",
       { path, limit_bytes: limitBytes, frames: this.frames, bytes: this.written },

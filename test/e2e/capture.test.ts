@@ -286,7 +286,7 @@ e2e("--capture-limit on a real guest", () => {
     const frames = await readWithTshark(path); // throws on a block cut short
     expect(frames.length).toBeGreaterThan(5);
     expect(forwarder.log.match(/reached --capture-limit/g)?.length).toBe(1);
-    expect(forwarder.log).toMatch(/warn: capture \S+ reached --capture-limit 16384 bytes after \d+ frames/);
+    expect(forwarder.log).toMatch(/warn: capture \S+ reached --capture-limit 16 KiB after \d+ frames/);
     await guest.stopAll();
   });
 });

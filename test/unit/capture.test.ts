@@ -398,7 +398,7 @@ describe("a capture read back by tshark and tcpdump", () => {
       expect(capture.status.state).toBe("stopped at --capture-limit");
       const warnings = lines.filter((line) => line.includes("reached --capture-limit"));
       expect(warnings).toEqual([
-        `softnet[${process.pid}] warn: capture test.pcapng reached --capture-limit 4096 bytes after ${frames.length} frames: no more frames are written (softnet keeps forwarding)\n`,
+        `softnet[${process.pid}] warn: capture test.pcapng reached --capture-limit 4 KiB after ${frames.length} frames: no more frames are written (softnet keeps forwarding)\n`,
       ]);
     },
   );

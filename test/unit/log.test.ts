@@ -14,6 +14,7 @@ import { Policy } from "../../src/policy/policy.ts";
 import { Reason } from "../../src/policy/reasons.ts";
 import { RuleTable } from "../../src/policy/rules.ts";
 import { PortForwards } from "../../src/port-forwards.ts";
+import { counterSignalsOf } from "../../src/runtime.ts";
 import { counterReport, TrafficDirection, type TrafficDirectionCode, UNSENT } from "../../src/stats.ts";
 import { parseIpv4, parseMac } from "../../src/wire/bytes.ts";
 import { DhcpMessageType } from "../../src/wire/dhcp.ts";
@@ -392,6 +393,11 @@ describe("the counters", () => {
     ]);
     expect(report.fields.lease).toEqual({ address: VM_IP, expires_in_s: 100, dns: [GATEWAY] });
     expect(report.fields.capture).toBeNull();
+  });
+
+  test("asked for with SIGUSR2 everywhere, and with SIGINFO (Ctrl-T) only where it exists: macOS", () => {
+    expect(counterSignalsOf("linux")).toEqual(["SIGUSR2"]);
+    expect(counterSignalsOf("darwin")).toEqual(["SIGUSR2", "SIGINFO"]);
   });
 
   test("counting allocates nothing per frame", () => {

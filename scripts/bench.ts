@@ -4,13 +4,15 @@
  * - frames/s and Gbit/s at 64 and 1500 bytes, VM→host and host→VM, through softnet (full filtering,
  *   valid lease, global destination) and through a C reference relay on the same socketpair → TAP
  *   path, the ratios softnet / C, and the generators' own ceilings;
+ * - the same cells through softnet --capture (every frame into a pcapng file on tmpfs) and the
+ *   ratios softnet --capture / softnet: what capturing costs;
  * - softnet's idle CPU, peak RSS, and the time from its start to its first forwarded frame;
  * - TCP throughput of a real guest (iperf3) through softnet, through a transparent socat relay and
  *   over a plain veth.
  * It prints figures and goals; it never judges performance in its exit status: 0 when every
  * measurement was made, 1 when one could not be, 2 on bad usage.
  *
- *   sudo bun run bench [--quick] [--json PATH] [--skip-tcp] [--pin]
+ *   sudo bun run bench [--quick] [--json PATH] [--skip-tcp] [--skip-capture] [--pin]
  */
 
 import { readFileSync, writeFileSync } from "node:fs";
@@ -20,25 +22,28 @@ import { GuestTcpBench } from "./bench/guest-tcp.ts";
 import { header, judge, type Machine, type Report, render } from "./bench/report.ts";
 import { compilePrograms, Resources } from "./bench/system.ts";
 
-const USAGE = `usage: bun scripts/bench.ts [--quick] [--json PATH] [--skip-tcp] [--pin]
+const USAGE = `usage: bun scripts/bench.ts [--quick] [--json PATH] [--skip-tcp] [--skip-capture] [--pin]
   --quick      smoke run: one 1 s run per cell, 1 s idle, 1 s iperf3 (proves the benchmark still runs)
   --json PATH  also write the results as JSON to PATH
   --skip-tcp   leave out the iperf3 section (which needs the e2e tools: scripts/e2e-deps.sh)
+  --skip-capture  leave out the softnet --capture runs (the cost of capturing every frame)
   --pin        generator on CPU 0, forwarder on CPU 1 (taskset); by default the scheduler places them`;
 
 interface Options {
   quick: boolean;
   json?: string;
   skipTcp: boolean;
+  skipCapture: boolean;
   pin: boolean;
 }
 
 function parseArgs(argv: string[]): Options {
-  const options: Options = { quick: false, skipTcp: false, pin: false };
+  const options: Options = { quick: false, skipTcp: false, skipCapture: false, pin: false };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
     if (arg === "--quick") options.quick = true;
     else if (arg === "--skip-tcp") options.skipTcp = true;
+    else if (arg === "--skip-capture") options.skipCapture = true;
     else if (arg === "--pin") options.pin = true;
     else if (arg === "--json" && argv[i + 1] !== undefined) options.json = argv[++i];
     else if (arg.startsWith("--json=")) options.json = arg.slice("--json=".length);
@@ -55,6 +60,7 @@ function parseArgs(argv: string[]): Options {
 
 const options = parseArgs(process.argv.slice(2));
 const pin = options.pin;
+const capture = !options.skipCapture;
 if (process.platform !== "linux" || process.getuid?.() !== 0) {
   console.error("bench: run as root on Linux (it creates network namespaces, a bridge and TAP devices)");
   process.exit(1);
@@ -64,7 +70,16 @@ if (process.platform !== "linux" || process.getuid?.() !== 0) {
 // 2-core VM's throughput drifts by ±30 % over seconds, and the median of interleaved runs is what
 // stays comparable between the two forwarders.
 const config: Report["config"] = options.quick
-  ? { quick: true, warmupSeconds: 0.2, cellSeconds: 1, repetitions: 1, idleSeconds: 1, iperfSeconds: 1, pin }
+  ? {
+      quick: true,
+      warmupSeconds: 0.2,
+      cellSeconds: 1,
+      repetitions: 1,
+      idleSeconds: 1,
+      iperfSeconds: 1,
+      pin,
+      capture,
+    }
   : {
       quick: false,
       warmupSeconds: 0.3,
@@ -73,6 +88,7 @@ const config: Report["config"] = options.quick
       idleSeconds: 3,
       iperfSeconds: 5,
       pin,
+      capture,
     };
 const errors: string[] = [];
 const fail = (what: string, error: unknown) => {

@@ -213,9 +213,10 @@ const RULE_SETS: Rule[][] = [
   [rule("allow", "0.0.0.0/0")],
 ];
 
-function newPolicy(random: Random): Policy {
+/** A fresh policy with the next rule set in turn (so even a short run sees every one). */
+function newPolicy(round: number): Policy {
   const gateway = parseIpv4(GATEWAY)!;
-  const rules = RULE_SETS[random.below(RULE_SETS.length)]!;
+  const rules = RULE_SETS[round % RULE_SETS.length]!;
   return new Policy({
     vmMac: parseMac(VM_MAC)!,
     gateway,
@@ -231,6 +232,8 @@ function guardIntact(buffer: Uint8Array, from: number, to: number): boolean {
 }
 
 const FRAME_ROOM = 2048;
+/** Frames per policy: each round starts without state, with the next rule set and maybe a lease. */
+const POLICY_ROUND = 25_000;
 const GUARD = 32;
 const GUARD_BYTE = 0xa5;
 
@@ -248,7 +251,7 @@ export function runFuzz(options: FuzzOptions): FuzzResult {
   // A second placement of the same frame, in other surroundings: a decision that reads past the
   // frame's end or before its start would come out differently.
   const twin = new Uint8Array(GUARD + FRAME_ROOM + GUARD);
-  let policy = newPolicy(random);
+  let policy = newPolicy(0);
   // A lease, so the paths behind "has a lease" are reached too; renewed now and then.
   const ack = dhcpServerFrame({
     messageType: DhcpMessageType.ACK,
@@ -263,10 +266,10 @@ export function runFuzz(options: FuzzOptions): FuzzResult {
     failures.push(`seed ${options.seed} frame ${index} ${direction}: ${what}: ${hex}`);
   };
   for (let index = 0; index < options.frames; index++) {
-    if (index % 100_000 === 0) {
-      policy = newPolicy(random);
+    if (index % POLICY_ROUND === 0) {
+      policy = newPolicy(index / POLICY_ROUND);
       if (random.below(4) !== 0) policy.observeFromHost(ack, 0, ack.length, now);
-      options.progress?.(index);
+      if (index % 100_000 === 0) options.progress?.(index);
     }
     now += random.below(50);
     const offset = GUARD + random.below(16);

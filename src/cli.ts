@@ -11,6 +11,24 @@ import { BROADCAST_MAC, formatMac, isMulticastMac, parseMac } from "./wire/bytes
 
 export const LOG_LEVELS = ["error", "warn", "info", "debug"] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
+export const LOG_FORMATS = ["text", "json"] as const;
+export type LogFormat = (typeof LOG_FORMATS)[number];
+
+/** --capture FILE and its companions: where every frame goes, as pcapng (src/capture). */
+export interface CaptureOptions {
+  path: string;
+  /** --capture-overwrite: truncate FILE if it is a regular file the caller owns (else it must not exist). */
+  overwrite: boolean;
+  /** --capture-limit in bytes: writing stops, cleanly, before the file would grow past it. */
+  limitBytes: number;
+}
+
+/** --capture-limit when none is given: 100 MiB. */
+export const DEFAULT_CAPTURE_LIMIT = "100M";
+/** Room for the file's header blocks and a few frames; smaller limits are a mistake. */
+export const MIN_CAPTURE_LIMIT_BYTES = 4096;
+/** 1 TiB: far beyond any sensible capture, and exact as a double. */
+export const MAX_CAPTURE_LIMIT_BYTES = 2 ** 40;
 
 export interface ExposedPort {
   externalPort: number;
@@ -29,6 +47,8 @@ export interface SoftnetOptions {
   exposedPorts: ExposedPort[];
   bridge: string | undefined;
   logLevel: LogLevel;
+  logFormat: LogFormat;
+  capture: CaptureOptions | undefined;
   sudoEscalationProbing: boolean;
   sudoEscalationDone: boolean;
 }
@@ -45,6 +65,9 @@ Examples:
   Only the host:      softnet ... --block 0.0.0.0/0 --allow @host
   SSH into the VM:    softnet ... --expose 2222:22
   Linux bridge:       softnet --vm-fd 0 --vm-mac-address 12:34:56:78:9a:bc --bridge br0
+  See the frames:     softnet ... --capture vm.pcapng    (then: wireshark vm.pcapng)
+
+Counters: send SIGUSR2 (or press Ctrl-T on macOS: SIGINFO) to print what softnet has done so far.
 
 Exit codes: 0 stopped cleanly (SIGINT, SIGTERM, or the VM closed its end), 1 failure, 2 bad usage.
 Set SENTRY_DSN to report failures to Sentry (tags from CIRRUS_SENTRY_TAGS=k=v,k2=v2).`;
@@ -107,6 +130,25 @@ function buildProgram(collect: { help: string }): Command {
     .addOption(
       new Option("--log-level <level>", "how much to log on stderr").choices(LOG_LEVELS).default("info"),
     )
+    .addOption(
+      new Option("--log-format <format>", "text: lines for people; json: one JSON object per line")
+        .choices(LOG_FORMATS)
+        .default("text"),
+    )
+    .option(
+      "--capture <file>",
+      "write every frame, both directions, to FILE as pcapng (Wireshark, tcpdump), dropped ones with " +
+        "their reason; FILE is created as the user softnet drops to, mode 0600, and must not exist",
+    )
+    .option(
+      "--capture-overwrite",
+      "let --capture truncate FILE when it is a regular file you own (never follows a symlink)",
+    )
+    .option(
+      "--capture-limit <size>",
+      "bytes, or with K, M, G, T (powers of 1024): writing stops before FILE would grow past it " +
+        `(default: ${DEFAULT_CAPTURE_LIMIT})`,
+    )
     .addOption(new Option("--sudo-escalation-probing").hideHelp())
     .addOption(new Option("--sudo-escalation-done").hideHelp())
     .addHelpText("after", CLI_EXAMPLES)
@@ -165,6 +207,8 @@ function validate(raw: Record<string, unknown>): SoftnetOptions {
     exposedPorts: parseExposedPorts(raw.expose as string[] | undefined),
     bridge: parseInterfaceName(raw.bridge as string | undefined),
     logLevel: raw.logLevel as LogLevel,
+    logFormat: raw.logFormat as LogFormat,
+    capture: parseCapture(raw),
     sudoEscalationProbing: raw.sudoEscalationProbing === true,
     sudoEscalationDone: raw.sudoEscalationDone === true,
   };
@@ -263,6 +307,38 @@ function parseInterfaceName(value: string | undefined): string | undefined {
     );
   }
   return value;
+}
+
+function parseCapture(raw: Record<string, unknown>): CaptureOptions | undefined {
+  const path = raw.capture as string | undefined;
+  const limit = raw.captureLimit as string | undefined;
+  if (path === undefined) {
+    if (raw.captureOverwrite === true) throw new UsageError("--capture-overwrite needs --capture FILE");
+    if (limit !== undefined) throw new UsageError("--capture-limit needs --capture FILE");
+    return undefined;
+  }
+  if (path === "") throw invalid("--capture", path, "must name a file");
+  if (path.includes("\0")) throw invalid("--capture", path, "a file name cannot contain a NUL byte");
+  return {
+    path,
+    overwrite: raw.captureOverwrite === true,
+    limitBytes: parseByteSize("--capture-limit", limit ?? DEFAULT_CAPTURE_LIMIT),
+  };
+}
+
+const SIZE_UNITS: Record<string, number> = { "": 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4 };
+
+/** "4096", "100M", "1G", "512KiB", "2GB": whole bytes, or a whole number of K, M, G, T (powers of 1024). */
+export function parseByteSize(flag: string, text: string): number {
+  const match = /^([1-9][0-9]{0,15})\s*(?:([KMGT])(?:i?B)?|B)?$/i.exec(text.trim());
+  const bytes = match === null ? Number.NaN : Number(match[1]) * SIZE_UNITS[(match[2] ?? "").toUpperCase()];
+  if (!Number.isSafeInteger(bytes)) {
+    throw invalid(flag, text, "expected a size such as 100M, 1G or 65536 (K, M, G, T are powers of 1024)");
+  }
+  if (bytes < MIN_CAPTURE_LIMIT_BYTES || bytes > MAX_CAPTURE_LIMIT_BYTES) {
+    throw invalid(flag, text, `must be from ${MIN_CAPTURE_LIMIT_BYTES} bytes (4K) to 1T`);
+  }
+  return bytes;
 }
 
 /** For logs: the rules as the user would write them. */

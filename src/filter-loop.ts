@@ -17,6 +17,13 @@ import type { FrameBatch, FrameLink } from "./platform/link.ts";
 import { type Policy, SnoopEvent } from "./policy/policy.ts";
 import { isPass, REASON_COUNT, REASON_EXPLANATIONS, Reason, reasonName } from "./policy/reasons.ts";
 import { reportWarningOnce } from "./sentry.ts";
+import {
+  describeLease,
+  TrafficCounters,
+  TrafficDirection,
+  type TrafficDirectionCode,
+  UNSENT,
+} from "./stats.ts";
 import { formatIpv4, formatMac } from "./wire/bytes.ts";
 import { describeFrame } from "./wire/describe.ts";
 
@@ -41,6 +48,14 @@ export interface FilterLoopOptions {
   onLeaseChange?: () => void;
   /** Called once when the loop must stop. */
   onStop: (cause: StopCause) => void;
+  /** --capture: sees every batch with its verdicts, after the send (src/capture). */
+  capture?: FrameRecorder;
+}
+
+/** What the loop hands each batch to, besides its own counters. */
+export interface FrameRecorder {
+  /** Slots 0..count of batch; verdicts[slot] is the policy's reason, plus UNSENT if it did not fit. */
+  recordBatch(direction: TrafficDirectionCode, batch: FrameBatch, verdicts: Uint8Array, count: number): void;
 }
 
 /** Reasons that mean a guest tried to impersonate someone: logged at warn, others at debug. */
@@ -57,6 +72,11 @@ export class FilterLoop {
   droppedToVm = 0;
   forwardedToHost = 0;
   forwardedToVm = 0;
+  /** Frames and bytes each way, per reason (the counters softnet prints on SIGUSR2 and at exit). */
+  readonly traffic = new TrafficCounters();
+  /** Per direction, the verdict of every slot of the last batch (see record()). */
+  private readonly vmVerdicts: Uint8Array;
+  private readonly hostVerdicts: Uint8Array;
   private readonly vmSlots: Uint16Array;
   private readonly hostSlots: Uint16Array;
   private readonly dropLog = new RateLimiter(REASON_COUNT, 5, 1);
@@ -70,6 +90,8 @@ export class FilterLoop {
   constructor(private readonly options: FilterLoopOptions) {
     this.vmSlots = new Uint16Array(options.vmBatch.capacity);
     this.hostSlots = new Uint16Array(options.hostBatch.capacity);
+    this.vmVerdicts = new Uint8Array(options.vmBatch.capacity);
+    this.hostVerdicts = new Uint8Array(options.hostBatch.capacity);
     this.debugEnabled = options.logger.enabled("debug");
   }
 
@@ -89,11 +111,13 @@ export class FilterLoop {
       for (let slot = 0; slot < received; slot++) {
         const offset = slot * batch.slotSize;
         const reason = policy.decideFromVm(batch.bytes, offset, batch.lengths[slot], now);
+        this.vmVerdicts[slot] = reason;
         if (isPass(reason)) slots[accepted++] = slot;
         else this.logDrop("from VM", reason, batch, slot, now);
       }
+      let sent = 0;
       if (accepted > 0) {
-        const sent = host.send(batch, slots, accepted);
+        sent = host.send(batch, slots, accepted);
         if (sent < 0) {
           this.stop({ kind: "fatal", error: new Error(`${host.description} went away`) });
           return false;
@@ -101,6 +125,7 @@ export class FilterLoop {
         this.forwardedToHost += sent;
         this.droppedToHost += accepted - sent;
       }
+      this.record(TrafficDirection.FROM_VM, batch, received, slots, accepted, sent);
       handled += received;
       if (received < batch.capacity) return false;
     }
@@ -120,13 +145,15 @@ export class FilterLoop {
       for (let slot = 0; slot < received; slot++) {
         const offset = slot * batch.slotSize;
         const reason = policy.observeFromHost(batch.bytes, offset, batch.lengths[slot], now);
+        this.hostVerdicts[slot] = reason;
         if (isPass(reason)) slots[accepted++] = slot;
         else this.logDrop("to VM", reason, batch, slot, now);
       }
       if (policy.lastSnoopEvent !== SnoopEvent.NONE) this.leaseEvent(now);
       if (policy.gatewayMacChanges !== this.gatewayMacChangesSeen) this.gatewayMacEvent();
+      let sent = 0;
       if (accepted > 0) {
-        const sent = vm.send(batch, slots, accepted);
+        sent = vm.send(batch, slots, accepted);
         if (sent < 0) {
           this.stop({ kind: "vm-closed" });
           return false;
@@ -138,6 +165,7 @@ export class FilterLoop {
           reportWarningOnce("enobufs-to-vm", "frames to the VM dropped: its socket buffer is full (ENOBUFS)");
         }
       }
+      this.record(TrafficDirection.FROM_HOST, batch, received, slots, accepted, sent);
       handled += received;
       if (received < batch.capacity) return false;
     }
@@ -150,21 +178,26 @@ export class FilterLoop {
     const valid = this.options.policy.lease.isValidAt(now);
     if (this.leaseWasValid && !valid) {
       this.leaseWasValid = false;
-      this.options.logger.info(
-        `lease for ${formatIpv4(this.options.policy.lease.address)} expired; the VM must renew it`,
-      );
+      const address = formatIpv4(this.options.policy.lease.address);
+      this.options.logger.info(`lease for ${address} expired; the VM must renew it`, "lease-expired", {
+        lease: { address },
+      });
       this.options.onLeaseChange?.();
     }
   }
 
-  /** A line like "dropped since last summary: 3 mac-spoof, 1 not-allowed-destination", or "". */
-  dropSummary(): string {
+  /**
+   * A line like "dropped since last summary: 3 mac-spoof, 1 not-allowed-destination", or "".
+   * `counts`, when given, receives the same per reason (for JSON logs).
+   */
+  dropSummary(counts?: Record<string, number>): string {
     const counters = this.options.policy.counters;
     const parts: string[] = [];
     for (let reason = 0; reason < REASON_COUNT; reason++) {
       if (isPass(reason as never)) continue;
       const delta = counters[reason] - this.countersAtLastSummary[reason];
       if (delta > 0) parts.push(`${delta} ${reasonName(reason)}`);
+      if (delta > 0 && counts !== undefined) counts[reasonName(reason)] = delta;
       this.countersAtLastSummary[reason] = counters[reason];
     }
     const toHost = this.droppedToHost - this.unsentAtLastSummary[0];
@@ -179,6 +212,24 @@ export class FilterLoop {
     if (this.stopped) return;
     this.stopped = true;
     this.options.onStop(cause);
+  }
+
+  /**
+   * After a batch was sent on: marks the accepted slots that did not fit (slots[sent..accepted))
+   * UNSENT, then counts the batch and hands it to the capture. Allocates nothing.
+   */
+  private record(
+    direction: TrafficDirectionCode,
+    batch: FrameBatch,
+    received: number,
+    slots: Uint16Array,
+    accepted: number,
+    sent: number,
+  ): void {
+    const verdicts = direction === TrafficDirection.FROM_VM ? this.vmVerdicts : this.hostVerdicts;
+    for (let i = sent; i < accepted; i++) verdicts[slots[i]] |= UNSENT;
+    this.traffic.recordBatch(direction, batch, verdicts, received);
+    this.options.capture?.recordBatch(direction, batch, verdicts, received);
   }
 
   private receive(link: FrameLink, batch: FrameBatch): number {
@@ -208,10 +259,15 @@ export class FilterLoop {
         Array.from(lease.dnsServers.subarray(0, lease.dnsServerCount), formatIpv4).join(", ") || "none";
       logger.info(
         `lease ${this.leaseWasValid ? "renewed" : "learned"}: ${formatIpv4(lease.address)} for ${seconds}, DNS ${dns}`,
+        this.leaseWasValid ? "lease-renewed" : "lease-learned",
+        { lease: describeLease(lease, now) },
       );
       this.leaseWasValid = true;
     } else {
-      logger.info("lease refused by the DHCP server (NAK): the VM has no address until it asks again");
+      logger.info(
+        "lease refused by the DHCP server (NAK): the VM has no address until it asks again",
+        "lease-refused",
+      );
       this.leaseWasValid = false;
     }
     policy.lastSnoopEvent = SnoopEvent.NONE;
@@ -223,7 +279,8 @@ export class FilterLoop {
     const { policy, logger } = this.options;
     const first = this.gatewayMacChangesSeen === 0;
     this.gatewayMacChangesSeen = policy.gatewayMacChanges;
-    logger.info(`gateway MAC ${first ? "is" : "changed to"} ${formatMac(policy.gatewayMac)}`);
+    const mac = formatMac(policy.gatewayMac);
+    logger.info(`gateway MAC ${first ? "is" : "changed to"} ${mac}`, "gateway-mac", { mac, changed: !first });
   }
 
   /** Logs a dropped frame: spoofing by the VM at warn, anything else at debug, rate-limited per reason. */
@@ -235,7 +292,14 @@ export class FilterLoop {
     const frame = describeFrame(batch.bytes, slot * batch.slotSize, batch.lengths[slot]);
     const more = suppressed > 0 ? ` (${suppressed} more like it not logged)` : "";
     const line = `dropped ${direction}: ${reasonName(reason)}: ${REASON_EXPLANATIONS[reason]}: ${frame}${more}`;
-    if (spoof) this.options.logger.warn(line);
-    else this.options.logger.debug(line);
+    const fields = {
+      direction: direction === "from VM" ? "from-vm" : "to-vm",
+      reason: reasonName(reason),
+      explanation: REASON_EXPLANATIONS[reason],
+      frame,
+      suppressed_before: suppressed,
+    };
+    if (spoof) this.options.logger.warn(line, "drop", fields);
+    else this.options.logger.debug(line, "drop", fields);
   }
 }

@@ -7,6 +7,7 @@ import type { SoftnetOptions } from "./cli.ts";
  */
 import { parseCommandLine } from "./cli.ts";
 import { describeError, exitCodeFor } from "./errors.ts";
+import { fatalLine } from "./log.ts";
 import { enableErrorReports, errorReportsWanted, reportFatal } from "./sentry.ts";
 
 export async function main(args: readonly string[]): Promise<number> {
@@ -27,7 +28,7 @@ export async function main(args: readonly string[]): Promise<number> {
     return await runSoftnet(parsed.options);
   } catch (error) {
     const line = describeError(error);
-    process.stderr.write(`softnet: ${line}\n`);
+    process.stderr.write(fatalLine(parsed.options.logFormat, line));
     await reportFatalUnprivileged(error, line, parsed.options);
     return exitCodeFor(error);
   }

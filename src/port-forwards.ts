@@ -77,7 +77,10 @@ export class PortForwards {
       const address = this.installedFor;
       this.installedFor = -1;
       await this.backend.removeAll();
-      this.logger.info(`port forwards to ${formatIpv4(address)} removed`);
+      this.logger.info(`port forwards to ${formatIpv4(address)} removed`, "forwards-removed", {
+        address: formatIpv4(address),
+        reason: "exit",
+      });
     }
   }
 
@@ -90,15 +93,32 @@ export class PortForwards {
       try {
         if (desired === -1) {
           await this.backend.removeAll();
-          this.logger.info(`port forwards removed (${list}): the VM has no valid lease`);
+          this.logger.info(`port forwards removed (${list}): the VM has no valid lease`, "forwards-removed", {
+            ports: list,
+            reason: "no-lease",
+          });
         } else {
           await this.backend.install(this.ports, desired);
-          this.logger.info(`port forwards installed: TCP ${list} to ${formatIpv4(desired)}`);
+          this.logger.info(
+            `port forwards installed: TCP ${list} to ${formatIpv4(desired)}`,
+            "forwards-installed",
+            {
+              ports: list,
+              address: formatIpv4(desired),
+            },
+          );
         }
         this.installedFor = desired;
       } catch (error) {
         // Not fatal: the VM keeps its network; the next lease change or tick tries again.
-        this.logger.error(`could not update port forwards (${list}): ${describeError(error)}`);
+        this.logger.error(
+          `could not update port forwards (${list}): ${describeError(error)}`,
+          "forwards-failed",
+          {
+            ports: list,
+            error: describeError(error),
+          },
+        );
         return;
       }
     } while (this.again && !this.closed);

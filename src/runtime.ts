@@ -18,6 +18,7 @@ import { Policy } from "./policy/policy.ts";
 import { allowsEverything, RuleTable } from "./policy/rules.ts";
 import { checkExposedPortsAllowed, type PortForwardBackend, PortForwards } from "./port-forwards.ts";
 import { enableErrorReports } from "./sentry.ts";
+import { counterReport } from "./stats.ts";
 import { formatIpv4, formatMac } from "./wire/bytes.ts";
 
 /** Frames per receive call, per direction: enough to amortise a syscall, small enough to stay in cache. */
@@ -35,7 +36,7 @@ export interface DarwinPlatform {
 }
 
 export async function runSoftnet(options: SoftnetOptions): Promise<number> {
-  const logger = new Logger(options.logLevel);
+  const logger = new Logger(options.logLevel, undefined, { format: options.logFormat });
   if (process.platform === "linux") return runOnLinux(options, logger);
   if (process.platform === "darwin") {
     const { MACOS_LIBRARIES } = await import("./platform/darwin/system.ts");
@@ -82,7 +83,10 @@ class Cleanups {
       try {
         await step();
       } catch (error) {
-        this.logger.error(`cleanup failed: ${error instanceof Error ? error.message : String(error)}`);
+        this.logger.error(
+          `cleanup failed: ${error instanceof Error ? error.message : String(error)}`,
+          "cleanup-failed",
+        );
       }
     }
   }
@@ -263,6 +267,16 @@ export async function runOnDarwin(
   }
 }
 
+/**
+ * The signals that ask for the counters. SIGINFO exists on macOS (Ctrl-T, sys/signal.h) and not
+ * on Linux; Bun maps the name "SIGINFO" to the platform's SIGINFO where <signal.h> defines it
+ * (oven-sh/bun src/bun.js/bindings/BunProcess.cpp, loadSignalNumberMap), so it is only asked for
+ * where it exists.
+ */
+export function counterSignalsOf(platform: NodeJS.Platform): NodeJS.Signals[] {
+  return platform === "darwin" ? ["SIGUSR2", "SIGINFO"] : ["SIGUSR2"];
+}
+
 /** The part that is the same on every platform: policy, loop, readiness, timers, signals. */
 async function runFilter(setup: FilterSetup): Promise<number> {
   const { options, logger, vm, host, cleanups } = setup;
@@ -276,7 +290,24 @@ async function runFilter(setup: FilterSetup): Promise<number> {
     rules: RuleTable.compile(options.rules, host.gateway),
   });
   const clock = () => performance.now();
+  const startedAtMs = clock();
   const slotSize = Math.max(host.maxFrameSize, 1518);
+
+  // --capture (src/capture). runFilter runs after the privilege drop on every platform, so the
+  // file is opened as the user softnet now is, never as root.
+  let capture: import("./capture/capture.ts").FrameCapture | undefined;
+  if (options.capture !== undefined) {
+    const { openCapture } = await import("./capture/capture.ts");
+    capture = openCapture(options.capture, {
+      logger,
+      vmMac: options.vmMac,
+      hostLink: host.description,
+      maxFrameBytes: slotSize,
+    });
+    const opened = capture;
+    cleanups.add(() => opened.close());
+  }
+
   let forwards: PortForwards | undefined;
   let resolveStop!: (cause: StopCause) => void;
   const stopped = new Promise<StopCause>((resolve) => {
@@ -292,6 +323,7 @@ async function runFilter(setup: FilterSetup): Promise<number> {
     clock,
     onLeaseChange: () => void forwards?.reconcile(),
     onStop: (cause) => resolveStop(cause),
+    capture,
   });
   if (setup.forwardBackend !== undefined) {
     const forwardBackend = setup.forwardBackend;
@@ -304,8 +336,17 @@ async function runFilter(setup: FilterSetup): Promise<number> {
 
   const reactor = new Reactor(setup.reactorBackend);
   cleanups.add(() => reactor.close());
-  reactor.watch(vm.pollFd, () => loop.drainFromVm(DRAIN_BUDGET));
-  reactor.watch(host.pollFd, () => loop.drainFromHost(DRAIN_BUDGET));
+  // The capture is written once per drain (one write for up to DRAIN_BUDGET frames), not per frame.
+  reactor.watch(vm.pollFd, () => {
+    const more = loop.drainFromVm(DRAIN_BUDGET);
+    capture?.flush();
+    return more;
+  });
+  reactor.watch(host.pollFd, () => {
+    const more = loop.drainFromHost(DRAIN_BUDGET);
+    capture?.flush();
+    return more;
+  });
 
   let ticks = 0;
   const timer = setInterval(() => {
@@ -313,13 +354,14 @@ async function runFilter(setup: FilterSetup): Promise<number> {
     if (setup.vmEndClosed()) loop.stop({ kind: "vm-closed" });
     void forwards?.reconcile(); // retries a failed update; a no-op when nothing changed
     if (++ticks % DROP_SUMMARY_EVERY_TICKS === 0) {
-      const summary = loop.dropSummary();
-      if (summary !== "") logger.info(`dropped in the last minute: ${summary}`);
+      const dropped: Record<string, number> = {};
+      const summary = loop.dropSummary(dropped);
+      if (summary !== "") logger.info(`dropped in the last minute: ${summary}`, "drop-summary", { dropped });
     }
   }, TICK_MS);
   cleanups.add(() => clearInterval(timer));
   const onSignal = (signal: NodeJS.Signals) => {
-    logger.info(`${signal} received: stopping`);
+    logger.info(`${signal} received: stopping`, "signal", { signal });
     loop.stop({ kind: "signal", signal });
   };
   process.on("SIGINT", onSignal);
@@ -329,21 +371,63 @@ async function runFilter(setup: FilterSetup): Promise<number> {
     process.off("SIGTERM", onSignal);
   });
 
+  // Counters on demand: SIGUSR2 everywhere; SIGINFO (Ctrl-T in a terminal) where the system has it.
+  const exposed = options.exposedPorts.map((port) => `${port.externalPort}→${port.internalPort}`).join(", ");
+  const printCounters = (trigger: string, force: boolean) => {
+    capture?.flush(); // so the file holds everything the counters count
+    const report = counterReport({
+      trigger,
+      traffic: loop.traffic,
+      lease: policy.lease,
+      nowMs: clock(),
+      startedAtMs,
+      exposed,
+      forwardsInstalledFor: forwards?.installedAddress ?? -1,
+      capture: capture?.status,
+    });
+    logger.report("info", report.lines, "counters", report.fields, force);
+  };
+  const counterSignals = counterSignalsOf(process.platform);
+  const onCounterSignal = (signal: NodeJS.Signals) => printCounters(signal, true);
+  for (const signal of counterSignals) process.on(signal, onCounterSignal);
+  cleanups.add(() => {
+    for (const signal of counterSignals) process.off(signal, onCounterSignal);
+  });
+
   logger.info(
     `forwarding for VM ${formatMac(options.vmMac)} on fd ${options.vmFd} through ${host.description} ` +
       `(gateway ${formatIpv4(host.gateway)}/${host.prefixLength}, MTU ${host.mtu}, ` +
       `${setup.isolate ? "isolated from other VMs" : "not isolated: --allow 0.0.0.0/0"}); ` +
-      `rules: ${describeRules(options.rules)}; running as ${setup.runningAs}`,
+      `rules: ${describeRules(options.rules)}; running as ${setup.runningAs}` +
+      (options.capture === undefined ? "" : `; capturing to ${options.capture.path}`),
+    "startup",
+    {
+      vm_mac: formatMac(options.vmMac),
+      vm_fd: options.vmFd,
+      host_link: host.description,
+      gateway: formatIpv4(host.gateway),
+      prefix_length: host.prefixLength,
+      mtu: host.mtu,
+      isolated: setup.isolate,
+      rules: describeRules(options.rules),
+      exposed: exposed === "" ? null : exposed,
+      running_as: setup.runningAs,
+      capture: options.capture?.path ?? null,
+    },
   );
 
   const cause = await stopped;
-  const summary = loop.dropSummary();
+  const dropped: Record<string, number> = {};
+  const summary = loop.dropSummary(dropped);
   const why =
     cause.kind === "fatal" ? "failure" : cause.kind === "signal" ? cause.signal : "the VM closed its end";
   logger.info(
     `stopped (${why}): forwarded ${loop.forwardedToHost} frames to the host and ${loop.forwardedToVm} to the VM` +
       `${summary === "" ? "" : `; dropped: ${summary}`}`,
+    "stop",
+    { cause: why, forwarded_to_host: loop.forwardedToHost, forwarded_to_vm: loop.forwardedToVm, dropped },
   );
+  printCounters("exit", false);
   if (cause.kind === "fatal") throw new SoftnetError("the filter loop failed", { cause: cause.error });
   return 0;
 }

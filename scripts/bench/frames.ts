@@ -8,7 +8,9 @@
  * softnet, softnet, C, ...), so that slow drifts of this shared machine hit both alike; each cell
  * reports the median of its repetitions.
  */
-import { resolve } from "node:path";
+import { chownSync, existsSync, mkdtempSync, rmSync, truncateSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
 import { DhcpMessageType } from "../../src/wire/dhcp.ts";
 import { closeFd, datagramSocketPair } from "../../test/e2e/lib/socketpair.ts";
 import { dhcpClientFrame, dhcpServerFrame, GATEWAY, VM_IP, VM_MAC } from "../../test/support/frames.ts";
@@ -40,8 +42,10 @@ const GLOBAL_DESTINATION = "8.8.8.8";
 export type Direction = "vm-to-host" | "host-to-vm";
 export const DIRECTIONS: Direction[] = ["vm-to-host", "host-to-vm"];
 export const SIZES = [64, 1500] as const;
-export type ForwarderName = "C relay" | "softnet" | "null forwarder";
-type RealForwarder = "C relay" | "softnet";
+export type ForwarderName = "C relay" | "softnet" | "softnet --capture" | "null forwarder";
+type RealForwarder = "C relay" | "softnet" | "softnet --capture";
+/** softnet with --capture into a file on tmpfs: what capturing every frame costs. */
+export const CAPTURING = "softnet --capture";
 
 export interface Timing {
   warmupSeconds: number;
@@ -51,6 +55,8 @@ export interface Timing {
   firstFrameStarts: number;
   /** Generator on CPU 0, forwarder on CPU 1 (taskset), instead of leaving placement to the scheduler. */
   pin: boolean;
+  /** Also run softnet with --capture (a third forwarder). */
+  capture: boolean;
 }
 
 /** What the tools print for one run (see tools.c). */
@@ -106,6 +112,8 @@ export interface ProcessFigures {
   uidAfterStart?: string;
   exitStatusOnSigint?: number;
   lastLogLine?: string;
+  /** softnet --capture: its counters' capture line at exit (frames, bytes, state). */
+  captureState?: string;
 }
 
 export interface FirstFrame {
@@ -131,6 +139,8 @@ interface Forwarder {
   /** The VM end of its socketpair (ours). */
   vmEnd: number;
   output: Output;
+  /** softnet --capture: its capture file. */
+  capturePath?: string;
   running(): boolean;
   stop(): Promise<number>;
 }
@@ -237,7 +247,21 @@ export class FrameBench {
     sh(["bridge", "-n", this.namespace, "fdb", "replace", VM_MAC, "dev", port, "master", "static"]);
   }
 
+  /**
+   * A directory on tmpfs (/dev/shm) that the user softnet drops to (nobody) may write to: the
+   * capture then costs what the writer costs, not what a disk costs.
+   */
+  private captureFile(): string {
+    const directory = mkdtempSync(
+      join(existsSync("/dev/shm") ? "/dev/shm" : tmpdir(), "softnet-bench-capture-"),
+    );
+    chownSync(directory, 65534, 65534);
+    this.resources.onCleanup(() => rmSync(directory, { recursive: true, force: true }));
+    return join(directory, "bench.pcapng");
+  }
+
   private async startForwarder(name: RealForwarder): Promise<Forwarder> {
+    const capturePath = name === CAPTURING ? this.captureFile() : undefined;
     const argv =
       name === "C relay"
         ? this.ns([this.programs.relay, "0", RELAY_TAP, BRIDGE])
@@ -250,6 +274,7 @@ export class FrameBench {
             VM_MAC,
             "--bridge",
             BRIDGE,
+            ...(capturePath === undefined ? [] : ["--capture", capturePath, "--capture-limit", "1T"]),
           ]);
     const pair = datagramSocketPair();
     const before = new Set(this.portsWithCarrier());
@@ -268,6 +293,7 @@ export class FrameBench {
       port: "",
       vmEnd: pair.vmEnd,
       output,
+      capturePath,
       running,
       async stop() {
         if (running()) {
@@ -284,7 +310,7 @@ export class FrameBench {
     };
     try {
       forwarder.port = await this.waitForPort((ports) => ports.find((port) => !before.has(port)), running);
-      if (name === "softnet") await output.waitFor(/forwarding for VM/, 10_000, running);
+      if (name !== "C relay") await output.waitFor(/forwarding for VM/, 10_000, running);
       this.pinVmMac(forwarder.port);
       // The lease: a DHCP ACK from the gateway for VM_IP, injected on the host side.
       const ack = dhcpServerFrame({
@@ -302,7 +328,7 @@ export class FrameBench {
         this.ns([this.programs.tools, "inject", GEN_TAP, "3", "20", hex(ack)]),
       );
       if (injected.code !== 0) throw new Error(`cannot inject the DHCP ACK: ${injected.stderr.trim()}`);
-      if (name === "softnet") await output.waitFor(/lease learned/, 5_000, running);
+      if (name !== "C relay") await output.waitFor(/lease learned/, 5_000, running);
     } catch (error) {
       await forwarder.stop();
       throw new Error(`${describeError(error)}\n${output.text.trim()}`);
@@ -470,10 +496,16 @@ export class FrameBench {
    */
   async measureForwarders(): Promise<boolean> {
     const forwarders: Forwarder[] = [];
-    // softnet first: it refuses to start while the bridge has its VM MAC on another port, and the
-    // relay's port gets VM_MAC pinned as soon as it is up (softnet's own pin is then moved by
-    // `fdb replace` before each host→VM run, which the kernel allows).
-    for (const name of ["softnet", "C relay"] as RealForwarder[]) {
+    // softnets first: one refuses to start while the bridge has its VM MAC on another port, so the
+    // pin of the softnet started before it is taken off first (each host→VM run pins VM_MAC to the
+    // port under test again with `fdb replace`); the relay's port gets VM_MAC pinned once it is up.
+    const names: RealForwarder[] = this.timing.capture
+      ? ["softnet", CAPTURING, "C relay"]
+      : ["softnet", "C relay"];
+    for (const name of names) {
+      for (const started of forwarders) {
+        shMaybe(["bridge", "-n", this.namespace, "fdb", "del", VM_MAC, "dev", started.port, "master"]);
+      }
       try {
         forwarders.push(await this.startForwarder(name));
         this.results.process[name] = {};
@@ -504,6 +536,9 @@ export class FrameBench {
                   forwarder.port,
                   forwarder.pid,
                 );
+                // The capture file lives on tmpfs: empty it after every run. softnet's write offset
+                // stays where it was, so the file becomes sparse and its holes cost no memory.
+                if (forwarder.capturePath !== undefined) truncateSync(forwarder.capturePath, 0);
                 const key = `${forwarder.name}/${direction}/${size}`;
                 runs.set(key, [...(runs.get(key) ?? []), cell]);
                 this.say(`${this.describeRun(cell)} [${repetition + 1}/${this.timing.repetitions}]`);
@@ -541,6 +576,11 @@ export class FrameBench {
       for (const forwarder of forwarders) {
         const figures = this.results.process[forwarder.name]!;
         figures.exitStatusOnSigint = await forwarder.stop();
+        figures.captureState = forwarder.output.text
+          .split("\n")
+          .filter((line) => /capture: \d+ frames/.test(line))
+          .pop()
+          ?.replace(/^.*capture: /, "");
         figures.lastLogLine = forwarder.output.text
           .trim()
           .split("\n")

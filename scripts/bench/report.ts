@@ -35,6 +35,8 @@ export interface Report {
     idleSeconds: number;
     iperfSeconds: number;
     pin: boolean;
+    /** softnet --capture was measured too. */
+    capture: boolean;
   };
   frames: FrameResults;
   ratios: Array<{
@@ -156,6 +158,40 @@ export function header(machine: Machine, config: Report["config"]): string[] {
   ];
 }
 
+/** softnet --capture against softnet without it: the price of writing every frame to a file. */
+function renderCaptureCost(report: Report): string[] {
+  const { frames } = report;
+  const lines = [
+    "",
+    "The cost of --capture (every frame, both directions, into a pcapng file on tmpfs; the file is emptied between runs)",
+  ];
+  const rows: string[][] = [
+    ["cell", "softnet frames/s", "with --capture", "--capture / softnet", "CPU without → with"],
+  ];
+  for (const direction of ["vm-to-host", "host-to-vm"] as Direction[]) {
+    for (const size of [64, 1500]) {
+      const plain = findCell(frames, "softnet", direction, size);
+      const capturing = findCell(frames, "softnet --capture", direction, size);
+      rows.push([
+        `${ARROW[direction]} ${size} B`,
+        plain ? integer(plain.framesPerSecond) : "not measured",
+        capturing ? integer(capturing.framesPerSecond) : "not measured",
+        plain && capturing && plain.framesPerSecond > 0
+          ? percent(capturing.framesPerSecond / plain.framesPerSecond)
+          : "n/a",
+        plain && capturing ? `${percent(plain.forwarderCpu, 0)} → ${percent(capturing.forwarderCpu, 0)}` : "",
+      ]);
+    }
+  }
+  lines.push(...table(rows, [false, true, true, true, true]).map((line) => `  ${line}`));
+  const figures = frames.process["softnet --capture"];
+  if (figures?.captureState !== undefined) {
+    lines.push(`  softnet --capture's counters at exit: ${figures.captureState}`);
+  }
+  lines.push("  (figures, not judgements: timings are never asserted; the ratio is of the median runs)");
+  return lines;
+}
+
 export function render(report: Report): string[] {
   const { frames } = report;
   const lines: string[] = [];
@@ -185,7 +221,8 @@ export function render(report: Report): string[] {
   const kilo = (value: number) => `${Math.round(value / 1000)}k`;
   for (const direction of ["vm-to-host", "host-to-vm"] as Direction[]) {
     for (const size of [64, 1500]) {
-      for (const forwarder of ["C relay", "softnet", "null forwarder"]) {
+      for (const forwarder of ["C relay", "softnet", "softnet --capture", "null forwarder"]) {
+        if (forwarder === "softnet --capture" && !report.config.capture) continue;
         const cell = findCell(frames, forwarder, direction, size);
         const name = forwarder === "null forwarder" ? "(generator alone)" : forwarder;
         if (!cell) {
@@ -263,6 +300,8 @@ export function render(report: Report): string[] {
     });
     lines.push(`  (frames/s and Gbit/s ratios are the same figure at a fixed size: ${mixed.join("; ")})`);
   }
+
+  if (report.config.capture) lines.push(...renderCaptureCost(report));
 
   lines.push("", "softnet process");
   const softnet = frames.process.softnet;

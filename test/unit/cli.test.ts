@@ -39,6 +39,8 @@ describe("valid command lines", () => {
       exposedPorts: [],
       bridge: undefined,
       logLevel: "info",
+      logFormat: "text",
+      capture: undefined,
       sudoEscalationProbing: false,
       sudoEscalationDone: false,
     });

@@ -103,7 +103,11 @@ export async function privilegeChecks(list: Checklist, context: DoctorContext): 
       "privileges.root",
       "the doctor runs as root",
       `uid 0${viaSudo === undefined ? "" : ` (through sudo, for uid ${viaSudo})`}: every check can run`,
-      { realUid: started.realUid, effectiveUid: started.effectiveUid },
+      {
+        realUid: started.realUid,
+        effectiveUid: started.effectiveUid,
+        effectiveUidNow: context.identity.geteuid(),
+      },
     );
   } else {
     list.problem(
@@ -114,7 +118,11 @@ export async function privilegeChecks(list: Checklist, context: DoctorContext): 
             "(it must not let anyone act as root), so the checks that need root do not run"
         : `running as uid ${started.realUid}: the checks that need root do not run`,
       'run it as root: sudo softnet doctor ... (add --path "$PATH" to check which softnet Tart finds)',
-      { realUid: started.realUid, effectiveUid: started.effectiveUid },
+      {
+        realUid: started.realUid,
+        effectiveUid: started.effectiveUid,
+        effectiveUidNow: context.identity.geteuid(),
+      },
     );
   }
 

@@ -14,7 +14,6 @@ import { isAbsolute, join, resolve } from "node:path";
 import {
   escalationCommand,
   type IdentityCalls,
-  isRootOwnedAndLocked,
   ROOT_OWNED_COPY,
   SUDO_PATH,
   selfCommand,
@@ -369,14 +368,4 @@ export function pathCheck(list: Checklist, context: DoctorContext): void {
       { ...values, resolved },
     );
   }
-}
-
-/** A locked copy at ROOT_OWNED_COPY, for the JSON report. */
-export function rootOwnedCopyState(): "absent" | "locked" | "not locked" {
-  try {
-    statSync(ROOT_OWNED_COPY);
-  } catch {
-    return "absent";
-  }
-  return isRootOwnedAndLocked(ROOT_OWNED_COPY) ? "locked" : "not locked";
 }

@@ -400,10 +400,10 @@ async function tapAndDhcp(
     tapValues.portState = stateName;
     tapValues.forwardingAfterMs = waitedMs;
     if (state !== BR_STATE_FORWARDING) {
-      list.skipped(
+      list.problem(
         "linux.dhcp",
         titles.dhcpTitle,
-        `not checked: the port is still ${stateName} after ${waitedMs} ms`,
+        `no frame can pass: the new port is still ${stateName} after ${waitedMs} ms`,
         `with STP on, VMs wait 2 × forward delay (${forwardDelay} s) before any frame passes: ` +
           `ip link set ${bridge} type bridge stp_state 0, or forward_delay 0`,
       );

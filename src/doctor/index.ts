@@ -13,7 +13,7 @@
  * saved setting) run, the results so far are printed, and the doctor exits 130/143.
  */
 import { release } from "node:os";
-import { SoftnetError, UsageError } from "../errors.ts";
+import { describeError, SoftnetError, UsageError } from "../errors.ts";
 import type { DarwinSystem } from "../platform/darwin/system.ts";
 import {
   asTargetUser,
@@ -26,7 +26,7 @@ import { COMMIT, VERSION } from "../version.ts";
 import type { DoctorOptions } from "./cli.ts";
 import { type DoctorContext, pathCheck, privilegeChecks, selfFile, versionCheck } from "./common.ts";
 import type { DarwinDoctorPlatform } from "./darwin.ts";
-import { type BridgeAccessList, BUILT_IN_BRIDGE_ACL, listBridges } from "./linux.ts";
+import { type BridgeAccessList, builtInBridgeAccessList, listBridges } from "./linux.ts";
 import { Checklist, type DoctorReport, exitCodeOf, formatChecklist, formatJson } from "./report.ts";
 
 export async function runDoctor(options: DoctorOptions): Promise<number> {
@@ -42,7 +42,7 @@ export async function runDoctor(options: DoctorOptions): Promise<number> {
 
 export async function runLinuxDoctor(
   options: DoctorOptions,
-  accessList: BridgeAccessList | undefined = BUILT_IN_BRIDGE_ACL,
+  accessListOverride?: BridgeAccessList,
 ): Promise<number> {
   const bridge = options.bridge;
   if (bridge === undefined) {
@@ -55,6 +55,7 @@ export async function runLinuxDoctor(
   }
   const { linuxIdentityCalls } = await import("../platform/privileges.ts");
   const { linuxChecks } = await import("./linux.ts");
+  const accessList = accessListOverride ?? (await builtInBridgeAccessList());
   return doctorRun(
     options,
     linuxIdentityCalls,
@@ -168,6 +169,14 @@ async function doctorRun(
     await privilegeChecks(list, context);
     pathCheck(list, context);
     await platformChecks(list, context);
+  } catch (error) {
+    // A bug, not a finding: still print what was found, with the error where the checks stopped.
+    list.problem(
+      "doctor",
+      "the doctor ran every check",
+      `it stopped: ${describeError(error)}`,
+      "report this as a bug, with this output",
+    );
   } finally {
     runCleanups();
     process.off("SIGINT", onSignal);

@@ -26,10 +26,8 @@ export interface LinuxDoctorOptions {
 }
 
 /**
- * Who may use which bridge, as this build of softnet enforces it. The access list
- * (/etc/softnet/bridge.conf) is other work in progress (issue 9): when it lands, BUILT_IN_BRIDGE_ACL
- * becomes `{ path: BRIDGE_ACL_PATH, enforce: enforceBridgeAcl }` from
- * src/platform/linux/bridge-acl-file.ts. Until then this build limits no one.
+ * Who may use which bridge, as this build of softnet enforces it: the access list
+ * /etc/softnet/bridge.conf, other work of issue 9 that is not on this branch yet.
  */
 export interface BridgeAccessList {
   /** The file the list is read from, for messages. */
@@ -41,7 +39,15 @@ export interface BridgeAccessList {
   enforce(bridge: string, realUid: number, env: Readonly<Record<string, string | undefined>>): void;
 }
 
-export const BUILT_IN_BRIDGE_ACL: BridgeAccessList | undefined = undefined;
+/**
+ * The access list softnet itself enforces, or undefined when this build has none. When the issue 9
+ * work lands, this becomes (loaded lazily: that module binds glibc, and macOS imports this file):
+ *   const { BRIDGE_ACL_PATH, enforceBridgeAcl } = await import("../platform/linux/bridge-acl-file.ts");
+ *   return { path: BRIDGE_ACL_PATH, enforce: enforceBridgeAcl };
+ */
+export async function builtInBridgeAccessList(): Promise<BridgeAccessList | undefined> {
+  return undefined;
+}
 
 const IP_LOCATIONS = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"] as const;
 const IFF_UP = 0x1; // <linux/if.h>
@@ -101,7 +107,7 @@ export async function linuxChecks(
   list: Checklist,
   context: DoctorContext,
   options: LinuxDoctorOptions,
-  accessList: BridgeAccessList | undefined = BUILT_IN_BRIDGE_ACL,
+  accessList: BridgeAccessList | undefined,
 ): Promise<void> {
   const { bridge } = options;
 
@@ -198,40 +204,7 @@ export async function linuxChecks(
   }
 
   // --- Who may use the bridge.
-  let aclAllows = true;
-  const aclTitle = `the bridge access list allows ${bridge}`;
-  if (accessList === undefined) {
-    list.notApplicable(
-      "linux.bridge-acl",
-      aclTitle,
-      "this softnet limits no one's bridges (it has no bridge access list)",
-    );
-  } else {
-    const sudoUid = context.env.SUDO_UID;
-    const caller =
-      context.started.realUid !== 0 ? `uid ${context.started.realUid}` : sudoUid ? `uid ${sudoUid}` : "root";
-    try {
-      accessList.enforce(bridge, context.started.realUid, context.env);
-      list.ok(
-        "linux.bridge-acl",
-        aclTitle,
-        caller === "root"
-          ? `root is not limited by ${accessList.path}; run the doctor through sudo as the user who runs Tart to check theirs`
-          : `${accessList.path} lets ${caller} use ${bridge}`,
-        { caller, path: accessList.path },
-      );
-    } catch (error) {
-      aclAllows = false;
-      const softnetError = error instanceof SoftnetError ? error : undefined;
-      list.problem(
-        "linux.bridge-acl",
-        aclTitle,
-        `softnet started by ${caller} would refuse ${bridge}: ${softnetError?.what ?? (error as Error).message}`,
-        softnetError?.hint ?? `ask root to allow ${bridge} in ${accessList.path}`,
-        { caller, path: accessList.path },
-      );
-    }
-  }
+  const aclAllows = bridgeAccessCheck(list, context, bridge, accessList);
 
   // --- /dev/net/tun.
   let tunOk = false;
@@ -564,4 +537,47 @@ async function nftCheck(
       values,
     );
   }
+}
+
+/** linux.bridge-acl: would softnet, started by this caller, be allowed on `bridge`? */
+export function bridgeAccessCheck(
+  list: Checklist,
+  context: Pick<DoctorContext, "started" | "env">,
+  bridge: string,
+  accessList: BridgeAccessList | undefined,
+): boolean {
+  const title = `the bridge access list allows ${bridge}`;
+  if (accessList === undefined) {
+    list.notApplicable(
+      "linux.bridge-acl",
+      title,
+      "this softnet limits no one's bridges (it has no bridge access list)",
+    );
+    return true;
+  }
+  const sudoUid = context.env.SUDO_UID;
+  const caller =
+    context.started.realUid !== 0 ? `uid ${context.started.realUid}` : sudoUid ? `uid ${sudoUid}` : "root";
+  try {
+    accessList.enforce(bridge, context.started.realUid, context.env);
+  } catch (error) {
+    const softnetError = error instanceof SoftnetError ? error : undefined;
+    list.problem(
+      "linux.bridge-acl",
+      title,
+      `softnet started by ${caller} would refuse ${bridge}: ${softnetError?.what ?? (error as Error).message}`,
+      softnetError?.hint ?? `ask root to allow ${bridge} in ${accessList.path}`,
+      { caller, path: accessList.path },
+    );
+    return false;
+  }
+  list.ok(
+    "linux.bridge-acl",
+    title,
+    caller === "root"
+      ? `root is not limited by ${accessList.path}; run the doctor through sudo as the user who runs Tart to check theirs`
+      : `${accessList.path} lets ${caller} use ${bridge}`,
+    { caller, path: accessList.path },
+  );
+  return true;
 }

@@ -12,6 +12,7 @@ import fc from "fast-check";
 import { parseCommandLine } from "../../src/cli.ts";
 import type { DoctorOptions } from "../../src/doctor/cli.ts";
 import { type DoctorContext, lookUpSoftnet, pathCheck, sameFile } from "../../src/doctor/common.ts";
+import { type BridgeAccessList, bridgeAccessCheck } from "../../src/doctor/linux.ts";
 import {
   arpProbeFrame,
   discoverFrame,
@@ -27,7 +28,7 @@ import {
   formatChecklist,
   formatJson,
 } from "../../src/doctor/report.ts";
-import { UsageError } from "../../src/errors.ts";
+import { SoftnetError, UsageError } from "../../src/errors.ts";
 import type { FrameBatch, FrameLink } from "../../src/platform/link.ts";
 import { ArpOperation, emitArp, parseArp } from "../../src/wire/arp.ts";
 import { formatMac, parseMac } from "../../src/wire/bytes.ts";
@@ -483,5 +484,48 @@ describe("which softnet Tart would find on PATH", () => {
       }),
     );
     expect(asCallerRan).toBe(true);
+  });
+});
+
+describe("the bridge access list check", () => {
+  // Shaped like issue 9's enforceBridgeAcl: root is not limited, others may use br0 only.
+  const onlyBr0: BridgeAccessList = {
+    path: "/etc/softnet/bridge.conf",
+    enforce(bridge, realUid, env) {
+      const caller = realUid !== 0 ? realUid : env.SUDO_UID ? Number(env.SUDO_UID) : undefined;
+      if (caller === undefined || bridge === "br0") return;
+      throw new SoftnetError(`uid ${caller} may not use bridge ${bridge}`, { hint: "ask root to allow it" });
+    },
+  };
+  const started = (realUid: number) => ({ realUid, effectiveUid: 0, realGid: 0 });
+
+  test("no list in this build: n/a, and the bridge may be used", () => {
+    const list = new Checklist();
+    expect(bridgeAccessCheck(list, { started: started(0), env: {} }, "br1", undefined)).toBe(true);
+    expect(list.get("linux.bridge-acl")?.status).toBe("n/a");
+  });
+
+  test("the caller behind sudo is refused a bridge: a problem with the list's own advice", () => {
+    const list = new Checklist();
+    expect(bridgeAccessCheck(list, { started: started(0), env: { SUDO_UID: "1000" } }, "br1", onlyBr0)).toBe(
+      false,
+    );
+    const result = list.get("linux.bridge-acl")!;
+    expect(result.status).toBe("problem");
+    expect(result.detail).toBe(
+      "softnet started by uid 1000 would refuse br1: uid 1000 may not use bridge br1",
+    );
+    expect(result.advice).toBe("ask root to allow it");
+  });
+
+  test("allowed callers, and root, who is not limited", () => {
+    const allowed = new Checklist();
+    expect(bridgeAccessCheck(allowed, { started: started(1000), env: {} }, "br0", onlyBr0)).toBe(true);
+    expect(allowed.get("linux.bridge-acl")?.detail).toBe("/etc/softnet/bridge.conf lets uid 1000 use br0");
+    const root = new Checklist();
+    expect(bridgeAccessCheck(root, { started: started(0), env: {} }, "br1", onlyBr0)).toBe(true);
+    expect(root.get("linux.bridge-acl")?.detail).toStartWith(
+      "root is not limited by /etc/softnet/bridge.conf",
+    );
   });
 });

@@ -31,9 +31,11 @@ import {
 const { i32, u32, i64, u64, ptr } = FFIType;
 
 /**
- * The macOS product version ("15.1"): sysctlbyname("kern.osproductversion") (<sys/sysctl.h>,
- * macOS 10.13.4+). undefined when the system underneath is not macOS (the vmnet double on Linux)
- * or the call fails.
+ * The macOS product version ("15.1"): sysctlbyname("kern.osproductversion"), a string that xnu's
+ * bsd/kern/kern_sysctl.c serves (macOS 10.13.4+; Bun reads it the same way for its own checks).
+ * sysctlbyname is declared in <sys/sysctl.h> and takes no variadic arguments, so a fixed binding is
+ * safe on arm64. undefined when the system underneath is not macOS (the vmnet double on Linux) or
+ * the call fails.
  */
 export function macosProductVersion(system: DarwinSystem): string | undefined {
   if (system.kernel.name !== "darwin") return undefined;
@@ -50,7 +52,12 @@ export function macosProductVersion(system: DarwinSystem): string | undefined {
 
 type Native = Pointer | bigint | null;
 
-/** The calls that read and restore bootpd's settings, with their C prototypes. */
+/**
+ * The calls that read and restore bootpd's settings, with their C prototypes: CoreFoundation's
+ * CFBase.h (CFTypeID is unsigned long; CFIndex is signed long), CFString.h, CFDictionary.h,
+ * CFNumber.h (CFNumberType is a CFIndex), and SystemConfiguration's SCPreferences.h and
+ * SystemConfiguration.h (SCError, SCErrorString). Boolean is an unsigned char.
+ */
 export interface BootpdReadSymbols {
   // CFStringRef CFStringCreateWithCString(CFAllocatorRef alloc, const char *cStr, CFStringEncoding encoding);
   CFStringCreateWithCString(allocator: null, text: Buffer, encoding: number): Native;

@@ -18,6 +18,8 @@ packages=(
   bind9-dnsutils  # dig
   iperf3          # TCP throughput of a real guest (benchmark)
   sudo            # softnet escalates through passwordless sudo when started unprivileged
+  util-linux      # setpriv (run as another user), unshare (the doctor's test without /dev/net/tun)
+  mount           # mount, for that test's empty /dev/net
   gcc             # builds the vmnet double (test/vmnet-double) and the benchmark's C programs
   libc6-dev       # headers and crt files for that
   qemu-user              # runs the release's AArch64 environment scrubber in the tests

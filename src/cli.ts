@@ -4,6 +4,7 @@
  * Every bad value becomes a UsageError naming the flag and the value (exit code 2).
  */
 import { Command, CommanderError, Option } from "commander";
+import { type DoctorOptions, parseDoctorCommandLine } from "./doctor/cli.ts";
 import { UsageError } from "./errors.ts";
 import { formatRuleTarget, parseRuleTarget, type Rule } from "./policy/rules.ts";
 import { COMMIT, VERSION } from "./version.ts";
@@ -53,8 +54,11 @@ export interface SoftnetOptions {
   sudoEscalationDone: boolean;
 }
 
-/** Either options to run with, or text that --help / --version asked for. */
-export type ParsedCommandLine = { kind: "run"; options: SoftnetOptions } | { kind: "print"; text: string };
+/** Either options to run with, the doctor's options, or text that --help / --version asked for. */
+export type ParsedCommandLine =
+  | { kind: "run"; options: SoftnetOptions }
+  | { kind: "doctor"; options: DoctorOptions }
+  | { kind: "print"; text: string };
 
 const MAX_LEASE_SECONDS = 0xffff_fffe; // 0xffffffff means "infinite" to DHCP
 const CLI_EXAMPLES = `
@@ -66,6 +70,7 @@ Examples:
   SSH into the VM:    softnet ... --expose 2222:22
   Linux bridge:       softnet --vm-fd 0 --vm-mac-address 12:34:56:78:9a:bc --bridge br0
   See the frames:     softnet ... --capture vm.pcapng    (then: wireshark vm.pcapng)
+  Check this machine: sudo softnet doctor [--bridge br0] [--json]   (softnet doctor --help)
 
 Counters: send SIGUSR2 (or press Ctrl-T on macOS: SIGINFO) to print what softnet has done so far.
 
@@ -170,6 +175,7 @@ function accumulate(value: string, previous: string[] | undefined): string[] {
 
 /** Parses process.argv.slice(2)-style arguments. Throws UsageError on any invalid input. */
 export function parseCommandLine(args: readonly string[]): ParsedCommandLine {
+  if (args[0] === "doctor") return parseDoctorCommandLine(args.slice(1));
   const collect = { help: "" };
   const program = buildProgram(collect);
   try {
@@ -242,7 +248,7 @@ function parseVmMac(text: string): number {
   return mac;
 }
 
-function parseLeaseTime(text: string): number {
+export function parseLeaseTime(text: string): number {
   if (!/^[1-9][0-9]{0,9}$/.test(text) || Number(text) > MAX_LEASE_SECONDS) {
     throw invalid("--bootpd-lease-time", text, `expected whole seconds from 1 to ${MAX_LEASE_SECONDS}`);
   }
@@ -297,7 +303,7 @@ function parseExposedPorts(values: string[] | undefined): ExposedPort[] {
 }
 
 /** Linux interface names: 1..15 bytes, no '/', whitespace or ':' (IFNAMSIZ is 16 with the NUL). */
-function parseInterfaceName(value: string | undefined): string | undefined {
+export function parseInterfaceName(value: string | undefined): string | undefined {
   if (value === undefined) return undefined;
   if (!/^[A-Za-z0-9_.-]{1,15}$/.test(value) || value === "." || value === "..") {
     throw invalid(

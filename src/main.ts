@@ -22,6 +22,15 @@ export async function main(args: readonly string[]): Promise<number> {
     process.stdout.write(parsed.text);
     return 0;
   }
+  if (parsed.kind === "doctor") {
+    try {
+      const { runDoctor } = await import("./doctor/index.ts");
+      return await runDoctor(parsed.options);
+    } catch (error) {
+      process.stderr.write(`softnet: ${describeError(error)}\n`);
+      return exitCodeFor(error);
+    }
+  }
   try {
     // Sentry starts inside the runtime, after the privilege drop (sentry.ts enableErrorReports).
     const { runSoftnet } = await import("./runtime.ts");

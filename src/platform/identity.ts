@@ -286,7 +286,7 @@ export function verifyIdentity(calls: IdentityCalls, target: DropTarget): void {
 }
 
 /** sudo's fixed location: never looked up through PATH (this code may run setuid root). */
-const SUDO_PATH = "/usr/bin/sudo";
+export const SUDO_PATH = "/usr/bin/sudo";
 
 /**
  * Where README tells administrators to install the copy of softnet that sudoers names. A sudoers

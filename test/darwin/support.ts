@@ -12,7 +12,8 @@ import { REQUIRED_IN_CI } from "../support/ci.ts";
 export const REPO = resolve(import.meta.dir, "../..");
 const DOUBLE_SOURCES = join(REPO, "test/vmnet-double");
 
-export type DoubleVariant = "current" | "old-macos";
+/** "old-macos": macOS 11 to 14 (no read/write max packets keys); "before-macos-11": no _ip_ port forwarding either. */
+export type DoubleVariant = "current" | "old-macos" | "before-macos-11";
 
 /**
  * Builds the double with the system compiler (once per source version and variant; concurrent
@@ -42,6 +43,7 @@ export function buildDouble(variant: DoubleVariant = "current"): string {
     "-Wextra",
     "-Werror",
     ...(variant === "old-macos" ? ["-DDOUBLE_OLD_MACOS"] : []),
+    ...(variant === "before-macos-11" ? ["-DDOUBLE_OLD_MACOS", "-DDOUBLE_NO_IP_FORWARDING"] : []),
     "-o",
     partial,
     ...files.filter((name) => name.endsWith(".c")).map((name) => join(DOUBLE_SOURCES, name)),

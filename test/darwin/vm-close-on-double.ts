@@ -8,7 +8,7 @@
 // socket never polls readable again. Linux would behave differently, which is why the double is
 // the C library here.
 //
-// Usage: bun test/darwin/vm-close-on-double.ts --vm frames-then-close|close [--variant old-macos]
+// Usage: bun test/darwin/vm-close-on-double.ts --vm frames-then-close|close [--variant old-macos|before-macos-11]
 //          --bridge BR --vm-mac-address MAC [other softnet options; --vm-fd is added here]
 // Once softnet logs that it is forwarding, the VM does what --vm says, all in one go: send three
 // frames (from a MAC that is not its own, so the policy drops them) and close at once; or, after

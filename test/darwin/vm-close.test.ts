@@ -63,12 +63,12 @@ inPrivateNetworkNamespace(
     }, 60_000);
 
     test("on a vmnet without the address-family forwarding functions only --expose fails, saying what it needs", () => {
-      const exposed = runSoftnet("close", ["--variant", "old-macos", "--expose", "2222:22"]);
+      const exposed = runSoftnet("close", ["--variant", "before-macos-11", "--expose", "2222:22"]);
       expect(exposed.exitCode, exposed.log).toBe(1);
       expect(exposed.log).toMatch(
         /softnet: --expose needs vmnet port forwarding, but \S+ does not export vmnet_interface_add_ip_port_forwarding_rule \(vmnet's port forwarding with an address family needs macOS 11 or later\)/,
       );
-      const plain = runSoftnet("close", ["--variant", "old-macos"]);
+      const plain = runSoftnet("close", ["--variant", "before-macos-11"]);
       expect({ killed: plain.killed, exitCode: plain.exitCode }, plain.log).toEqual({
         killed: false,
         exitCode: 0,

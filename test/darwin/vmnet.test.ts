@@ -453,7 +453,7 @@ inPrivateNetworkNamespace(import.meta.path, "vmnet host link against the double"
 
   describe("port forwarding on a vmnet without the address-family functions (before macOS 11)", () => {
     test("frames still flow; --expose is refused before the interface starts, naming what is missing", async () => {
-      const oldPath = buildDouble("old-macos");
+      const oldPath = buildDouble("before-macos-11");
       const old = doubleControl(oldPath);
       old.configure(BRIDGE);
       const system = openDarwinSystem(doubleLibraries(oldPath));

@@ -18,10 +18,10 @@
 // After a failed vmnet_read or vmnet_write the double writes garbage into *pktcnt: vmnet.h promises
 // the count only on success, so a caller must not read it otherwise.
 //
-// Built with -DDOUBLE_OLD_MACOS every optional symbol is missing: vmnet_read_max_packets_key and
-// vmnet_write_max_packets_key (macOS 15+; no such values in the start parameters either) and the
-// _ip_ port-forwarding functions (macOS 11+). softnet must run without them; only --expose needs
-// the latter.
+// Built with -DDOUBLE_OLD_MACOS (macOS 11 to 14) vmnet_read_max_packets_key and
+// vmnet_write_max_packets_key are missing (macOS 15+; no such values in the start parameters
+// either). With -DDOUBLE_NO_IP_FORWARDING too (before macOS 11) the _ip_ port-forwarding functions
+// are missing as well. softnet must run without them; only --expose needs the latter.
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -634,7 +634,7 @@ static void complete(struct dispatch_queue *queue, void *block, uint32_t status)
   complete_checking(queue, block, status, NULL, 0);
 }
 
-#ifndef DOUBLE_OLD_MACOS
+#ifndef DOUBLE_NO_IP_FORWARDING
 // vmnet_return_t vmnet_interface_add_ip_port_forwarding_rule(interface_ref interface, uint8_t protocol,
 //     uint16_t external_port, uint8_t address_family, const void *internal_address, uint16_t internal_port,
 //     vmnet_interface_completion_handler_t handler);   macOS 11+

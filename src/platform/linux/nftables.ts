@@ -46,6 +46,11 @@ export class NftablesPortForwards implements PortForwardBackend {
    *   them coming from the gateway (as vmnet does), which the VM may always answer.
    */
   async install(ports: readonly ExposedPort[], address: number): Promise<void> {
+    await this.run(this.installScript(ports, address), `install port forwards to ${formatIpv4(address)}`);
+  }
+
+  /** The nft script install() runs; `softnet doctor` checks it with `nft --check` (nothing applied). */
+  installScript(ports: readonly ExposedPort[], address: number): string {
     const target = formatIpv4(address);
     const dnat = ports.map((p) => `tcp dport ${p.externalPort} dnat to ${target}:${p.internalPort}`);
     const script = [
@@ -66,7 +71,7 @@ export class NftablesPortForwards implements PortForwardBackend {
       "  }",
       "}",
     ].join("\n");
-    await this.run(script, `install port forwards to ${target}`);
+    return script;
   }
 
   async removeAll(): Promise<void> {

@@ -43,6 +43,8 @@ describe("frames flooded by the bridge reach no VM but the one they are for", ()
     expect(outcome.atControl).toBe(26);
     expect(outcome.atIsolated, outcome.isolated.forwarder?.log).toBe(0);
     expect(outcome.atOpen, outcome.open.forwarder?.log).toBe(0);
-    expect(outcome.open.forwarder?.log).toContain("dropped to VM: not-for-this-vm");
+    // The bridge itself no longer floods to softnet's ports (unicast flooding off, README "A VM's
+    // MAC address is its own on the bridge"); softnet's own not-for-this-vm check behind it is
+    // covered frame by frame in test/unit/policy.test.ts.
   }, 120_000);
 });

@@ -9,7 +9,7 @@ import { join, resolve } from "node:path";
 import type { DarwinLibraries } from "../../src/platform/darwin/system.ts";
 import { REQUIRED_IN_CI } from "../support/ci.ts";
 import { bunCommand } from "../support/emulation.ts";
-import { requireFile, requireTool, type Tool } from "../support/tools.ts";
+import { requireFile, requireTool, type Tool, toolPath } from "../support/tools.ts";
 
 export const REPO = resolve(import.meta.dir, "../..");
 const DOUBLE_SOURCES = join(REPO, "test/vmnet-double");
@@ -172,10 +172,11 @@ export function inPrivateNetworkNamespace(
     tests(inside);
     return;
   }
-  const canRun = process.getuid?.() === 0 && Bun.which("ip") !== null && existsSync("/dev/net/tun");
+  const canRun = process.getuid?.() === 0 && toolPath("ip") !== null && existsSync("/dev/net/tun");
   test.skipIf(!canRun && !REQUIRED_IN_CI)(
     `${name}, run inside a private network namespace`,
     () => {
+      requireTool("ip");
       const namespace = `softnet-darwin-${process.pid}-${Math.floor(Math.random() * 1e6)}`;
       run(["ip", "netns", "add", namespace]);
       try {

@@ -3,6 +3,7 @@
 // with one line that says how to fix it. A real user, a real sudoers rule, a real guest.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { readFileSync, rmSync, writeFileSync } from "node:fs";
+import { requireTools } from "../support/tools.ts";
 import { type Forwarder, type Guest, run, softnet, Topology } from "./lib/index.ts";
 
 const USER = "softnet-e2e";
@@ -11,6 +12,7 @@ let topology: Topology;
 let uid: number;
 
 beforeAll(async () => {
+  requireTools(["id", "useradd", "setpriv", "sudo", "pgrep"]);
   if ((await run(["id", "-u", USER])).code !== 0) {
     const added = await run([
       "useradd",

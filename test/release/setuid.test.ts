@@ -19,6 +19,7 @@ import {
 } from "../../scripts/release/setuid-attacks.ts";
 import { libc } from "../../src/platform/libc.ts";
 import { REQUIRED_IN_CI } from "../support/ci.ts";
+import { requireTools } from "../support/tools.ts";
 import { canRunLinuxX64, isRoot, releaseDist, unhardenedBuild } from "./release-build.ts";
 
 const runnable = canRunLinuxX64 && isRoot;
@@ -30,6 +31,7 @@ let version: string;
 
 beforeAll(async () => {
   if (!runnable) return;
+  requireTools(["id", "useradd", "setpriv", "findmnt", "stat", "chown", "cat", "kill", "gcc"]);
   const dist = await releaseDist();
   hardened = SetuidLab.create(join(dist, "softnet-linux-x64"));
   scratch = mkdtempSync(join(tmpdir(), "softnet-setuid-control-"));

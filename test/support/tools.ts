@@ -35,6 +35,7 @@ export const TOOL_PACKAGES = {
   cat: "coreutils",
   sleep: "coreutils",
   sh: "dash",
+  dpkg: "dpkg",
   tar: "tar",
   git: "git",
   gcc: "gcc",
@@ -66,21 +67,18 @@ export const FILE_PACKAGES = {
 export type NeededFile = keyof typeof FILE_PACKAGES;
 
 /** Where the tests look for programs: PATH, then the sbin directories a non-root PATH may lack. */
-const SEARCH_PATH = () => `${process.env.PATH ?? "/usr/bin:/bin"}:/usr/sbin:/sbin`;
-/** llvm-14 installs its programs here; /usr/bin/llvm-* exist only with the unversioned "llvm" package. */
-const LLVM_DIRECTORY = "/usr/lib/llvm-14/bin";
+export function searchPath(): string {
+  return `${process.env.PATH ?? "/usr/bin:/bin"}:/usr/sbin:/sbin`;
+}
 
-const found = new Map<string, string | null>();
+/** llvm-14 installs its programs here; /usr/bin/llvm-* exist only with the unversioned "llvm" package. */
+export const LLVM_DIRECTORY = "/usr/lib/llvm-14/bin";
 
 /** The path of a program, or null when it is not installed. */
-export function toolPath(tool: Tool): string | null {
-  let path = found.get(tool);
-  if (path === undefined) {
-    const llvm = `${LLVM_DIRECTORY}/${tool}`;
-    path = tool.startsWith("llvm-") && existsSync(llvm) ? llvm : Bun.which(tool, { PATH: SEARCH_PATH() });
-    found.set(tool, path);
-  }
-  return path;
+export function toolPath(tool: Tool, path: string = searchPath()): string | null {
+  const llvm = `${LLVM_DIRECTORY}/${tool}`;
+  if (tool.startsWith("llvm-") && existsSync(llvm)) return llvm;
+  return Bun.which(tool, { PATH: path });
 }
 
 export function missingMessage(what: string, debianPackage: string): string {
@@ -88,10 +86,10 @@ export function missingMessage(what: string, debianPackage: string): string {
 }
 
 /** The path of a program; throws naming its Debian package when it is not installed. */
-export function requireTool(tool: Tool): string {
-  const path = toolPath(tool);
-  if (path === null) throw new Error(missingMessage(tool, TOOL_PACKAGES[tool]));
-  return path;
+export function requireTool(tool: Tool, path: string = searchPath()): string {
+  const found = toolPath(tool, path);
+  if (found === null) throw new Error(missingMessage(tool, TOOL_PACKAGES[tool]));
+  return found;
 }
 
 /** Throws naming the Debian package of every program in `tools` that is not installed. */

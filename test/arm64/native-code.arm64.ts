@@ -237,6 +237,26 @@ describe("no code TinyCC generates for them on arm64 uses x18 (Apple's reserved 
     });
   }
 
+  test("nor does the trampoline Bun compiles for the reactor's threadsafe JSCallback, which the reactor thread calls", () => {
+    // Bun compiles it with TinyCC from C it generates (oven-sh/bun src/bun.js/api/ffi,
+    // Function.compileCallback); it is the code the reactor thread runs on macOS. The same callback
+    // type as src/platform/reactor.ts. The trampoline ends at its one `ret`.
+    const callback = new ffi.JSCallback(() => {}, {
+      args: [FFIType.i32, FFIType.u32],
+      returns: FFIType.void,
+      threadsafe: true,
+    });
+    try {
+      const words = new Uint32Array(toArrayBuffer(callback.ptr as Pointer, 0, 4096).slice(0));
+      const ret = words.indexOf(0xd65f03c0);
+      expect(ret).toBeGreaterThan(0);
+      const code = new Uint8Array(words.buffer.slice(0, (ret + 1) * 4));
+      expect(x18Uses(code)).toEqual([]);
+    } finally {
+      callback.close();
+    }
+  });
+
   test("the check sees x18 where TinyCC does allocate it (an expression keeping 22 values alive)", () => {
     let expression = "p[21]";
     for (let i = 20; i >= 0; i--) expression = `p[${i}] * (${expression})`;

@@ -1,31 +1,51 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the end-to-end tests (test/e2e) need. Idempotent and quiet: when
-# everything is already installed it does nothing, not even `apt-get update`. Needs root.
+# Installs every Debian package the tests (and CI's benchmark run) use, so that `npm test` passes on
+# a fresh Debian machine that has only Node and npm. Idempotent and quiet: when everything is already
+# installed it does nothing, not even `apt-get update`. Needs root.
+#
+# Each package below was found with `dpkg -S` on the program or file a test uses, and
+# --no-install-recommends installs nothing else: a package a test needs is named here even when
+# another one would usually "recommend" it (gcc-aarch64-linux-gnu without libc6-dev-arm64-cross
+# cannot compile a C file that includes <stdio.h>). test/support/tools.ts maps each program and file
+# to its package, so a test that lacks one fails naming the package, and test/support/tools.test.ts
+# checks that map against dpkg and against this list.
 set -euo pipefail
 
-# package -> why the e2e tests need it
+# package -> what the tests use it for
 packages=(
-  dnsmasq-base    # DHCP + DNS server on the test bridge; -base ships no system service to grab ports
-  socat           # relays a kernel TAP to a socketpair end (the guest's NIC, the transparent relay)
-  busybox         # udhcpc, the guest's DHCP client
-  iproute2        # ip netns / link / addr / route / neigh, bridge
-  nftables        # softnet's --expose port forwarding, inspected by the tests
-  tcpdump         # the witness on the bridge
+  dnsmasq-base    # dnsmasq: DHCP + DNS server on the test bridge; -base ships no system service to grab ports
+  socat           # socat: relays a kernel TAP to a socketpair end (the guest's NIC, the transparent relay)
+  busybox         # busybox udhcpc, the guest's DHCP client
+  iproute2        # ip netns / link / addr / route / neigh, bridge, ss
+  nftables        # nft: softnet's --expose port forwarding, inspected by the tests
+  tcpdump         # tcpdump: the witness on the bridge
   dsniff          # arpspoof
-  hping3          # IP source spoofing, floods
+  hping3          # hping3: IP source spoofing, floods
   iputils-ping    # ping from the guest
-  netcat-openbsd  # TCP client/server in namespaces
+  netcat-openbsd  # nc: TCP client/server in namespaces
   bind9-dnsutils  # dig
-  iperf3          # TCP throughput of a real guest (benchmark)
-  sudo            # softnet escalates through passwordless sudo when started unprivileged
-  util-linux      # setpriv (run as another user), unshare (the doctor's test without /dev/net/tun)
-  mount           # mount, for that test's empty /dev/net
-  gcc             # builds the vmnet double (test/vmnet-double) and the benchmark's C programs
-  libc6-dev       # headers and crt files for that
-  qemu-user              # runs the release's AArch64 environment scrubber in the tests
-  libc6-arm64-cross      # the AArch64 C library qemu-user needs for that
-  gcc-aarch64-linux-gnu  # builds the AArch64 initializer harness (test/release)
-  llvm-14                # llvm-mc and llvm-lipo: the release tests check our assembler output and fat files against them
+  iperf3          # iperf3: TCP throughput of a real guest (benchmark)
+  sudo            # sudo: softnet escalates through passwordless sudo when started unprivileged
+  util-linux      # setpriv (run as another user), findmnt (setuid tests), unshare (the doctor's test without /dev/net/tun, the /etc overlay); Essential, named for completeness
+  mount           # mount: the doctor's empty /dev/net and the tests' private /etc overlay (required, not Essential)
+  dhcpcd-base     # dhcpcd: a guest that sends an RFC 4361 DUID client identifier (test/e2e/vm-dhcp-identity)
+  tshark          # tshark: reads softnet's pcapng captures back (test/e2e/capture, test/unit/capture, reject)
+  passwd          # useradd: the unprivileged test user
+  procps          # pgrep, kill (privilege and setuid tests); not installed on minimal images
+  coreutils       # id, stat, chown, cat, sleep; Essential
+  dash            # sh; Essential
+  dpkg            # dpkg -S: test/support/tools.test.ts checks which package owns what; Essential
+  tar             # tar: unpacks Bun's runtimes from npm, lists the release tarball; Essential
+  git             # git: the release build records the commit
+  gcc             # cc: builds the vmnet double (test/vmnet-double) and the benchmark's C programs
+  libc6-dev       # their C headers and crt files (gcc only recommends it)
+  linux-libc-dev  # <linux/if_tun.h> and the other kernel headers the double includes
+  qemu-user              # qemu-aarch64: runs the AArch64 Bun (test/arm64) and the release's AArch64 scrubber
+  libc6-arm64-cross      # the AArch64 C library qemu-aarch64 -L /usr/aarch64-linux-gnu loads programs with
+  gcc-aarch64-linux-gnu  # aarch64-linux-gnu-gcc: the AArch64 vmnet double and initializer harness
+  libc6-dev-arm64-cross  # their AArch64 C headers (bits/libc-header-start.h); gcc-aarch64-linux-gnu only recommends it
+  llvm-14                # llvm-mc, llvm-lipo, llvm-objcopy, llvm-nm, llvm-readelf in /usr/lib/llvm-14/bin:
+                         # the release tests check our assembler output and fat files, test/arm64 disassembles TinyCC's code
 )
 
 missing=()
@@ -46,6 +66,8 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 # iperf3 asks whether to start a system-wide daemon; the tests start their own servers.
 echo "iperf3 iperf3/start_daemon boolean false" | debconf-set-selections
+# tshark asks whether non-root users may capture (a setuid dumpcap); the tests run as root.
+echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
 
 # No package may start a service during installation (a system dnsmasq or iperf3 would hold ports
 # the tests use). policy-rc.d is only put in place if the machine has none, and removed afterwards.

@@ -24,6 +24,18 @@ tsc --noEmit -p tsconfig.json
 step "lint and format (biome)"
 biome check src test scripts
 
-step "tests (bun test)"
 # Files run one after another (no --parallel): the end-to-end files build network namespaces.
-bun test --timeout 60000 "$@"
+if [ $# -gt 0 ]; then
+  step "tests (bun test $*)"
+  bun test --timeout 60000 "$@"
+  exit
+fi
+
+step "tests (bun test)"
+mapfile -t files < <(find test -name '*.test.ts' ! -path 'test/arm64/*' | sort)
+bun test --timeout 60000 "${files[@]}"
+
+step "tests on arm64 (linux-aarch64 Bun under qemu-user: run-time C, x18, test/darwin, test/platform)"
+started=$SECONDS
+bun test --timeout 60000 test/arm64
+echo "arm64 step: $((SECONDS - started)) s"

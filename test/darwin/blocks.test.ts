@@ -30,6 +30,7 @@ import {
   GLOBAL_BLOCK_CLASS,
   openDarwinSystem,
 } from "../../src/platform/darwin/system.ts";
+import { bunCommand, runnable } from "../support/emulation.ts";
 import {
   buildDouble,
   doubleControl,
@@ -265,7 +266,7 @@ blocks.free();
       );
       const build = Bun.spawnSync(
         [
-          process.execPath,
+          ...bunCommand(),
           "build",
           "--compile",
           "--no-compile-autoload-dotenv",
@@ -277,7 +278,7 @@ blocks.free();
         { stdout: "pipe", stderr: "pipe" },
       );
       expect(build.exitCode).toBe(0);
-      const run = Bun.spawnSync([binary, path], {
+      const run = Bun.spawnSync([...runnable(binary), path], {
         cwd: tmpdir(),
         env: { PATH: process.env.PATH ?? "/usr/bin:/bin", BUN_TCC_OPTIONS: "-Dvmnet_state_init=renamed" },
         stdout: "pipe",

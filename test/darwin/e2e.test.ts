@@ -27,6 +27,7 @@ import {
   Topology,
   waitFor,
 } from "../e2e/lib/index.ts";
+import { bunCommand } from "../support/emulation.ts";
 
 let topology: Topology;
 const workDir = mkdtempSync(join(tmpdir(), "softnet-darwin-e2e-"));
@@ -42,7 +43,7 @@ afterAll(async () => {
 
 function darwinSoftnet(extraArgs: string[], doubleLog: string) {
   return commandForwarder(`softnet (macOS runtime on the vmnet double) ${extraArgs.join(" ")}`, (context) => [
-    process.execPath,
+    ...bunCommand(),
     "test/darwin/softnet-on-double.ts",
     "--double-log",
     doubleLog,

@@ -8,6 +8,8 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { DarwinLibraries } from "../../src/platform/darwin/system.ts";
 import { REQUIRED_IN_CI } from "../support/ci.ts";
+import { bunCommand } from "../support/emulation.ts";
+import { requireFile, requireTool, type Tool, toolPath } from "../support/tools.ts";
 
 export const REPO = resolve(import.meta.dir, "../..");
 const DOUBLE_SOURCES = join(REPO, "test/vmnet-double");
@@ -16,23 +18,47 @@ const DOUBLE_SOURCES = join(REPO, "test/vmnet-double");
 export type DoubleVariant = "current" | "old-macos" | "before-macos-11";
 
 /**
- * Builds the double with the system compiler (once per source version and variant; concurrent
- * builders each write their own file and rename it into place). "old-macos" is vmnet before
- * macOS 15: no read/write max packets keys.
+ * How to build C this process can load. Natively: the system compiler. When this Bun is the
+ * linux-aarch64 one running under qemu-user on an x86-64 host (test/arm64), `cc` still builds for
+ * the host, so the double is cross-compiled with Debian's aarch64-linux-gnu-gcc, and linked with
+ * test/arm64/qemu-bridge-port.c, which adds the TAP to the bridge through rtnetlink because
+ * qemu-user 7.2 does not implement the SIOCBRADDIF ioctl (see that file).
+ */
+function doubleToolchain(): { compiler: Tool; machine: string; extra: string[] } {
+  const wanted = process.arch === "arm64" ? "aarch64" : process.arch === "x64" ? "x86_64" : process.arch;
+  const system = Bun.spawnSync([requireTool("cc"), "-dumpmachine"], { stdout: "pipe", stderr: "pipe" });
+  const machine = system.stdout.toString().trim();
+  if (machine.startsWith(`${wanted}-`)) return { compiler: "cc", machine, extra: [] };
+  if (wanted !== "aarch64") throw new Error(`no C compiler for ${process.arch}: cc builds for "${machine}"`);
+  requireFile("/usr/aarch64-linux-gnu/include/bits/libc-header-start.h");
+  return {
+    compiler: "aarch64-linux-gnu-gcc",
+    machine: "aarch64-linux-gnu-on-qemu",
+    extra: ["-Wl,--wrap=ioctl", join(REPO, "test/arm64/qemu-bridge-port.c")],
+  };
+}
+
+/**
+ * Builds the double for this process's architecture (once per source version, variant and target;
+ * concurrent builders each write their own file and rename it into place). "old-macos" is vmnet
+ * before macOS 15: no read/write max packets keys.
  */
 export function buildDouble(variant: DoubleVariant = "current"): string {
   const files = readdirSync(DOUBLE_SOURCES)
     .filter((name) => name.endsWith(".c") || name.endsWith(".h"))
-    .sort();
+    .sort()
+    .map((name) => join(DOUBLE_SOURCES, name));
+  const { compiler, machine, extra } = doubleToolchain();
   const hash = createHash("sha256");
-  for (const file of files) hash.update(file).update(readFileSync(join(DOUBLE_SOURCES, file)));
+  for (const file of [...files, ...extra])
+    hash.update(file).update(existsSync(file) ? readFileSync(file) : "");
   const directory = join(tmpdir(), `softnet-vmnet-double-${hash.digest("hex").slice(0, 16)}`);
-  const output = join(directory, `libvmnet-double-${variant}.so`);
+  const output = join(directory, `libvmnet-double-${variant}-${machine}.so`);
   if (existsSync(output)) return output;
   mkdirSync(directory, { recursive: true });
   const partial = `${output}.${process.pid}`;
   const command = [
-    "cc",
+    requireTool(compiler),
     "-shared",
     "-fPIC",
     "-pthread",
@@ -46,7 +72,8 @@ export function buildDouble(variant: DoubleVariant = "current"): string {
     ...(variant === "before-macos-11" ? ["-DDOUBLE_OLD_MACOS", "-DDOUBLE_NO_IP_FORWARDING"] : []),
     "-o",
     partial,
-    ...files.filter((name) => name.endsWith(".c")).map((name) => join(DOUBLE_SOURCES, name)),
+    ...files.filter((name) => name.endsWith(".c")),
+    ...extra,
   ];
   const result = Bun.spawnSync(command, { stdout: "pipe", stderr: "pipe" });
   if (result.exitCode !== 0) {
@@ -157,14 +184,15 @@ export function inPrivateNetworkNamespace(
     tests(inside);
     return;
   }
-  const canRun = process.getuid?.() === 0 && Bun.which("ip") !== null && existsSync("/dev/net/tun");
+  const canRun = process.getuid?.() === 0 && toolPath("ip") !== null && existsSync("/dev/net/tun");
   test.skipIf(!canRun && !REQUIRED_IN_CI)(
     `${name}, run inside a private network namespace`,
     () => {
+      requireTool("ip");
       const namespace = `softnet-darwin-${process.pid}-${Math.floor(Math.random() * 1e6)}`;
       run(["ip", "netns", "add", namespace]);
       try {
-        const inner = Bun.spawnSync(["ip", "netns", "exec", namespace, process.execPath, "test", file], {
+        const inner = Bun.spawnSync(["ip", "netns", "exec", namespace, ...bunCommand(), "test", file], {
           cwd: REPO,
           env: { ...process.env, [NETNS_VARIABLE]: namespace },
           stdout: "inherit",

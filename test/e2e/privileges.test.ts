@@ -4,6 +4,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { EtcOverlay } from "../support/etc-overlay.ts";
+import { requireTools } from "../support/tools.ts";
 import { type Forwarder, type Guest, run, softnet, Topology } from "./lib/index.ts";
 
 const USER = "softnet-e2e";
@@ -15,6 +16,7 @@ const etc = EtcOverlay.create();
 etc.writeFile("softnet/bridge.conf", "allow br0\n");
 
 beforeAll(async () => {
+  requireTools(["id", "useradd", "setpriv", "sudo", "pgrep"]);
   if ((await run(["id", "-u", USER])).code !== 0) {
     const added = await run([
       "useradd",

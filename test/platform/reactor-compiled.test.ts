@@ -4,6 +4,7 @@ import { afterAll, expect, test } from "bun:test";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { bunCommand, runnable } from "../support/emulation.ts";
 
 const workDir = mkdtempSync(join(tmpdir(), "softnet-reactor-compiled-"));
 afterAll(() => rmSync(workDir, { recursive: true, force: true }));
@@ -35,7 +36,7 @@ test("the reactor compiles and runs inside a compiled binary", () => {
   writeFileSync(entryPath, entry);
   const build = Bun.spawnSync(
     [
-      process.execPath,
+      ...bunCommand(),
       "build",
       "--compile",
       "--no-compile-autoload-dotenv",
@@ -51,7 +52,7 @@ test("the reactor compiles and runs inside a compiled binary", () => {
 
   // Run from another directory, with BUN_TCC_OPTIONS set to something that would break the build
   // of reactor.c if Bun honoured it (it does when cc() is called without explicit flags).
-  const run = Bun.spawnSync([binaryPath], {
+  const run = Bun.spawnSync(runnable(binaryPath), {
     cwd: tmpdir(),
     env: { PATH: process.env.PATH ?? "/usr/bin:/bin", BUN_TCC_OPTIONS: "-Dreactor_create=renamed" },
     stderr: "pipe",

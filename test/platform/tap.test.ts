@@ -16,7 +16,9 @@ import { epollReactorBackend } from "../../src/platform/linux/epoll-reactor.ts";
 import { openTapOnBridge, type TapOnBridge } from "../../src/platform/linux/tap.ts";
 import { Reactor } from "../../src/platform/reactor.ts";
 import { REQUIRED_IN_CI } from "../support/ci.ts";
+import { bunCommand } from "../support/emulation.ts";
 import { expectSoftnetError } from "../support/errors.ts";
+import { requireTool, toolPath } from "../support/tools.ts";
 
 const NETNS_VARIABLE = "SOFTNET_TEST_NETNS";
 const insideNamespace = process.env[NETNS_VARIABLE];
@@ -30,15 +32,16 @@ function run(command: string[]): string {
 }
 
 if (insideNamespace === undefined) {
-  const canRun = process.getuid?.() === 0 && Bun.which("ip") !== null && existsSync("/dev/net/tun");
+  const canRun = process.getuid?.() === 0 && toolPath("ip") !== null && existsSync("/dev/net/tun");
   test.skipIf(!canRun && !REQUIRED_IN_CI)(
     "TAP tests, run inside a private network namespace",
     () => {
+      requireTool("ip");
       const namespace = `softnet-test-${process.pid}`;
       run(["ip", "netns", "add", namespace]);
       try {
         const inner = Bun.spawnSync(
-          ["ip", "netns", "exec", namespace, process.execPath, "test", import.meta.path],
+          ["ip", "netns", "exec", namespace, ...bunCommand(), "test", import.meta.path],
           {
             cwd: resolve(import.meta.dir, "../.."),
             env: { ...process.env, [NETNS_VARIABLE]: namespace },

@@ -6,6 +6,7 @@ import { readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { inspectHardening } from "../../scripts/release/harden-runtime.ts";
 import { REQUIRED_IN_CI } from "../support/ci.ts";
+import { requireTool } from "../support/tools.ts";
 import { canRunLinuxX64, releaseDist } from "./release-build.ts";
 
 let dist: string;
@@ -56,7 +57,9 @@ describe("every binary runs the environment scrubber first, in every slice", () 
 test.skipIf(!canRunLinuxX64 && !REQUIRED_IN_CI)(
   "the version and commit are embedded, and BUN_BE_BUN/BUN_OPTIONS do nothing",
   () => {
-    const sha = Bun.spawnSync(["git", "rev-parse", "--short=12", "HEAD"]).stdout.toString().trim();
+    const sha = Bun.spawnSync([requireTool("git"), "rev-parse", "--short=12", "HEAD"])
+      .stdout.toString()
+      .trim();
     expect(info.commit.startsWith(sha)).toBe(true);
     for (const env of [{}, { BUN_BE_BUN: "1" }, { BUN_OPTIONS: "--version" }]) {
       const run = Bun.spawnSync([join(dist, "softnet-linux-x64"), "--version"], { env, stdout: "pipe" });

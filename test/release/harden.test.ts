@@ -12,6 +12,7 @@ import { hardenRuntime, inspectHardening } from "../../scripts/release/harden-ru
 import { MachO, S_INIT_FUNC_OFFSETS, SECTION_TYPE } from "../../scripts/release/macho.ts";
 import { hardenedRuntime, officialRuntime, TARGETS } from "../../scripts/release/runtimes.ts";
 import { REQUIRED_IN_CI } from "../support/ci.ts";
+import { requireFile, requireTool, requireTools } from "../support/tools.ts";
 import { canRunLinuxX64, releaseDist } from "./release-build.ts";
 
 const work = mkdtempSync(join(tmpdir(), "softnet-harden-test-"));
@@ -22,6 +23,7 @@ const target = (name: string) => TARGETS.find((candidate) => candidate.name === 
 test.skipIf(!findLlvmTool("llvm-mc") && !REQUIRED_IN_CI)(
   "env-scrub/blobs.ts is what the assembly sources assemble to",
   async () => {
+    requireTools(["llvm-mc", "llvm-objcopy", "llvm-nm", "llvm-readelf"]);
     expect(await staleBlobs()).toEqual([]);
   },
 );
@@ -136,6 +138,8 @@ describe.skipIf(!canEmulateArm64 && !REQUIRED_IN_CI)(
       Bun.spawnSync([QEMU, "-L", ARM64_SYSROOT, runtime, ...args], { env, stdout: "pipe", stderr: "pipe" });
 
     test("keeps only the allowlist", () => {
+      requireTool("qemu-aarch64");
+      requireFile("/usr/aarch64-linux-gnu/lib/ld-linux-aarch64.so.1");
       const { path } = hardenedRuntime(target("linux-arm64"));
       const hostile = {
         BUN_BE_BUN: "1",
@@ -180,6 +184,15 @@ describe("the Mach-O initializer wrapper, run", () => {
     test.skipIf(!runnable && !REQUIRED_IN_CI)(
       `${arch}: scrubs envp and passes argc, argv, envp, apple, vars through`,
       () => {
+        if (arch === "aarch64") {
+          requireTool("aarch64-linux-gnu-gcc");
+          requireFile("/usr/aarch64-linux-gnu/include/bits/libc-header-start.h");
+          if (!native) requireTool("qemu-aarch64");
+          if (!native) requireFile("/usr/aarch64-linux-gnu/lib/ld-linux-aarch64.so.1");
+        } else {
+          requireTool("gcc");
+          requireFile("/usr/include/stdio.h");
+        }
         const blob = ENV_SCRUB_BLOBS[arch];
         const blobPath = join(work, `${arch}.bin`);
         writeFileSync(blobPath, Buffer.from(blob.hex, "hex"));

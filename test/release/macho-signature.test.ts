@@ -10,6 +10,7 @@ import { createFat, MachO, slices } from "../../scripts/release/macho.ts";
 import { resign, signAdhoc, verifySignatures, verifySlice } from "../../scripts/release/macho-signature.ts";
 import { hardenedRuntime, officialRuntime, TARGETS } from "../../scripts/release/runtimes.ts";
 import { REQUIRED_IN_CI } from "../support/ci.ts";
+import { requireTool } from "../support/tools.ts";
 import { ROOT, releaseDist } from "./release-build.ts";
 
 let dist: string;
@@ -132,7 +133,7 @@ test.skipIf(!findLlvmTool("llvm-lipo") && !REQUIRED_IN_CI)(
       const reference = join(dir, "lipo");
       const lipo = Bun.spawnSync(
         [
-          findLlvmTool("llvm-lipo")!,
+          requireTool("llvm-lipo"),
           "-create",
           join(dist, "softnet-darwin-arm64"),
           join(dist, "softnet-darwin-x64"),

@@ -20,6 +20,7 @@ import {
 import { libc } from "../../src/platform/libc.ts";
 import { REQUIRED_IN_CI } from "../support/ci.ts";
 import { EtcOverlay } from "../support/etc-overlay.ts";
+import { requireTools } from "../support/tools.ts";
 import { canRunLinuxX64, isRoot, releaseDist, unhardenedBuild } from "./release-build.ts";
 
 const runnable = canRunLinuxX64 && isRoot;
@@ -31,6 +32,7 @@ let version: string;
 
 beforeAll(async () => {
   if (!runnable) return;
+  requireTools(["id", "useradd", "setpriv", "findmnt", "stat", "chown", "cat", "kill", "gcc"]);
   const dist = await releaseDist();
   hardened = SetuidLab.create(join(dist, "softnet-linux-x64"));
   scratch = mkdtempSync(join(tmpdir(), "softnet-setuid-control-"));

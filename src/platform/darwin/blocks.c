@@ -19,7 +19,9 @@
 //
 // No #include and no libraries (-nostdlib): everything from libSystem (or, in tests, the vmnet
 // double and glibc) arrives as function pointers in the configuration that blocks.ts passes to
-// vmnet_state_init. No struct assignment either, so TinyCC never emits a call to memcpy.
+// vmnet_state_init. No struct assignment either: TinyCC's arm64 backend turns one into a call to
+// memmove (oven-sh/tinycc tccgen.c vstore()), which -nostdlib and Bun's cc() leave unresolved (see
+// copy_libc_functions in poll-reactor.c).
 
 typedef unsigned long size_t;
 typedef long ssize_t;

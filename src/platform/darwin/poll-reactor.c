@@ -61,6 +61,19 @@ struct reactor {
 
 static int negative_errno(struct reactor *reactor) { return -*reactor->libc.errno_location(); }
 
+// `*to = *from` would not do: TinyCC's arm64 backend compiles a struct assignment into a call to
+// memmove (oven-sh/tinycc tccgen.c vstore(); only x86_64-gen.c defines TCC_TARGET_NATIVE_STRUCT_COPY
+// and copies inline), with -nostdlib TinyCC resolves no symbol through dlsym (tccrun.c:
+// relocate_syms(s1, s1->symtab, !s1->nostdlib)), and Bun's cc() injects only memset and memcpy
+// (oven-sh/bun src/bun.js/api/ffi/compiler_rt.zig, CompilerRT.inject). The compile then fails on
+// arm64 with "unresolved reference to 'memmove'". The table is nothing but function pointers, so it
+// is copied one pointer-sized word at a time. test/arm64 compiles and runs this file on arm64.
+static void copy_libc_functions(struct libc_functions *to, const struct libc_functions *from) {
+  void **target = (void **)to;
+  void *const *source = (void *const *)from;
+  for (size_t i = 0; i < sizeof *from / sizeof(void *); i++) target[i] = source[i];
+}
+
 static struct registration *find(struct reactor *reactor, int fd) {
   for (int i = 0; i < MAX_REGISTRATIONS; i++) {
     if (reactor->registrations[i].used && reactor->registrations[i].fd == fd) return &reactor->registrations[i];
@@ -163,7 +176,7 @@ void *reactor_create(const struct libc_functions *libc, ready_callback on_ready,
     *error = -ENOMEM;
     return 0;
   }
-  reactor->libc = *libc;
+  copy_libc_functions(&reactor->libc, libc);
   reactor->on_ready = on_ready;
   int fds[2];
   if (libc->pipe(fds) < 0) {

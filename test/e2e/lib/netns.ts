@@ -4,6 +4,7 @@
 import { existsSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { isKnownTool, requireTool } from "../../support/tools.ts";
 import { runSync } from "./proc.ts";
 
 export const NAME_PREFIX = "softnet-e2e-";
@@ -11,6 +12,10 @@ const OWNED_NAME = /^softnet-e2e-(\d+)-(\d+)(?:-|$)/;
 
 /** argv that runs argv inside namespace (ip execs the command: the pid is the command's own). */
 export function inNamespace(namespace: string, argv: string[]): string[] {
+  // A missing program fails here, naming its Debian package, rather than as "exit 255" from ip.
+  const program = argv[0];
+  if (program !== undefined && isKnownTool(program)) requireTool(program);
+  requireTool("ip");
   return ["ip", "netns", "exec", namespace, ...argv];
 }
 

@@ -8,6 +8,7 @@
 import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { requireTools } from "../../support/tools.ts";
 import { Capture } from "./capture.ts";
 import { Guest, startBannerServer } from "./guest.ts";
 import {
@@ -191,11 +192,7 @@ export class Topology {
    */
   static async create(options: TopologyOptions = {}): Promise<Topology> {
     if (process.getuid?.() !== 0) throw new Error("e2e tests need root (network namespaces, TAP devices)");
-    const missing: string[] = [];
-    for (const tool of ["ip", "socat", "dnsmasq", "busybox", "tcpdump", "ping", "nc", "dig", "ss"]) {
-      if (Bun.which(tool, { PATH: `${process.env.PATH}:/usr/sbin:/sbin` }) === null) missing.push(tool);
-    }
-    if (missing.length > 0) throw new Error(`missing ${missing.join(", ")}: run scripts/e2e-deps.sh`);
+    requireTools(["ip", "bridge", "socat", "dnsmasq", "busybox", "tcpdump", "ping", "nc", "dig", "ss", "sh"]);
     const topology = new Topology(options);
     try {
       await topology.build();

@@ -50,6 +50,8 @@ export interface SoftnetOptions {
   logLevel: LogLevel;
   logFormat: LogFormat;
   capture: CaptureOptions | undefined;
+  /** --reject: answer frames dropped for their destination (TCP RST, ICMP prohibited) instead of dropping silently. */
+  reject: boolean;
   sudoEscalationProbing: boolean;
   sudoEscalationDone: boolean;
 }
@@ -68,6 +70,7 @@ Examples:
   Reach a LAN too:    softnet ... --allow 192.168.1.0/24 --block 192.168.1.1/32
   Only the host:      softnet ... --block 0.0.0.0/0 --allow @host
   SSH into the VM:    softnet ... --expose 2222:22
+  Fail fast:          softnet ... --block 10.0.0.0/8 --reject   (refused at once instead of timing out)
   Linux bridge:       softnet --vm-fd 0 --vm-mac-address 12:34:56:78:9a:bc --bridge br0
   See the frames:     softnet ... --capture vm.pcapng    (then: wireshark vm.pcapng)
   Check this machine: sudo softnet doctor [--bridge br0] [--json]   (softnet doctor --help)
@@ -130,6 +133,12 @@ function buildProgram(collect: { help: string }): Command {
         "--expose <ports>",
         "comma-separated EXTERNAL:INTERNAL TCP ports forwarded from the host to the VM; repeatable",
       ).argParser(accumulate),
+    )
+    .option(
+      "--reject",
+      "answer what the rules drop for its destination (blocked-by-rule, not-allowed-destination) with a " +
+        "TCP reset or ICMP 'administratively prohibited', so the VM fails at once instead of timing out " +
+        "(default: drop silently, as Cirrus Labs softnet does)",
     )
     .option("--bridge <name>", "Linux: the bridge to attach the VM's TAP port to (required on Linux)")
     .addOption(
@@ -215,6 +224,7 @@ function validate(raw: Record<string, unknown>): SoftnetOptions {
     logLevel: raw.logLevel as LogLevel,
     logFormat: raw.logFormat as LogFormat,
     capture: parseCapture(raw),
+    reject: raw.reject === true,
     sudoEscalationProbing: raw.sudoEscalationProbing === true,
     sudoEscalationDone: raw.sudoEscalationDone === true,
   };

@@ -13,12 +13,14 @@
 
 import type { Logger } from "./log.ts";
 import { RateLimiter } from "./log.ts";
-import type { FrameBatch, FrameLink } from "./platform/link.ts";
+import { FrameBatch, type FrameLink } from "./platform/link.ts";
 import { type Policy, SnoopEvent } from "./policy/policy.ts";
 import { isPass, REASON_COUNT, REASON_EXPLANATIONS, Reason, reasonName } from "./policy/reasons.ts";
+import { isRejectReason, RATE_LIMITED, REJECT_REPLY_MAX_BYTES, type Rejecter } from "./policy/reject.ts";
 import { reportWarningOnce } from "./sentry.ts";
 import {
   describeLease,
+  SYNTHESISED,
   TrafficCounters,
   TrafficDirection,
   type TrafficDirectionCode,
@@ -50,6 +52,8 @@ export interface FilterLoopOptions {
   onStop: (cause: StopCause) => void;
   /** --capture: sees every batch with its verdicts, after the send (src/capture). */
   capture?: FrameRecorder;
+  /** --reject: answers frames dropped for their destination (src/policy/reject.ts). */
+  reject?: Rejecter;
 }
 
 /** What the loop hands each batch to, besides its own counters. */
@@ -86,6 +90,10 @@ export class FilterLoop {
   private gatewayMacChangesSeen = 0;
   private readonly countersAtLastSummary = new Float64Array(REASON_COUNT);
   private readonly unsentAtLastSummary = new Float64Array(2);
+  /** --reject: the answers to one batch from the VM, made in place and sent to the VM together. */
+  private readonly replyBatch: FrameBatch | undefined;
+  private readonly replySlots: Uint16Array | undefined;
+  private readonly replyVerdicts: Uint8Array | undefined;
 
   constructor(private readonly options: FilterLoopOptions) {
     this.vmSlots = new Uint16Array(options.vmBatch.capacity);
@@ -93,6 +101,12 @@ export class FilterLoop {
     this.vmVerdicts = new Uint8Array(options.vmBatch.capacity);
     this.hostVerdicts = new Uint8Array(options.hostBatch.capacity);
     this.debugEnabled = options.logger.enabled("debug");
+    if (options.reject !== undefined) {
+      const capacity = options.vmBatch.capacity; // at most one answer per frame of a batch
+      this.replyBatch = new FrameBatch(capacity, Math.max(64, REJECT_REPLY_MAX_BYTES));
+      this.replySlots = Uint16Array.from({ length: capacity }, (_, slot) => slot);
+      this.replyVerdicts = new Uint8Array(capacity);
+    }
   }
 
   /**
@@ -108,12 +122,16 @@ export class FilterLoop {
       if (received <= 0) return false;
       const now = clock();
       let accepted = 0;
+      let replies = 0;
       for (let slot = 0; slot < received; slot++) {
         const offset = slot * batch.slotSize;
         const reason = policy.decideFromVm(batch.bytes, offset, batch.lengths[slot], now);
         this.vmVerdicts[slot] = reason;
         if (isPass(reason)) slots[accepted++] = slot;
-        else this.logDrop("from VM", reason, batch, slot, now);
+        else {
+          this.logDrop("from VM", reason, batch, slot, now);
+          if (isRejectReason(reason)) replies = this.answer(reason, batch, slot, now, replies);
+        }
       }
       let sent = 0;
       if (accepted > 0) {
@@ -126,6 +144,7 @@ export class FilterLoop {
         this.droppedToHost += accepted - sent;
       }
       this.record(TrafficDirection.FROM_VM, batch, received, slots, accepted, sent);
+      if (replies > 0 && !this.sendReplies(replies)) return false;
       handled += received;
       if (received < batch.capacity) return false;
     }
@@ -230,6 +249,46 @@ export class FilterLoop {
     for (let i = sent; i < accepted; i++) verdicts[slots[i]] |= UNSENT;
     this.traffic.recordBatch(direction, batch, verdicts, received);
     this.options.capture?.recordBatch(direction, batch, verdicts, received);
+  }
+
+  /**
+   * --reject: writes the answer to a dropped frame into the next reply slot. Returns how many
+   * replies the batch has now.
+   */
+  private answer(reason: number, batch: FrameBatch, slot: number, now: number, replies: number): number {
+    const reject = this.options.reject;
+    const replyBatch = this.replyBatch;
+    if (reject === undefined || replyBatch === undefined || this.replyVerdicts === undefined) return replies;
+    const length = reject.answer(
+      reason,
+      batch.bytes,
+      slot * batch.slotSize,
+      batch.lengths[slot],
+      now,
+      replyBatch.bytes,
+      replies * replyBatch.slotSize,
+    );
+    if (length === RATE_LIMITED) this.traffic.rejectsRateLimited[reason]++;
+    if (length <= 0) return replies;
+    replyBatch.lengths[replies] = length;
+    this.replyVerdicts[replies] = SYNTHESISED | reason;
+    return replies + 1;
+  }
+
+  /** Sends the batch's replies to the VM, then counts and records them. False when the VM is gone. */
+  private sendReplies(count: number): boolean {
+    const { replyBatch, replySlots, replyVerdicts } = this;
+    if (replyBatch === undefined || replySlots === undefined || replyVerdicts === undefined) return true;
+    replyBatch.count = count;
+    const sent = this.options.vm.send(replyBatch, replySlots, count);
+    if (sent < 0) {
+      this.stop({ kind: "vm-closed" });
+      return false;
+    }
+    for (let i = sent; i < count; i++) replyVerdicts[i] |= UNSENT;
+    this.traffic.recordRejects(replyVerdicts, count);
+    this.options.capture?.recordBatch(TrafficDirection.FROM_HOST, replyBatch, replyVerdicts, count);
+    return true;
   }
 
   private receive(link: FrameLink, batch: FrameBatch): number {

@@ -15,6 +15,7 @@ import type { DarwinLibraries } from "./platform/darwin/system.ts";
 import { FrameBatch, type FrameLink } from "./platform/link.ts";
 import type { ReactorBackend } from "./platform/reactor.ts";
 import { Policy } from "./policy/policy.ts";
+import { Rejecter } from "./policy/reject.ts";
 import { allowsEverything, RuleTable } from "./policy/rules.ts";
 import { checkExposedPortsAllowed, type PortForwardBackend, PortForwards } from "./port-forwards.ts";
 import { enableErrorReports } from "./sentry.ts";
@@ -324,6 +325,7 @@ async function runFilter(setup: FilterSetup): Promise<number> {
     onLeaseChange: () => void forwards?.reconcile(),
     onStop: (cause) => resolveStop(cause),
     capture,
+    reject: options.reject ? new Rejecter(policy) : undefined,
   });
   if (setup.forwardBackend !== undefined) {
     const forwardBackend = setup.forwardBackend;
@@ -384,6 +386,7 @@ async function runFilter(setup: FilterSetup): Promise<number> {
       exposed,
       forwardsInstalledFor: forwards?.installedAddress ?? -1,
       capture: capture?.status,
+      reject: options.reject,
     });
     logger.report("info", report.lines, "counters", report.fields, force);
   };
@@ -398,7 +401,8 @@ async function runFilter(setup: FilterSetup): Promise<number> {
     `forwarding for VM ${formatMac(options.vmMac)} on fd ${options.vmFd} through ${host.description} ` +
       `(gateway ${formatIpv4(host.gateway)}/${host.prefixLength}, MTU ${host.mtu}, ` +
       `${setup.isolate ? "isolated from other VMs" : "not isolated: --allow 0.0.0.0/0"}); ` +
-      `rules: ${describeRules(options.rules)}; running as ${setup.runningAs}` +
+      `rules: ${describeRules(options.rules)}${options.reject ? " (dropped destinations answered: --reject)" : ""}; ` +
+      `running as ${setup.runningAs}` +
       (options.capture === undefined ? "" : `; capturing to ${options.capture.path}`),
     "startup",
     {
@@ -410,6 +414,7 @@ async function runFilter(setup: FilterSetup): Promise<number> {
       mtu: host.mtu,
       isolated: setup.isolate,
       rules: describeRules(options.rules),
+      reject: options.reject,
       exposed: exposed === "" ? null : exposed,
       running_as: setup.runningAs,
       capture: options.capture?.path ?? null,

@@ -17,9 +17,16 @@ export type TrafficDirectionCode = (typeof TrafficDirection)[keyof typeof Traffi
 
 /** Added to a verdict when a frame the policy passed could not be handed on (ENOBUFS/EAGAIN). */
 export const UNSENT = 0x80;
+/**
+ * Added to a verdict for a frame softnet made itself: a --reject answer to the VM, whose reason
+ * part is the reason of the drop it answers (src/policy/reject.ts). Such frames are counted by
+ * recordRejects, never by recordBatch.
+ */
+export const SYNTHESISED = 0x40;
 /** The reason part of a verdict. */
-export const REASON_MASK = 0x7f;
-if (REASON_COUNT > REASON_MASK) throw new Error("reasons no longer fit beside the UNSENT bit");
+export const REASON_MASK = 0x3f;
+if (REASON_COUNT > REASON_MASK)
+  throw new Error("reasons no longer fit beside the UNSENT and SYNTHESISED bits");
 
 export class TrafficCounters {
   /** Per direction (TrafficDirection): frames and bytes softnet received from that side. */
@@ -32,6 +39,12 @@ export class TrafficCounters {
   readonly unsentFrames = new Float64Array(2);
   /** Frames per reason, per direction: index direction * REASON_COUNT + reason. */
   readonly reasonFrames = new Float64Array(2 * REASON_COUNT);
+  /** --reject: answers sent to the VM, per reason of the drop they answer. */
+  readonly rejectsSent = new Float64Array(REASON_COUNT);
+  /** --reject: answers the VM's socket had no buffer space for, per reason. */
+  readonly rejectsUnsent = new Float64Array(REASON_COUNT);
+  /** --reject: answers that were due but not made, the reason's rate limit being used up. */
+  readonly rejectsRateLimited = new Float64Array(REASON_COUNT);
 
   /** Counts slots 0..count of batch with their verdicts. Allocates nothing. */
   recordBatch(direction: TrafficDirectionCode, batch: FrameBatch, verdicts: Uint8Array, count: number): void {
@@ -58,6 +71,16 @@ export class TrafficCounters {
     this.deliveredFrames[direction] += delivered;
     this.deliveredBytes[direction] += deliveredBytes;
     this.unsentFrames[direction] += unsent;
+  }
+
+  /** Counts the --reject answers in slots 0..count, each verdict SYNTHESISED + reason (+ UNSENT). */
+  recordRejects(verdicts: Uint8Array, count: number): void {
+    for (let slot = 0; slot < count; slot++) {
+      const verdict = verdicts[slot];
+      const reason = verdict & REASON_MASK;
+      if (verdict & UNSENT) this.rejectsUnsent[reason]++;
+      else this.rejectsSent[reason]++;
+    }
   }
 
   /** Frames dropped by the policy (not counting unsent ones) in one direction. */
@@ -92,6 +115,8 @@ export interface CounterSources {
   /** Where the forwards point now, or -1 when none are installed. */
   forwardsInstalledFor: number;
   capture: CaptureStatus | undefined;
+  /** --reject is on: report the answers made. */
+  reject?: boolean;
 }
 
 /** The report: lines for the text log, and the same as structured fields for JSON logs. */
@@ -143,6 +168,30 @@ export function counterReport(sources: CounterSources): CounterReport {
       passed,
       dropped: drops,
     };
+  }
+
+  if (sources.reject === true) {
+    const counts = (values: Float64Array) => {
+      const byReason: Record<string, number> = {};
+      for (let reason = 0; reason < REASON_COUNT; reason++) {
+        if (values[reason] > 0) byReason[reasonName(reason)] = values[reason];
+      }
+      return byReason;
+    };
+    const list = (byReason: Record<string, number>) =>
+      Object.entries(byReason)
+        .map(([name, count]) => `${count} ${name}`)
+        .join(", ") || "none";
+    const sent = counts(traffic.rejectsSent);
+    const unsent = counts(traffic.rejectsUnsent);
+    const rateLimited = counts(traffic.rejectsRateLimited);
+    lines.push(
+      `  answered (--reject): ${list(sent)}; rate-limited ${list(rateLimited)}; ` +
+        `unsent for lack of buffer space ${list(unsent)}`,
+    );
+    fields.reject = { sent, rate_limited: rateLimited, unsent };
+  } else {
+    fields.reject = null;
   }
 
   const leaseFields = describeLease(lease, nowMs);

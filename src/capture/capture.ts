@@ -7,7 +7,8 @@
  * VM's point of view, as a capture inside the guest would: frames the VM sent are outbound, frames
  * from the host on their way to the VM are inbound (pcapng.ts PacketDirection). Dropped frames
  * carry `dropped: <reason>: <what it means>` (the names and words of src/policy/reasons.ts);
- * frames the policy passed that the receiving side had no buffer space for carry `unsent: ...`.
+ * frames the policy passed that the receiving side had no buffer space for carry `unsent: ...`;
+ * answers softnet made itself for the VM (--reject) are inbound and carry `synthesised: ...`.
  *
  * Per frame nothing is allocated: blocks are written into one preallocated buffer (comments are
  * encoded once, at start), and the buffer goes to the file in one write per drain (flush(), which
@@ -22,9 +23,11 @@ import { SoftnetError } from "../errors.ts";
 import type { Logger } from "../log.ts";
 import type { FrameBatch } from "../platform/link.ts";
 import { isPass, REASON_COUNT, REASON_EXPLANATIONS, reasonName } from "../policy/reasons.ts";
+import { REJECT_REASONS } from "../policy/reject.ts";
 import {
   type CaptureStatus,
   formatSize,
+  SYNTHESISED,
   TrafficDirection,
   type TrafficDirectionCode,
   UNSENT,
@@ -259,6 +262,16 @@ function buildComments(direction: TrafficDirectionCode): Array<Uint8Array | unde
       );
     } else {
       comments[reason] = utf8.encode(`dropped: ${reasonName(reason)}: ${REASON_EXPLANATIONS[reason]}`);
+    }
+  }
+  // --reject answers go to the VM: recorded with the frames from the host, marked as softnet's own.
+  if (direction === TrafficDirection.FROM_HOST) {
+    for (const reason of REJECT_REASONS) {
+      const made = `synthesised: reject for ${reasonName(reason)}`;
+      comments[SYNTHESISED | reason] = utf8.encode(made);
+      comments[SYNTHESISED | UNSENT | reason] = utf8.encode(
+        `unsent: ${receiver} had no buffer space (${made})`,
+      );
     }
   }
   return comments;

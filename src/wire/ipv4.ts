@@ -68,6 +68,33 @@ export function ipv4MoreFragments(bytes: Uint8Array, ip: number): boolean {
   return (readU16(bytes, ip + Ipv4.FLAGS_AND_FRAGMENT_OFFSET) & FLAG_MORE_FRAGMENTS) !== 0;
 }
 
+/**
+ * Writes a 20-byte IPv4 header (no options) with its checksum into bytes[ip, ip+20), for a packet
+ * softnet makes itself. Identification 0 with Don't Fragment: an atomic datagram (DF set, not a
+ * fragment), whose identification RFC 6864 4.1 lets a sender set to any value. Allocates nothing.
+ */
+export function writeIpv4Header(
+  bytes: Uint8Array,
+  ip: number,
+  totalLength: number,
+  protocol: number,
+  source: number,
+  destination: number,
+  ttl: number,
+): void {
+  bytes[ip + Ipv4.VERSION_AND_HEADER_LENGTH] = 0x40 | (Ipv4.MINIMUM_HEADER_LENGTH / 4);
+  bytes[ip + Ipv4.TOS] = 0;
+  writeU16(bytes, ip + Ipv4.TOTAL_LENGTH, totalLength);
+  writeU16(bytes, ip + Ipv4.IDENTIFICATION, 0);
+  writeU16(bytes, ip + Ipv4.FLAGS_AND_FRAGMENT_OFFSET, FLAG_DONT_FRAGMENT);
+  bytes[ip + Ipv4.TTL] = ttl;
+  bytes[ip + Ipv4.PROTOCOL] = protocol;
+  writeU16(bytes, ip + Ipv4.CHECKSUM, 0);
+  writeU32(bytes, ip + Ipv4.SOURCE, source);
+  writeU32(bytes, ip + Ipv4.DESTINATION, destination);
+  writeU16(bytes, ip + Ipv4.CHECKSUM, internetChecksum(bytes, ip, Ipv4.MINIMUM_HEADER_LENGTH));
+}
+
 export interface Ipv4Repr {
   source: string;
   destination: string;

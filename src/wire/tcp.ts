@@ -39,6 +39,50 @@ export function tcpFlags(bytes: Uint8Array, tcp: number): number {
   return bytes[tcp + Tcp.FLAGS];
 }
 
+export function tcpSequence(bytes: Uint8Array, tcp: number): number {
+  return readU32(bytes, tcp + Tcp.SEQUENCE);
+}
+
+export function tcpAcknowledgment(bytes: Uint8Array, tcp: number): number {
+  return readU32(bytes, tcp + Tcp.ACKNOWLEDGMENT);
+}
+
+/**
+ * Writes a 20-byte TCP header (no options, urgent pointer 0) at bytes[tcp, tcp+20) and its checksum
+ * over the header and the `segmentLength - 20` payload bytes that follow it, with the IPv4
+ * pseudo-header of `source` and `destination` (RFC 9293 3.1). Allocates nothing.
+ */
+export function writeTcpHeader(
+  bytes: Uint8Array,
+  tcp: number,
+  segmentLength: number,
+  source: number,
+  destination: number,
+  sourcePort: number,
+  destinationPort: number,
+  sequence: number,
+  acknowledgment: number,
+  flags: number,
+  window: number,
+): void {
+  writeU16(bytes, tcp + Tcp.SOURCE_PORT, sourcePort);
+  writeU16(bytes, tcp + Tcp.DESTINATION_PORT, destinationPort);
+  writeU32(bytes, tcp + Tcp.SEQUENCE, sequence);
+  writeU32(bytes, tcp + Tcp.ACKNOWLEDGMENT, acknowledgment);
+  bytes[tcp + Tcp.DATA_OFFSET] = (Tcp.MINIMUM_HEADER_LENGTH / 4) << 4;
+  bytes[tcp + Tcp.FLAGS] = flags;
+  writeU16(bytes, tcp + Tcp.WINDOW, window);
+  writeU16(bytes, tcp + Tcp.CHECKSUM, 0);
+  writeU16(bytes, tcp + Tcp.URGENT, 0);
+  const sum = sumWords(
+    bytes,
+    tcp,
+    segmentLength,
+    pseudoHeaderSum(source, destination, IpProtocol.TCP, segmentLength),
+  );
+  writeU16(bytes, tcp + Tcp.CHECKSUM, finishChecksum(sum));
+}
+
 export interface TcpRepr {
   sourcePort: number;
   destinationPort: number;

@@ -41,6 +41,7 @@ describe("valid command lines", () => {
       logLevel: "info",
       logFormat: "text",
       capture: undefined,
+      reject: false,
       sudoEscalationProbing: false,
       sudoEscalationDone: false,
     });

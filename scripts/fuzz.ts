@@ -1,7 +1,8 @@
 /**
  * The frame fuzzer: millions of random and mutated frames through everything in softnet that reads
- * a frame (the VM→host decision, the host→VM decision with its DHCP snooping, the one-line frame
- * description used in logs), counting exceptions and the reasons hit.
+ * a frame (the VM→host decision, the host→VM decision with its DHCP snooping, the answer --reject
+ * builds for a dropped frame, the capture's packet block, the one-line frame description used in
+ * logs), counting exceptions and the reasons hit.
  *
  *   bun scripts/fuzz.ts [--frames 10000000] [--seed N]
  *
@@ -18,8 +19,10 @@
  * is seeded and printed, so any failure can be replayed. The test suite runs a short run of it
  * (test/unit/fuzz.test.ts); the figures of the 10-million run are in the closing notes.
  */
+import { writeEnhancedPacket } from "../src/capture/pcapng.ts";
 import { Policy } from "../src/policy/policy.ts";
 import { REASON_COUNT, Reason, type ReasonCode, reasonName } from "../src/policy/reasons.ts";
+import { buildRejectReply, REJECT_REPLY_MAX_BYTES } from "../src/policy/reject.ts";
 import { parseRuleTarget, type Rule, RuleTable, type RuleTarget } from "../src/policy/rules.ts";
 import { parseIpv4, parseMac } from "../src/wire/bytes.ts";
 import { describeFrame } from "../src/wire/describe.ts";
@@ -57,6 +60,9 @@ export interface FuzzResult {
   fromVm: Float64Array;
   fromHost: Float64Array;
   describeCalls: number;
+  /** --reject answers built, and capture blocks written. */
+  rejectReplies: number;
+  captureBlocks: number;
 }
 
 /** xorshift32: small, fast, deterministic. */
@@ -251,6 +257,12 @@ export function runFuzz(options: FuzzOptions): FuzzResult {
   // A second placement of the same frame, in other surroundings: a decision that reads past the
   // frame's end or before its start would come out differently.
   const twin = new Uint8Array(GUARD + FRAME_ROOM + GUARD);
+  const reply = new Uint8Array(REJECT_REPLY_MAX_BYTES);
+  const block = new Uint8Array(FRAME_ROOM + 1024);
+  const blockView = new DataView(block.buffer);
+  const comment = new TextEncoder().encode("dropped: fuzz");
+  let rejectReplies = 0;
+  let captureBlocks = 0;
   let policy = newPolicy(0);
   // A lease, so the paths behind "has a lease" are reached too; renewed now and then.
   const ack = dhcpServerFrame({
@@ -310,6 +322,35 @@ export function runFuzz(options: FuzzOptions): FuzzResult {
         );
       }
     }
+    if (toHost) {
+      try {
+        const answer = buildRejectReply(policy, reason, buffer, offset, length, now, reply, 0);
+        if (answer < 0 || answer > REJECT_REPLY_MAX_BYTES) throw new Error(`reject reply of ${answer} bytes`);
+        if (answer > 0) rejectReplies++;
+      } catch (error) {
+        exceptions++;
+        record(index, "reject", offset, length, String(error));
+      }
+    }
+    if ((index & 15) === 8) {
+      captureBlocks++;
+      try {
+        writeEnhancedPacket(
+          block,
+          blockView,
+          0,
+          0,
+          index,
+          buffer.subarray(offset, offset + length),
+          length,
+          1,
+          comment,
+        );
+      } catch (error) {
+        exceptions++;
+        record(index, "capture", offset, length, String(error));
+      }
+    }
     if ((index & 15) === 0) {
       describeCalls++;
       try {
@@ -334,6 +375,8 @@ export function runFuzz(options: FuzzOptions): FuzzResult {
     fromVm,
     fromHost,
     describeCalls,
+    rejectReplies,
+    captureBlocks,
   };
 }
 
@@ -364,7 +407,7 @@ if (import.meta.main) {
   });
   console.log(
     `${result.frames} frames in ${result.seconds.toFixed(1)} s: ${Math.round(result.frames / result.seconds)} frames/s; ` +
-      `${result.describeCalls} descriptions; exceptions ${result.exceptions}; writes outside a frame ${result.outOfBoundsWrites}; ` +
+      `${result.describeCalls} descriptions, ${result.captureBlocks} capture blocks, ${result.rejectReplies} --reject answers; exceptions ${result.exceptions}; writes outside a frame ${result.outOfBoundsWrites}; ` +
       `decisions that depended on bytes outside the frame ${result.outOfBoundsReads}`,
   );
   console.log(`  VM→host reasons:\n${table(result.fromVm)}`);

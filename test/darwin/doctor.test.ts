@@ -4,12 +4,14 @@
 // in for bootpd. What only a Mac can answer (vmnet's real numbers, bootpd) the doctor answers
 // there; here each check must run, report the double's values, say it ran on the double, and
 // fail when the double is made to fail.
+
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fallbackMaxPackets, VmnetStatus } from "../../src/platform/darwin/vmnet.ts";
 import { check, Topology } from "../e2e/lib/index.ts";
+import { bunCommand } from "../support/emulation.ts";
 import { Inject, REPO } from "./support.ts";
 
 const SCRIPT = "test/darwin/doctor-on-double.ts";
@@ -69,7 +71,7 @@ async function doctorOnDouble(
   const log = join(work, `double-${++runs}.log`);
   const argv = [
     ...(options.wrap ?? []),
-    process.execPath,
+    ...bunCommand(),
     SCRIPT,
     ...(options.log === false ? [] : ["--double-log", log]),
     ...(options.double ?? []),

@@ -7,8 +7,10 @@
 //
 // Each run is a separate process (test/darwin/vm-close-on-double.ts), because runOnDarwin drops
 // privileges. A run that does not stop within the deadline is killed, and that is the failure.
+
 import { expect, test } from "bun:test";
 import { writeFileSync } from "node:fs";
+import { bunCommand } from "../support/emulation.ts";
 import { inPrivateNetworkNamespace, makeBridge, REPO } from "./support.ts";
 
 const BRIDGE = "sdbr3";
@@ -20,7 +22,7 @@ function runSoftnet(vm: "frames-then-close" | "close", extra: string[] = []) {
   delete env.SUDO_GID;
   const result = Bun.spawnSync(
     [
-      process.execPath,
+      ...bunCommand(),
       "test/darwin/vm-close-on-double.ts",
       "--vm",
       vm,

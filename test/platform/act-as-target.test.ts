@@ -3,6 +3,7 @@
 // Checked through the kernel's own account (/proc/self/status), in a child process, with glibc.
 import { describe, expect, test } from "bun:test";
 import { REQUIRED_IN_CI } from "../support/ci.ts";
+import { bunCommand } from "../support/emulation.ts";
 
 const isRoot = process.getuid?.() === 0;
 
@@ -21,7 +22,7 @@ console.log(JSON.stringify({ target, during, after: status(), failed }));
 
 describe.skipIf(!isRoot && !REQUIRED_IN_CI)("acting as the target user for a moment", () => {
   test("real and effective ids and groups are the target's, saved uid 0; root comes back, also after a throw", () => {
-    const run = Bun.spawnSync([process.execPath, "-e", CHILD], {
+    const run = Bun.spawnSync([...bunCommand(), "-e", CHILD], {
       cwd: `${import.meta.dir}/../..`,
       stderr: "pipe",
     });

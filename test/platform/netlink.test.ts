@@ -1,6 +1,7 @@
 // Netlink building and parsing (src/platform/linux/netlink.ts), and the pure "who has this MAC"
 // decision of bridge.ts. The parsers get hand-made byte arrays, including lengths that lie; the
 // socket talks to this machine's kernel (read-only requests, and requests the kernel refuses).
+
 import { describe, expect, test } from "bun:test";
 import { Errno } from "../../src/platform/libc.ts";
 import {
@@ -23,6 +24,7 @@ import {
   walkAttributes,
   walkMessages,
 } from "../../src/platform/linux/netlink.ts";
+import { emulator } from "../support/emulation.ts";
 
 /** Little-endian bytes from a list of [value, width] pairs. */
 function bytes(...fields: Array<[number, 1 | 2 | 4]>): Uint8Array {
@@ -185,7 +187,12 @@ test("the kernel's own explanation (extended ack) is read from an error reply", 
     }
     expect(caught).toBeInstanceOf(NetlinkError);
     const error = caught as NetlinkError;
-    if (process.getuid?.() === 0) {
+    if (emulator().length > 0) {
+      // qemu-user (test/arm64) converts rtnetlink messages between target and host itself, and
+      // answers this neighbour request with EOPNOTSUPP (qemu 7.2, measured) where the kernel says
+      // EINVAL: there is no kernel explanation to read. The native run of this file checks it.
+      expect(error.errno).toBe(Errno.EOPNOTSUPP);
+    } else if (process.getuid?.() === 0) {
       expect({ errno: error.errno, kernelMessage: error.kernelMessage }).toEqual({
         errno: Errno.EINVAL,
         kernelMessage: "invalid ifindex",

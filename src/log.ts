@@ -3,6 +3,7 @@
  * unless a line will actually be written: drop logs go through DropLog, a token bucket per reason.
  */
 import type { LogLevel } from "./cli.ts";
+import { writeStderr } from "./stdio.ts";
 
 const LEVEL_RANK: Record<LogLevel, number> = { error: 0, warn: 1, info: 2, debug: 3 };
 
@@ -11,7 +12,7 @@ export class Logger {
 
   constructor(
     level: LogLevel = "info",
-    private readonly write: (line: string) => void = (line) => process.stderr.write(line),
+    private readonly write: (line: string) => void = writeStderr,
   ) {
     this.rank = LEVEL_RANK[level];
   }

@@ -8,17 +8,18 @@ import type { SoftnetOptions } from "./cli.ts";
 import { parseCommandLine } from "./cli.ts";
 import { describeError, exitCodeFor } from "./errors.ts";
 import { enableErrorReports, errorReportsWanted, reportFatal } from "./sentry.ts";
+import { writeStderr, writeStdout } from "./stdio.ts";
 
 export async function main(args: readonly string[]): Promise<number> {
   let parsed: ReturnType<typeof parseCommandLine>;
   try {
     parsed = parseCommandLine(args);
   } catch (error) {
-    process.stderr.write(`softnet: ${describeError(error)}\n`);
+    writeStderr(`softnet: ${describeError(error)}\n`);
     return exitCodeFor(error);
   }
   if (parsed.kind === "print") {
-    process.stdout.write(parsed.text);
+    writeStdout(parsed.text);
     return 0;
   }
   try {
@@ -27,7 +28,7 @@ export async function main(args: readonly string[]): Promise<number> {
     return await runSoftnet(parsed.options);
   } catch (error) {
     const line = describeError(error);
-    process.stderr.write(`softnet: ${line}\n`);
+    writeStderr(`softnet: ${line}\n`);
     await reportFatalUnprivileged(error, line, parsed.options);
     return exitCodeFor(error);
   }

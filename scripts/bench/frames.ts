@@ -286,7 +286,11 @@ export class FrameBench {
       forwarder.port = await this.waitForPort((ports) => ports.find((port) => !before.has(port)), running);
       if (name === "softnet") await output.waitFor(/forwarding for VM/, 10_000, running);
       this.pinVmMac(forwarder.port);
-      // The lease: a DHCP ACK from the gateway for VM_IP, injected on the host side.
+      // The lease: a DHCP ACK from the gateway for VM_IP, injected on the host side. It comes from
+      // the generator's MAC: softnet learns the gateway's MAC from frames sent from the gateway's
+      // address, and takes frames from beyond the VM's network (host→VM: from 8.8.8.8) only from
+      // that MAC (not-from-gateway). The generator plays the routing gateway on its own port: the
+      // bridge drops frames that enter a port with the bridge's own MAC as their source.
       const ack = dhcpServerFrame({
         messageType: DhcpMessageType.ACK,
         leaseTimeSeconds: 3600,
@@ -297,6 +301,7 @@ export class FrameBench {
         dst: VM_IP,
         dstMac: VM_MAC,
       });
+      ack.set(Buffer.from(GENERATOR_MAC.replaceAll(":", ""), "hex"), 6); // Ethernet source
       const injected = await runTool(
         this.resources,
         this.ns([this.programs.tools, "inject", GEN_TAP, "3", "20", hex(ack)]),

@@ -51,7 +51,7 @@ async function reportFatalUnprivileged(error: unknown, line: string, options: So
 }
 
 if (import.meta.main) {
-  // No top-level await: the release is compiled to bytecode, which Bun builds as CommonJS.
+  // No top-level await: the exit code is set when main() settles; nothing here has to wait for it.
   void main(process.argv.slice(2)).then((code) => {
     process.exitCode = code;
   });

@@ -3,6 +3,7 @@
  *   softnet --vm-fd 0 --vm-mac-address MAC [--vm-net-type host] [--allow ..] [--block ..] [--expose ..]
  * Every bad value becomes a UsageError naming the flag and the value (exit code 2).
  */
+import { Command, CommanderError, Option } from "commander";
 import { UsageError } from "./errors.ts";
 import { formatRuleTarget, parseRuleTarget, type Rule } from "./policy/rules.ts";
 import { COMMIT, VERSION } from "./version.ts";
@@ -48,237 +49,105 @@ Examples:
 Exit codes: 0 stopped cleanly (SIGINT, SIGTERM, or the VM closed its end), 1 failure, 2 bad usage.
 Set SENTRY_DSN to report failures to Sentry (tags from CIRRUS_SENTRY_TAGS=k=v,k2=v2).`;
 
-const DESCRIPTION =
-  "Network isolation for one virtual machine: forwards the VM's Ethernet frames between a datagram " +
-  "socket (--vm-fd) and the host's network, letting through only what the VM is entitled to send.";
-
-/**
- * One flag. `value` names its argument; a flag without one is a switch. A flag without `help` is
- * left out of --help. `repeatable` flags collect every value given, the others keep the last.
- */
-interface Flag {
-  name: `--${string}`;
-  short?: `-${string}`;
-  value?: `<${string}>`;
-  help?: string;
-  required?: boolean;
-  choices?: readonly string[];
-  default?: string;
-  repeatable?: boolean;
-  /** --version and --help: print and exit, whatever else the command line says. */
-  prints?: "version" | "help";
+function buildProgram(collect: { help: string }): Command {
+  const program = new Command("softnet")
+    .description(
+      "Network isolation for one virtual machine: forwards the VM's Ethernet frames between a datagram " +
+        "socket (--vm-fd) and the host's network, letting through only what the VM is entitled to send.",
+    )
+    .version(`softnet ${VERSION} (${COMMIT})`, "-V, --version", "print the version and exit")
+    .helpOption("-h, --help", "print this help and exit")
+    .addOption(
+      new Option(
+        "--vm-fd <fd>",
+        "file descriptor of the VM's end: an AF_UNIX SOCK_DGRAM socket, one frame per datagram",
+      ).makeOptionMandatory(),
+    )
+    .addOption(
+      new Option(
+        "--vm-mac-address <mac>",
+        "the VM's MAC address; frames from any other source are dropped",
+      ).makeOptionMandatory(),
+    )
+    .addOption(
+      new Option("--vm-net-type <type>", "nat: shared network with NAT; host: host-only network (macOS)")
+        .choices(["nat", "host"])
+        .default("nat"),
+    )
+    .addOption(
+      new Option(
+        "--bootpd-lease-time <seconds>",
+        "DHCP lease time set for macOS bootpd before the VM starts",
+      ).default("600"),
+    )
+    .option(
+      "--user <name>",
+      "user to drop privileges to after set-up (default: the user who started softnet)",
+    )
+    .option("--group <name>", "group to drop privileges to after set-up (default: that user's primary group)")
+    .addOption(
+      new Option(
+        "--allow <cidrs>",
+        "comma-separated IPv4 networks (or @host) the VM may reach even if not global; repeatable",
+      ).argParser(accumulate),
+    )
+    .addOption(
+      new Option(
+        "--block <cidrs>",
+        "comma-separated IPv4 networks (or @host) the VM may not reach; repeatable",
+      ).argParser(accumulate),
+    )
+    .addOption(
+      new Option(
+        "--expose <ports>",
+        "comma-separated EXTERNAL:INTERNAL TCP ports forwarded from the host to the VM; repeatable",
+      ).argParser(accumulate),
+    )
+    .option("--bridge <name>", "Linux: the bridge to attach the VM's TAP port to (required on Linux)")
+    .addOption(
+      new Option("--log-level <level>", "how much to log on stderr").choices(LOG_LEVELS).default("info"),
+    )
+    .addOption(new Option("--sudo-escalation-probing").hideHelp())
+    .addOption(new Option("--sudo-escalation-done").hideHelp())
+    .addHelpText("after", CLI_EXAMPLES)
+    .allowExcessArguments(false)
+    .exitOverride()
+    .configureOutput({
+      writeOut: (text) => {
+        collect.help += text;
+      },
+      // Errors are rethrown as UsageError and printed by main() in softnet's own format.
+      writeErr: () => {},
+    });
+  return program;
 }
 
-/**
- * Every flag softnet takes, in --help's order. This small table and parseCommandLine() replace
- * commander: loading and running commander cost the release binary 13 to 17 ms on every start
- * (scripts/bench/startup.ts), a fifth of the time Tart waits for a VM's first frame.
- */
-const FLAGS: readonly Flag[] = [
-  { name: "--version", short: "-V", help: "print the version and exit", prints: "version" },
-  {
-    name: "--vm-fd",
-    value: "<fd>",
-    required: true,
-    help: "file descriptor of the VM's end: an AF_UNIX SOCK_DGRAM socket, one frame per datagram",
-  },
-  {
-    name: "--vm-mac-address",
-    value: "<mac>",
-    required: true,
-    help: "the VM's MAC address; frames from any other source are dropped",
-  },
-  {
-    name: "--vm-net-type",
-    value: "<type>",
-    choices: ["nat", "host"],
-    default: "nat",
-    help: "nat: shared network with NAT; host: host-only network (macOS)",
-  },
-  {
-    name: "--bootpd-lease-time",
-    value: "<seconds>",
-    default: "600",
-    help: "DHCP lease time set for macOS bootpd before the VM starts",
-  },
-  {
-    name: "--user",
-    value: "<name>",
-    help: "user to drop privileges to after set-up (default: the user who started softnet)",
-  },
-  {
-    name: "--group",
-    value: "<name>",
-    help: "group to drop privileges to after set-up (default: that user's primary group)",
-  },
-  {
-    name: "--allow",
-    value: "<cidrs>",
-    repeatable: true,
-    help: "comma-separated IPv4 networks (or @host) the VM may reach even if not global; repeatable",
-  },
-  {
-    name: "--block",
-    value: "<cidrs>",
-    repeatable: true,
-    help: "comma-separated IPv4 networks (or @host) the VM may not reach; repeatable",
-  },
-  {
-    name: "--expose",
-    value: "<ports>",
-    repeatable: true,
-    help: "comma-separated EXTERNAL:INTERNAL TCP ports forwarded from the host to the VM; repeatable",
-  },
-  {
-    name: "--bridge",
-    value: "<name>",
-    help: "Linux: the bridge to attach the VM's TAP port to (required on Linux)",
-  },
-  {
-    name: "--log-level",
-    value: "<level>",
-    choices: LOG_LEVELS,
-    default: "info",
-    help: "how much to log on stderr",
-  },
-  { name: "--sudo-escalation-probing" },
-  { name: "--sudo-escalation-done" },
-  { name: "--help", short: "-h", help: "print this help and exit", prints: "help" },
-];
-
-/** How a flag is shown in --help and in errors: `--vm-fd <fd>`, `-V, --version`. */
-function usageOf(flag: Flag): string {
-  return `${flag.short ? `${flag.short}, ` : ""}${flag.name}${flag.value ? ` ${flag.value}` : ""}`;
-}
-
-/** The key of a flag's raw value: --vm-mac-address → vmMacAddress. */
-function keyOf(flag: Flag): string {
-  return flag.name.slice(2).replace(/-([a-z])/g, (_, letter: string) => letter.toUpperCase());
-}
-
-function usage(message: string): UsageError {
-  return new UsageError(message, { hint: "see softnet --help" });
+function accumulate(value: string, previous: string[] | undefined): string[] {
+  return [...(previous ?? []), value];
 }
 
 /** Parses process.argv.slice(2)-style arguments. Throws UsageError on any invalid input. */
 export function parseCommandLine(args: readonly string[]): ParsedCommandLine {
-  const raw: Record<string, string | string[] | true> = {};
-  const operands: string[] = [];
-  let unknown: string | undefined;
-  for (let i = 0; i < args.length; i++) {
-    const arg = args[i]!;
-    if (arg === "--") {
-      operands.push(...args.slice(i + 1));
-      break;
+  const collect = { help: "" };
+  const program = buildProgram(collect);
+  try {
+    program.parse([...args], { from: "user" });
+  } catch (error) {
+    if (error instanceof CommanderError) {
+      if (error.code === "commander.helpDisplayed" || error.code === "commander.version") {
+        return { kind: "print", text: collect.help };
+      }
+      throw new UsageError(commanderMessage(error), { hint: "see softnet --help" });
     }
-    if (!arg.startsWith("-") || arg === "-") {
-      operands.push(arg);
-      continue;
-    }
-    // --flag=value; a short flag never takes its value this way.
-    const equals = arg.startsWith("--") ? arg.indexOf("=") : -1;
-    const name = equals === -1 ? arg : arg.slice(0, equals);
-    const flag = FLAGS.find((candidate) => candidate.name === name || candidate.short === name);
-    if (flag === undefined || (equals !== -1 && flag.value === undefined)) {
-      unknown ??= arg;
-      continue;
-    }
-    if (flag.prints === "version") return { kind: "print", text: `softnet ${VERSION} (${COMMIT})\n` };
-    if (flag.prints === "help") return { kind: "print", text: helpText() };
-    const key = keyOf(flag);
-    if (flag.value === undefined) {
-      raw[key] = true;
-      continue;
-    }
-    // The next argument is the value even when it starts with a dash: `--vm-fd -1` is a bad fd.
-    const value = equals === -1 ? args[++i] : arg.slice(equals + 1);
-    if (value === undefined) throw usage(`option '${usageOf(flag)}' argument missing`);
-    if (flag.choices !== undefined && !flag.choices.includes(value)) {
-      throw usage(
-        `option '${usageOf(flag)}' argument '${value}' is invalid. Allowed choices are ${flag.choices.join(", ")}`,
-      );
-    }
-    const previous = raw[key];
-    raw[key] = flag.repeatable ? [...(Array.isArray(previous) ? previous : []), value] : value;
+    throw error;
   }
-  for (const flag of FLAGS) {
-    const key = keyOf(flag);
-    if (raw[key] !== undefined) continue;
-    if (flag.required) throw usage(`required option '${usageOf(flag)}' not specified`);
-    if (flag.default !== undefined) raw[key] = flag.default;
-  }
-  if (unknown !== undefined) {
-    const likely = closestFlag(unknown.split("=")[0]!);
-    throw usage(`unknown option '${unknown}'${likely === undefined ? "" : ` (did you mean ${likely}?)`}`);
-  }
-  if (operands.length > 0) {
-    throw usage(`too many arguments: softnet takes only options, not ${JSON.stringify(operands[0])}`);
-  }
+  const raw = program.opts();
   return { kind: "run", options: validate(raw) };
 }
 
-/** The documented flag a mistyped one most likely meant: at most a third of its letters off. */
-function closestFlag(typed: string): string | undefined {
-  let best: string | undefined;
-  let bestDistance = Math.max(1, Math.floor(typed.length / 3)) + 1;
-  for (const flag of FLAGS) {
-    if (flag.help === undefined) continue;
-    const distance = editDistance(typed.toLowerCase(), flag.name);
-    if (distance < bestDistance) {
-      best = flag.name;
-      bestDistance = distance;
-    }
-  }
-  return best;
-}
-
-/** Levenshtein distance: insertions, deletions and substitutions of one character each cost 1. */
-function editDistance(a: string, b: string): number {
-  let previous = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    const current = [i];
-    for (let j = 1; j <= b.length; j++) {
-      current[j] = Math.min(
-        previous[j]! + 1,
-        current[j - 1]! + 1,
-        previous[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1),
-      );
-    }
-    previous = current;
-  }
-  return previous[b.length]!;
-}
-
-/** --help: the flags with their defaults and choices, wrapped at 80 columns, then the examples. */
-function helpText(): string {
-  const shown = FLAGS.filter((flag) => flag.help !== undefined);
-  const width = Math.max(...shown.map((flag) => usageOf(flag).length)) + 2;
-  const lines = ["Usage: softnet [options]", "", ...wrap(DESCRIPTION, 80), "", "Options:"];
-  for (const flag of shown) {
-    const extras = [
-      flag.choices ? `choices: ${flag.choices.map((choice) => JSON.stringify(choice)).join(", ")}` : "",
-      flag.default !== undefined ? `default: ${JSON.stringify(flag.default)}` : "",
-    ].filter((extra) => extra !== "");
-    const text = `${flag.help}${extras.length > 0 ? ` (${extras.join(", ")})` : ""}`;
-    const [first = "", ...rest] = wrap(text, 80 - 2 - width);
-    lines.push(`  ${usageOf(flag).padEnd(width)}${first}`);
-    for (const line of rest) lines.push(`  ${" ".repeat(width)}${line}`);
-  }
-  return `${lines.join("\n")}\n${CLI_EXAMPLES}\n`;
-}
-
-function wrap(text: string, width: number): string[] {
-  const lines: string[] = [];
-  let line = "";
-  for (const word of text.split(" ")) {
-    if (line !== "" && line.length + 1 + word.length > width) {
-      lines.push(line);
-      line = word;
-    } else {
-      line = line === "" ? word : `${line} ${word}`;
-    }
-  }
-  return [...lines, line];
+/** Commander says "error: required option '--vm-fd <fd>' not specified"; we drop the "error: ". */
+function commanderMessage(error: CommanderError): string {
+  return error.message.replace(/^error: /, "").replace(/\.$/, "");
 }
 
 function validate(raw: Record<string, unknown>): SoftnetOptions {

@@ -6,13 +6,18 @@
  *   path, the ratios softnet / C, and the generators' own ceilings;
  * - the same cells through softnet --capture (every frame into a pcapng file on tmpfs) and the
  *   ratios softnet --capture / softnet: what capturing costs;
- * - softnet's idle CPU, peak RSS, and the time from its start to its first forwarded frame;
+ * - softnet's idle CPU and peak RSS;
+ * - start-up (scripts/bench/startup.ts): `--version` and exec → first forwarded frame of the release
+ *   binary (built into node_modules/.cache/softnet-bench when stale), of the development path
+ *   (`bun src/main.ts`), of Bun's floor (a hello world compiled as the release) and of the C relay;
  * - TCP throughput of a real guest (iperf3) through softnet, through a transparent socat relay and
  *   over a plain veth.
  * It prints figures and goals; it never judges performance in its exit status: 0 when every
  * measurement was made, 1 when one could not be, 2 on bad usage.
  *
- *   sudo bun run bench [--quick] [--json PATH] [--skip-tcp] [--skip-capture] [--pin]
+ *   sudo bun run bench [--quick] [--json PATH] [--skip-tcp] [--skip-capture] [--pin] [--release PATH]
+ *
+ * The throughput cells run the release binary, as users do.
  */
 
 import { readFileSync, writeFileSync } from "node:fs";
@@ -20,14 +25,16 @@ import { availableParallelism, cpus, release } from "node:os";
 import { FrameBench } from "./bench/frames.ts";
 import { GuestTcpBench } from "./bench/guest-tcp.ts";
 import { header, judge, type Machine, type Report, render } from "./bench/report.ts";
+import { StartupBench } from "./bench/startup.ts";
 import { compilePrograms, Resources } from "./bench/system.ts";
 
-const USAGE = `usage: bun scripts/bench.ts [--quick] [--json PATH] [--skip-tcp] [--skip-capture] [--pin]
+const USAGE = `usage: bun scripts/bench.ts [--quick] [--json PATH] [--skip-tcp] [--skip-capture] [--pin] [--release PATH]
   --quick      smoke run: one 1 s run per cell, 1 s idle, 1 s iperf3 (proves the benchmark still runs)
   --json PATH  also write the results as JSON to PATH
   --skip-tcp   leave out the iperf3 section (which needs the e2e tools: scripts/e2e-deps.sh)
   --skip-capture  leave out the softnet --capture runs (the cost of capturing every frame)
-  --pin        generator on CPU 0, forwarder on CPU 1 (taskset); by default the scheduler places them`;
+  --pin        generator on CPU 0, forwarder on CPU 1 (taskset); by default the scheduler places them
+  --release PATH  measure this softnet binary instead of building the release one`;
 
 interface Options {
   quick: boolean;
@@ -35,6 +42,7 @@ interface Options {
   skipTcp: boolean;
   skipCapture: boolean;
   pin: boolean;
+  release?: string;
 }
 
 function parseArgs(argv: string[]): Options {
@@ -47,6 +55,7 @@ function parseArgs(argv: string[]): Options {
     else if (arg === "--pin") options.pin = true;
     else if (arg === "--json" && argv[i + 1] !== undefined) options.json = argv[++i];
     else if (arg.startsWith("--json=")) options.json = arg.slice("--json=".length);
+    else if (arg === "--release" && argv[i + 1] !== undefined) options.release = argv[++i];
     else if (arg === "--help" || arg === "-h") {
       console.log(USAGE);
       process.exit(0);
@@ -118,14 +127,29 @@ try {
   for (const line of header(machine, config)) console.log(line);
   console.error("progress (stderr):");
 
-  const frames = new FrameBench(resources, programs, { ...config, firstFrameStarts: 3 }, fail, say);
+  const startup = new StartupBench(
+    resources,
+    programs,
+    options.quick ? { version: 10, firstFrame: 5 } : { version: 30, firstFrame: 15 },
+    fail,
+    say,
+  );
+  const releaseCommand = await startup.prepare(options.release);
+  await startup.measureVersion();
+  // The throughput cells run what users run; the development path if the release cannot be had.
+  const frames = new FrameBench(
+    resources,
+    programs,
+    releaseCommand ?? [process.execPath, "src/main.ts"],
+    config,
+    fail,
+    say,
+  );
   try {
     frames.setUp();
     await frames.measureGeneratorCeilings();
     await frames.measureForwarders();
-    await frames.measureFirstFrame("softnet");
-    await frames.measureFirstFrame("C relay");
-    frames.measureBunStartup();
+    await startup.measureFirstFrame(frames);
   } catch (error) {
     fail("frame benchmark", error);
   } finally {
@@ -135,8 +159,17 @@ try {
   const tcp = new GuestTcpBench(resources, config.iperfSeconds, fail, say);
   if (!options.skipTcp) await tcp.run();
 
-  const { ratios, goals } = judge(frames.results);
-  report = { machine, config, frames: frames.results, ratios, goals, tcp: tcp.results, errors };
+  const { ratios, goals } = judge(frames.results, startup.results);
+  report = {
+    machine,
+    config,
+    frames: frames.results,
+    startup: startup.results,
+    ratios,
+    goals,
+    tcp: tcp.results,
+    errors,
+  };
   for (const line of render(report)) console.log(line);
   console.log(`\n(whole run: ${((performance.now() - started) / 1000).toFixed(0)} s)`);
 } catch (error) {

@@ -202,9 +202,16 @@ export function parseCommandLine(args: readonly string[]): ParsedCommandLine {
   return { kind: "run", options: validate(raw) };
 }
 
-/** Commander says "error: required option '--vm-fd <fd>' not specified"; we drop the "error: ". */
+/**
+ * Commander says "error: required option '--vm-fd <fd>' not specified"; we drop the "error: ". Its
+ * suggestion for a mistyped flag comes on a line of its own ("\n(Did you mean --bridge?)"): joined,
+ * so that every error stays one line.
+ */
 function commanderMessage(error: CommanderError): string {
-  return error.message.replace(/^error: /, "").replace(/\.$/, "");
+  return error.message
+    .replace(/^error: /, "")
+    .replace(/\s*\n\s*/g, " ")
+    .replace(/\.$/, "");
 }
 
 function validate(raw: Record<string, unknown>): SoftnetOptions {

@@ -12,6 +12,7 @@
  * actually be written: drop logs go through RateLimiter, a token bucket per reason.
  */
 import type { LogFormat, LogLevel } from "./cli.ts";
+import { writeStderr } from "./stdio.ts";
 
 const LEVEL_RANK: Record<LogLevel, number> = { error: 0, warn: 1, info: 2, debug: 3 };
 
@@ -52,7 +53,7 @@ export class Logger {
 
   constructor(
     level: LogLevel = "info",
-    private readonly write: (line: string) => void = (line) => process.stderr.write(line),
+    private readonly write: (line: string) => void = writeStderr,
     options: LoggerOptions = {},
   ) {
     this.rank = LEVEL_RANK[level];

@@ -9,17 +9,18 @@ import { parseCommandLine } from "./cli.ts";
 import { describeError, exitCodeFor } from "./errors.ts";
 import { fatalLine } from "./log.ts";
 import { enableErrorReports, errorReportsWanted, reportFatal } from "./sentry.ts";
+import { writeStderr, writeStdout } from "./stdio.ts";
 
 export async function main(args: readonly string[]): Promise<number> {
   let parsed: ReturnType<typeof parseCommandLine>;
   try {
     parsed = parseCommandLine(args);
   } catch (error) {
-    process.stderr.write(`softnet: ${describeError(error)}\n`);
+    writeStderr(`softnet: ${describeError(error)}\n`);
     return exitCodeFor(error);
   }
   if (parsed.kind === "print") {
-    process.stdout.write(parsed.text);
+    writeStdout(parsed.text);
     return 0;
   }
   if (parsed.kind === "doctor") {
@@ -27,7 +28,7 @@ export async function main(args: readonly string[]): Promise<number> {
       const { runDoctor } = await import("./doctor/index.ts");
       return await runDoctor(parsed.options);
     } catch (error) {
-      process.stderr.write(`softnet: ${describeError(error)}\n`);
+      writeStderr(`softnet: ${describeError(error)}\n`);
       return exitCodeFor(error);
     }
   }
@@ -37,7 +38,7 @@ export async function main(args: readonly string[]): Promise<number> {
     return await runSoftnet(parsed.options);
   } catch (error) {
     const line = describeError(error);
-    process.stderr.write(fatalLine(parsed.options.logFormat, line));
+    writeStderr(fatalLine(parsed.options.logFormat, line));
     await reportFatalUnprivileged(error, line, parsed.options);
     return exitCodeFor(error);
   }
@@ -60,7 +61,7 @@ async function reportFatalUnprivileged(error: unknown, line: string, options: So
 }
 
 if (import.meta.main) {
-  // No top-level await: the release is compiled to bytecode, which Bun builds as CommonJS.
+  // No top-level await: the exit code is set when main() settles; nothing here has to wait for it.
   void main(process.argv.slice(2)).then((code) => {
     process.exitCode = code;
   });

@@ -52,7 +52,6 @@ export interface Timing {
   cellSeconds: number;
   repetitions: number;
   idleSeconds: number;
-  firstFrameStarts: number;
   /** Generator on CPU 0, forwarder on CPU 1 (taskset), instead of leaving placement to the scheduler. */
   pin: boolean;
   /** Also run softnet with --capture (a third forwarder). */
@@ -116,20 +115,19 @@ export interface ProcessFigures {
   captureState?: string;
 }
 
-export interface FirstFrame {
-  forwarder: RealForwarder | "bun -e ''";
-  runsMs: number[];
-  medianMs?: number;
-  /** When its TAP showed up in /sys/class/net, per run. */
-  interfaceMs: number[];
-  exitStatuses: number[];
-  stopMs: number[];
-}
-
 export interface FrameResults {
   cells: Cell[];
   process: Partial<Record<ForwarderName, ProcessFigures>>;
-  firstFrame: FirstFrame[];
+}
+
+/** What `tools firstframe` reports for one start (see tools.c). */
+export interface FirstFrameRun {
+  firstFrameMs: number;
+  /** CPU time of all its threads by the first frame. */
+  cpuMs: number;
+  interfaceMs: number;
+  exitStatus: number;
+  stopMs: number;
 }
 
 interface Forwarder {
@@ -160,11 +158,16 @@ function describeError(error: unknown): string {
 
 export class FrameBench {
   readonly namespace: string;
-  readonly results: FrameResults = { cells: [], process: {}, firstFrame: [] };
+  readonly results: FrameResults = { cells: [], process: {} };
 
+  /**
+   * `softnet` is the command that starts softnet, without its arguments: the release binary, or
+   * `bun src/main.ts` (run in the repository).
+   */
   constructor(
     private readonly resources: Resources,
     private readonly programs: { relay: string; tools: string },
+    private readonly softnet: string[],
     private readonly timing: Timing,
     private readonly fail: (what: string, error: unknown) => void,
     private readonly say: (line: string) => void,
@@ -266,8 +269,7 @@ export class FrameBench {
       name === "C relay"
         ? this.ns([this.programs.relay, "0", RELAY_TAP, BRIDGE])
         : this.ns([
-            process.execPath,
-            "src/main.ts",
+            ...this.softnet,
             "--vm-fd",
             "0",
             "--vm-mac-address",
@@ -312,7 +314,11 @@ export class FrameBench {
       forwarder.port = await this.waitForPort((ports) => ports.find((port) => !before.has(port)), running);
       if (name !== "C relay") await output.waitFor(/forwarding for VM/, 10_000, running);
       this.pinVmMac(forwarder.port);
-      // The lease: a DHCP ACK from the gateway for VM_IP, injected on the host side.
+      // The lease: a DHCP ACK from the gateway for VM_IP, injected on the host side. It comes from
+      // the generator's MAC: softnet learns the gateway's MAC from frames sent from the gateway's
+      // address, and takes frames from beyond the VM's network (host→VM: from 8.8.8.8) only from
+      // that MAC (not-from-gateway). The generator plays the routing gateway on its own port: the
+      // bridge drops frames that enter a port with the bridge's own MAC as their source.
       const ack = dhcpServerFrame({
         messageType: DhcpMessageType.ACK,
         leaseTimeSeconds: 3600,
@@ -323,6 +329,7 @@ export class FrameBench {
         dst: VM_IP,
         dstMac: VM_MAC,
       });
+      ack.set(Buffer.from(GENERATOR_MAC.replaceAll(":", ""), "hex"), 6); // Ethernet source
       const injected = await runTool(
         this.resources,
         this.ns([this.programs.tools, "inject", GEN_TAP, "3", "20", hex(ack)]),
@@ -591,61 +598,22 @@ export class FrameBench {
     return forwarders.some((forwarder) => forwarder.name === "softnet");
   }
 
-  /** Start → first VM→host frame on the bridge side, median of several starts. */
-  async measureFirstFrame(name: RealForwarder): Promise<void> {
+  /**
+   * One start of `command` (its end of a fresh socketpair on fd 0), from fork to its first VM→host
+   * frame (a DHCP DISCOVER) on the bridge side, then SIGINT; `command` needs the namespace's bridge
+   * and VM_MAC free on it.
+   */
+  async firstFrameRun(command: string[]): Promise<FirstFrameRun> {
     const discover = dhcpClientFrame({ srcMac: VM_MAC, messageType: DhcpMessageType.DISCOVER });
-    const command =
-      name === "C relay"
-        ? [this.programs.relay, "0", "cfirst0", BRIDGE]
-        : [process.execPath, "src/main.ts", "--vm-fd", "0", "--vm-mac-address", VM_MAC, "--bridge", BRIDGE];
-    const result: FirstFrame = { forwarder: name, runsMs: [], interfaceMs: [], exitStatuses: [], stopMs: [] };
-    this.results.firstFrame.push(result);
-    for (let run = 0; run < this.timing.firstFrameStarts; run++) {
-      try {
-        const output = await runTool(
-          this.resources,
-          this.ns([this.programs.tools, "firstframe", VM_MAC, "10000", hex(discover), "--", ...command]),
-          { cwd: REPOSITORY },
-        );
-        const parsed = lastJson<{
-          firstFrameMs: number;
-          interfaceMs: number;
-          exitStatus: number;
-          stopMs: number;
-        }>(output.stdout);
-        if (output.code !== 0 || parsed === undefined || parsed.firstFrameMs < 0) {
-          throw new Error(
-            `firstframe exited ${output.code}: ${output.stderr.trim()} ${output.stdout.trim()}`,
-          );
-        }
-        result.runsMs.push(parsed.firstFrameMs);
-        result.interfaceMs.push(parsed.interfaceMs);
-        result.exitStatuses.push(parsed.exitStatus);
-        result.stopMs.push(parsed.stopMs);
-      } catch (error) {
-        this.fail(`${name} first frame (start ${run + 1})`, error);
-      }
+    const output = await runTool(
+      this.resources,
+      this.ns([this.programs.tools, "firstframe", VM_MAC, "10000", hex(discover), "--", ...command]),
+      { cwd: REPOSITORY },
+    );
+    const parsed = lastJson<FirstFrameRun>(output.stdout);
+    if (output.code !== 0 || parsed === undefined || parsed.firstFrameMs < 0) {
+      throw new Error(`firstframe exited ${output.code}: ${output.stderr.trim()} ${output.stdout.trim()}`);
     }
-    result.medianMs = median(result.runsMs);
-    this.say(`${name.padEnd(14)} first frame: ${result.runsMs.map((ms) => ms.toFixed(1)).join(", ")} ms`);
-  }
-
-  /** How long Bun itself takes to start and exit with nothing to do: the floor under softnet's start. */
-  measureBunStartup(): void {
-    const result: FirstFrame = {
-      forwarder: "bun -e ''",
-      runsMs: [],
-      interfaceMs: [],
-      exitStatuses: [],
-      stopMs: [],
-    };
-    for (let run = 0; run < this.timing.firstFrameStarts; run++) {
-      const start = performance.now();
-      const child = Bun.spawnSync([process.execPath, "-e", ""], { stdout: "ignore", stderr: "ignore" });
-      result.runsMs.push(performance.now() - start);
-      result.exitStatuses.push(child.exitCode ?? -1);
-    }
-    result.medianMs = median(result.runsMs);
-    this.results.firstFrame.push(result);
+    return parsed;
   }
 }

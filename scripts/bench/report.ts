@@ -4,6 +4,7 @@
  */
 import type { Cell, Direction, FrameResults } from "./frames.ts";
 import type { TcpResult } from "./guest-tcp.ts";
+import { type StartupResults, type StartupSample, type StartupSubject, SUBJECT_NAMES } from "./startup.ts";
 
 export interface Machine {
   nproc: number;
@@ -39,6 +40,7 @@ export interface Report {
     capture: boolean;
   };
   frames: FrameResults;
+  startup: StartupResults;
   ratios: Array<{
     direction: Direction;
     size: number;
@@ -72,8 +74,15 @@ function findCell(
   );
 }
 
-/** Ratios softnet / C relay and the goals of issue 3, from the measured figures. */
-export function judge(frames: FrameResults): { ratios: Report["ratios"]; goals: Goal[] } {
+function startupMedian(samples: StartupSample[], subject: StartupSubject): number | undefined {
+  return samples.find((sample) => sample.subject === subject)?.medianWallMs;
+}
+
+/** Ratios softnet / C relay and the goals of issues 3 and 11, from the measured figures. */
+export function judge(
+  frames: FrameResults,
+  startup: StartupResults,
+): { ratios: Report["ratios"]; goals: Goal[] } {
   const ratios: Report["ratios"] = [];
   const goals: Goal[] = [];
   for (const size of [64, 1500]) {
@@ -109,14 +118,27 @@ export function judge(frames: FrameResults): { ratios: Report["ratios"]; goals: 
     goal: "≤ 60 MB",
     met: process?.peakRssBytes === undefined ? undefined : process.peakRssBytes <= 60 * MB,
   });
-  const first = frames.firstFrame.find((entry) => entry.forwarder === "softnet")?.medianMs;
-  goals.push({
-    figure: "softnet start → first forwarded frame (median)",
-    value: first,
-    unit: "ms",
-    goal: "≤ 150 ms",
-    met: first === undefined ? undefined : first <= 150,
-  });
+  for (const [figure, value, limit] of [
+    ["release binary --version, exec → exit (median)", startupMedian(startup.version, "release"), 40],
+    [
+      "release binary, exec → first forwarded frame (median)",
+      startupMedian(startup.firstFrame, "release"),
+      60,
+    ],
+    [
+      "bun src/main.ts, exec → first forwarded frame (median)",
+      startupMedian(startup.firstFrame, "development"),
+      150,
+    ],
+  ] as const) {
+    goals.push({
+      figure,
+      value,
+      unit: "ms",
+      goal: `≤ ${limit} ms`,
+      met: value === undefined ? undefined : value <= limit,
+    });
+  }
   goals.push({
     figure: "softnet idle CPU (no traffic)",
     value: process?.idleCpu === undefined ? undefined : process.idleCpu * 100,
@@ -325,22 +347,7 @@ export function render(report: Report): string[] {
   } else {
     lines.push("  not measured (softnet did not run)");
   }
-  for (const entry of frames.firstFrame) {
-    const runs = entry.runsMs.map((ms) => ms.toFixed(1)).join(", ");
-    const what =
-      entry.forwarder === "bun -e ''"
-        ? "  Bun alone (bun -e '' start to exit)"
-        : `  ${entry.forwarder}: start → first DHCP DISCOVER on the bridge side`;
-    const median = entry.medianMs === undefined ? "not measured" : `${entry.medianMs.toFixed(1)} ms median`;
-    const tap = entry.interfaceMs.filter((ms) => ms >= 0);
-    const tapText =
-      tap.length > 0 ? `; its TAP appeared at ${tap.map((ms) => ms.toFixed(0)).join(", ")} ms` : "";
-    const stops =
-      entry.stopMs.length > 0
-        ? `; SIGINT → exit ${[...new Set(entry.exitStatuses)].join("/")} in ${entry.stopMs.map((ms) => ms.toFixed(0)).join(", ")} ms`
-        : "";
-    lines.push(`${what}: ${median} (runs: ${runs || "none"})${tapText}${stops}`);
-  }
+  lines.push(...renderStartup(report.startup));
 
   lines.push(
     "",
@@ -381,5 +388,56 @@ export function render(report: Report): string[] {
     lines.push("", `Measurements that could not be made (${report.errors.length}):`);
     for (const error of report.errors) lines.push(`  - ${error.split("\n").slice(0, 6).join("\n    ")}`);
   }
+  return lines;
+}
+
+const ms = (value: number | undefined) => (value === undefined ? "not measured" : `${value.toFixed(1)} ms`);
+const times = (a: number | undefined, b: number | undefined) =>
+  a === undefined || b === undefined || b === 0 ? "n/a" : `${(a / b).toFixed(1)}×`;
+
+/** The start-up table: medians, ratios to Bun's floor and to the C relay, the load they ran under. */
+export function renderStartup(startup: StartupResults): string[] {
+  const lines = [
+    "",
+    "Start-up (subjects take turns run by run, after a warm-up run each; medians; CPU = all threads, user + system)",
+    `  load average (1 min): ${startup.loadAverage.before.toFixed(2)} before, ${startup.loadAverage.after?.toFixed(2) ?? "?"} after` +
+      " (a busy machine inflates wall times; CPU much less)",
+  ];
+  if (startup.release) {
+    const built =
+      startup.release.built.length > 0 ? `; built in this run: ${startup.release.built.join(", ")}` : "";
+    lines.push(
+      `  release binary: ${startup.release.path} (${(startup.release.bytes / 2 ** 20).toFixed(1)} MiB${built})`,
+    );
+  }
+  const floor = startupMedian(startup.version, "floor");
+  const relay = startupMedian(startup.firstFrame, "C relay");
+  const rows: string[][] = [["", "wall", "CPU", "runs (min–max)", "ratio"]];
+  const row = (sample: StartupSample, ratio: string) => {
+    const range =
+      sample.wallMs.length > 0
+        ? `${Math.min(...sample.wallMs).toFixed(0)}–${Math.max(...sample.wallMs).toFixed(0)} ms (${sample.wallMs.length})`
+        : "";
+    rows.push([
+      `    ${SUBJECT_NAMES[sample.subject]}`,
+      ms(sample.medianWallMs),
+      ms(sample.medianCpuMs),
+      range,
+      ratio,
+    ]);
+  };
+  rows.push(["  --version, exec → exit", "", "", "", "× Bun's floor"]);
+  for (const sample of startup.version) row(sample, times(sample.medianWallMs, floor));
+  rows.push(["  exec → first forwarded frame (a DHCP DISCOVER on the bridge)", "", "", "", "× C relay"]);
+  for (const sample of startup.firstFrame) row(sample, times(sample.medianWallMs, relay));
+  lines.push(...table(rows, [false, true, true, true, true]));
+  const release = startupMedian(startup.firstFrame, "release");
+  const development = startupMedian(startup.firstFrame, "development");
+  lines.push(
+    `  release binary: first frame ${times(release, floor)} Bun's floor (hello world exec → exit), ` +
+      `${times(release, relay)} the C relay; development path / release: --version ` +
+      `${times(startupMedian(startup.version, "development"), startupMedian(startup.version, "release"))}, ` +
+      `first frame ${times(development, release)}`,
+  );
   return lines;
 }

@@ -140,9 +140,14 @@ function removeLeftovers(): void {
 }
 
 /** Compiles the C programs with the system cc into dir. Returns their paths. */
-export function compilePrograms(dir: string): { relay: string; tools: string; compiler: string } {
+export function compilePrograms(dir: string): {
+  relay: string;
+  tools: string;
+  exectime: string;
+  compiler: string;
+} {
   const compiler = sh(["cc", "--version"]).split("\n")[0]!.trim();
-  const paths = { relay: join(dir, "relay"), tools: join(dir, "tools") };
+  const paths = { relay: join(dir, "relay"), tools: join(dir, "tools"), exectime: join(dir, "exectime") };
   for (const [name, output] of Object.entries(paths)) {
     sh(["cc", "-O2", "-Wall", "-o", output, join(import.meta.dir, `${name}.c`)]);
   }

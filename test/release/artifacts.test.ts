@@ -2,7 +2,7 @@
 // embedded, every slice of every binary hardened (proved on its bytes), the tarball, the formula,
 // the source maps and the checksums.
 import { beforeAll, describe, expect, test } from "bun:test";
-import { readFileSync, statSync } from "node:fs";
+import { readdirSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { inspectHardening } from "../../scripts/release/harden-runtime.ts";
 import { REQUIRED_IN_CI } from "../support/ci.ts";
@@ -111,13 +111,22 @@ test("the Homebrew formula: macOS only, one tarball per CPU with its sha256, cav
   expect(formula).not.toContain("@@");
 });
 
-test("a source map per binary, for Sentry, covering softnet's sources", () => {
+test("source maps per binary, for Sentry: its entry chunk's and its other chunks', covering softnet's sources", () => {
   for (const name of BINARIES.filter((binary) => !binary.endsWith("universal"))) {
-    const map = JSON.parse(readFileSync(join(dist, `${name}.map`), "utf8"));
-    expect(map.version).toBe(3);
-    expect(map.sources).toContain("src/main.ts");
-    expect(map.sources).toContain("src/policy/policy.ts");
-    expect(map.mappings.length).toBeGreaterThan(1000);
+    const entry = JSON.parse(readFileSync(join(dist, `${name}.map`), "utf8"));
+    expect(entry.sources).toContain("src/main.ts");
+    const chunks = readdirSync(join(dist, `${name}.maps`)).map((file) =>
+      JSON.parse(readFileSync(join(dist, `${name}.maps`, file), "utf8")),
+    );
+    for (const map of [entry, ...chunks]) expect(map.version).toBe(3);
+    const sources = [entry, ...chunks].flatMap((map) => map.sources as string[]);
+    for (const source of ["src/policy/policy.ts", "src/runtime.ts", "src/cli.ts"])
+      expect(sources).toContain(source);
+    // @sentry/bun is a chunk of its own: loaded only when SENTRY_DSN is set (scripts/build.ts).
+    expect(chunks.some((map) => map.sources.some((source: string) => source.includes("@sentry/bun")))).toBe(
+      true,
+    );
+    expect(chunks.reduce((total, map) => total + map.mappings.length, 0)).toBeGreaterThan(1000);
   }
 });
 

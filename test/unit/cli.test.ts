@@ -185,6 +185,14 @@ describe("the real process", () => {
     );
   });
 
+  test("a mistyped flag is one line too, with commander's suggestion on it", async () => {
+    const result = await softnet(["--vm-fd", "0", "--vm-mac-address", "02:00:00:00:00:01", "--brige", "br0"]);
+    expect(result.code).toBe(2);
+    expect(result.stderr).toBe(
+      "softnet: unknown option '--brige' (Did you mean --bridge?) (see softnet --help)\n",
+    );
+  });
+
   test("--help prints every flag on stdout and exits 0", async () => {
     const result = await softnet(["--help"]);
     expect(result.code).toBe(0);

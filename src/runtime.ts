@@ -472,9 +472,15 @@ function tapLeftBridge(
   const hint = "the VM has no network without it: start the VM again";
   if (state === "no-interface")
     return new SoftnetError(`lost the host network: TAP port ${host.name} was deleted`, { hint });
-  const why =
-    watch.bridgeExists() === false
-      ? `bridge ${host.bridge} was deleted`
-      : `TAP port ${host.name} was taken off bridge ${host.bridge}`;
-  return new SoftnetError(`lost the host network: ${why}`, { hint: `${hint} once the bridge is back` });
+  if (watch.bridgeExists() === false) {
+    return new SoftnetError(`lost the host network: bridge ${host.bridge} was deleted`, {
+      hint: `${hint} once the bridge is back`,
+    });
+  }
+  return new SoftnetError(
+    `lost the host network: TAP port ${host.name} was taken off bridge ${host.bridge}`,
+    {
+      hint,
+    },
+  );
 }

@@ -38,6 +38,7 @@ import {
   waitFor,
 } from "../test/e2e/lib/index.ts";
 import { type ProcessStats, processStats } from "../test/e2e/lib/process-stats.ts";
+import { requireTools } from "../test/support/tools.ts";
 
 export interface SoakOptions {
   minutes: number;
@@ -107,6 +108,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
   const print = options.print ?? ((line: string) => console.log(line));
   const failures: string[] = [];
   const minutes: SoakMinute[] = [];
+  requireTools(["hping3", "arpspoof", "macof", "nc", "nft"]); // the load and the probes
   const topology = await Topology.create();
   let forwarder: Forwarder | undefined;
   let exitStatus = -1;

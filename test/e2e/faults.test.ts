@@ -6,6 +6,7 @@
 // Figures (times, memory, log lines) are printed as `figure: ...`, never asserted as timings.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { requireTools } from "../support/tools.ts";
 import {
   ADDRESSES,
   closeFd,
@@ -23,6 +24,8 @@ import { SpoofFlood } from "./lib/spoof-flood.ts";
 let topology: Topology;
 
 beforeAll(async () => {
+  // Beyond what the topology checks: the flooder is built with cc, nft is broken with nsenter + mount.
+  requireTools(["cc", "hping3", "nft", "nsenter", "mount"]);
   topology = await Topology.create();
 });
 

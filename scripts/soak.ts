@@ -15,9 +15,11 @@
  *   and, when the run is 5 minutes or longer, one expiry: the guest's DHCP client is stopped, the
  *   lease must expire in softnet (forwards removed, traffic dropped), then the guest asks again.
  *
- * Every minute it prints softnet's RSS (and change since minute 1), peak RSS, open fds, threads,
- * CPU, the renewals softnet saw, its log lines and the probes' outcome. (softnet's JavaScript heap
- * is not visible from outside the process; RSS includes it.) It exits 1 when RSS grew by 5 % or more
+ * Every minute it prints softnet's RSS (and its change since minute 1), split into anonymous
+ * memory (the heaps, JavaScript's included: the heap alone is not visible from outside the
+ * process) and file-backed pages (the executable, paged in as it is used), peak RSS, open fds,
+ * threads, CPU, the renewals softnet saw, its log lines, the probes' outcome and softnet's own
+ * per-minute drop summary. It exits 1 when RSS grew by 5 % or more
  * after the first minute, when the fd count grew, when a lease was lost (an expiry or NAK softnet
  * was not made to see, or renewals missing), when a probe failed, or when softnet died. A leak
  * check, not a timing: nothing here depends on how fast the machine is.
@@ -166,7 +168,9 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
             phase = "leased";
           });
 
-    print("minute  RSS MiB  vs min 1  peak MiB  fds  threads  CPU %  renewals  log lines  probes");
+    print(
+      "minute  RSS MiB  vs min 1  anon MiB  file MiB  peak MiB  fds  threads  CPU %  renewals  log lines  probes",
+    );
     const startedAt = performance.now();
     let previous = processStats(pid);
     let previousAt = startedAt;
@@ -181,7 +185,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
       const probes =
         phase === "leased" && phaseAtStart === "leased"
           ? await probe(topology, guest)
-          : [`skipped (${phase})`];
+          : ["skipped: the lease is made to expire in this minute"];
       const stats = steadyStats(pid);
       const now = performance.now();
       const lines = log.newLines();
@@ -200,7 +204,8 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
       const first = minutes[0]!;
       const growth = minute === 1 ? "—" : `${percent(row.rssKiB, first.rssKiB)}`;
       print(
-        `${pad(minute, 6)}  ${pad(mib(row.rssKiB), 7)}  ${pad(growth, 8)}  ${pad(mib(row.peakRssKiB), 8)}  ` +
+        `${pad(minute, 6)}  ${pad(mib(row.rssKiB), 7)}  ${pad(growth, 8)}  ${pad(mib(row.anonRssKiB), 8)}  ` +
+          `${pad(mib(row.fileRssKiB), 8)}  ${pad(mib(row.peakRssKiB), 8)}  ` +
           `${pad(row.fds, 3)}  ${pad(row.threads, 7)}  ${pad(row.cpuPercent.toFixed(1), 5)}  ${pad(row.renewals, 8)}  ` +
           `${pad(row.logLines, 9)}  ${probes.length === 0 ? "ok" : probes.join("; ")}`,
       );
@@ -283,9 +288,20 @@ function steadyStats(pid: number): ProcessStats {
 /** The load generators: started once, stopped at teardown. */
 function startLoad(topology: Topology, guest: Guest, guestAddress: string): void {
   const G = ADDRESSES.globalHost;
+  // hping3 exits when its route goes away, as it does while udhcpc starts over after the expiry
+  // (its "deconfig" flushes eth0): started again a second later, so the load is the same after it.
+  const hping3 = (...args: string[]) => [
+    "sh",
+    "-c",
+    'while :; do "$@"; sleep 1; done',
+    "sh",
+    "hping3",
+    "-q",
+    ...args,
+  ];
   // Allowed, both directions.
   guest.spawn("ping global host", ["ping", "-q", "-n", "-i", "0.2", G]);
-  guest.spawn("udp to global host", ["hping3", "-q", "--udp", "-p", "9", "-i", "u2000", G]);
+  guest.spawn("udp to global host", hping3("--udp", "-p", "9", "-i", "u2000", G));
   topology.spawn(topology.hostNamespace, "ping from the host", [
     "ping",
     "-q",
@@ -296,30 +312,13 @@ function startLoad(topology: Topology, guest: Guest, guestAddress: string): void
   ]);
   // Blocked.
   guest.spawn("ping private server", ["ping", "-q", "-n", "-i", "0.2", ADDRESSES.privateServer]);
-  guest.spawn("syn to private server", [
-    "hping3",
-    "-q",
-    "-S",
-    "-p",
-    "80",
-    "-i",
-    "u5000",
-    ADDRESSES.privateServer,
-  ]);
+  guest.spawn("syn to private server", hping3("-S", "-p", "80", "-i", "u5000", ADDRESSES.privateServer));
   // Spoofed: forged source addresses, forged ARP, forged MACs.
-  guest.spawn("random sources", ["hping3", "-q", "--rand-source", "-S", "-p", "80", "-i", "u5000", G]);
-  guest.spawn("forged source", [
-    "hping3",
-    "-q",
-    "-a",
-    "192.168.64.200",
-    "--udp",
-    "-p",
-    "53",
-    "-i",
-    "u10000",
-    ADDRESSES.gateway,
-  ]);
+  guest.spawn("random sources", hping3("--rand-source", "-S", "-p", "80", "-i", "u5000", G));
+  guest.spawn(
+    "forged source",
+    hping3("-a", "192.168.64.200", "--udp", "-p", "53", "-i", "u10000", ADDRESSES.gateway),
+  );
   guest.spawn("arpspoof", ["arpspoof", "-i", "eth0", "-t", ADDRESSES.gateway, "192.168.64.99"]);
   guest.spawn("macof every 10 s", [
     "sh",

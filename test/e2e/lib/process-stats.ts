@@ -6,6 +6,10 @@ import { readdirSync, readFileSync, readlinkSync } from "node:fs";
 export interface ProcessStats {
   /** Resident set size (VmRSS), KiB. */
   rssKiB: number;
+  /** Of which anonymous memory (RssAnon: the heaps, JavaScript's included), KiB. */
+  anonRssKiB: number;
+  /** Of which file-backed pages (RssFile: the executable and libraries, paged in as used), KiB. */
+  fileRssKiB: number;
   /** Peak resident set size so far (VmHWM), KiB. */
   peakRssKiB: number;
   /** Open file descriptors (entries of /proc/PID/fd). */
@@ -31,6 +35,8 @@ export function processStats(pid: number): ProcessStats {
   const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
   return {
     rssKiB: statusField(status, "VmRSS"),
+    anonRssKiB: statusField(status, "RssAnon"),
+    fileRssKiB: statusField(status, "RssFile"),
     peakRssKiB: statusField(status, "VmHWM"),
     fds: readdirSync(`/proc/${pid}/fd`).length,
     threads: statusField(status, "Threads"),

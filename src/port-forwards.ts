@@ -37,12 +37,22 @@ export interface PortForwardBackend {
   removeAll(): Promise<void>;
 }
 
+/**
+ * A failure that persists (nft broken, the kernel refusing) is retried on every reconcile, which
+ * the runtime asks for once a second; it is logged when it first happens or changes, then only
+ * every this many failed attempts in a row (about once a minute), so the log says it still fails
+ * without a line a second.
+ */
+const FAILED_ATTEMPTS_PER_LOG = 60;
+
 export class PortForwards {
   /** The address the forwards currently point to, or -1 when none are installed. */
   private installedFor = -1;
   private running: Promise<void> | undefined;
   private again = false;
   private closed = false;
+  private failedAttempts = 0;
+  private lastFailureLogged = "";
 
   constructor(
     private readonly ports: readonly ExposedPort[],
@@ -84,6 +94,14 @@ export class PortForwards {
     }
   }
 
+  /** For the line that reports success: how many attempts failed before it (and resets the count). */
+  private afterFailures(): { count: number; text: string } {
+    const count = this.failedAttempts;
+    this.failedAttempts = 0;
+    this.lastFailureLogged = "";
+    return { count, text: count === 0 ? "" : ` (after ${count} failed attempt${count === 1 ? "" : "s"})` };
+  }
+
   private async loop(): Promise<void> {
     do {
       this.again = false;
@@ -93,32 +111,48 @@ export class PortForwards {
       try {
         if (desired === -1) {
           await this.backend.removeAll();
-          this.logger.info(`port forwards removed (${list}): the VM has no valid lease`, "forwards-removed", {
-            ports: list,
-            reason: "no-lease",
-          });
+          const failed = this.afterFailures();
+          this.logger.info(
+            `port forwards removed (${list}): the VM has no valid lease${failed.text}`,
+            "forwards-removed",
+            {
+              ports: list,
+              reason: "no-lease",
+              failed_attempts: failed.count,
+            },
+          );
         } else {
           await this.backend.install(this.ports, desired);
+          const failed = this.afterFailures();
           this.logger.info(
-            `port forwards installed: TCP ${list} to ${formatIpv4(desired)}`,
+            `port forwards installed: TCP ${list} to ${formatIpv4(desired)}${failed.text}`,
             "forwards-installed",
             {
               ports: list,
               address: formatIpv4(desired),
+              failed_attempts: failed.count,
             },
           );
         }
         this.installedFor = desired;
       } catch (error) {
         // Not fatal: the VM keeps its network; the next lease change or tick tries again.
-        this.logger.error(
-          `could not update port forwards (${list}): ${describeError(error)}`,
-          "forwards-failed",
-          {
-            ports: list,
-            error: describeError(error),
-          },
-        );
+        const why = describeError(error);
+        this.failedAttempts++;
+        if (why !== this.lastFailureLogged || this.failedAttempts % FAILED_ATTEMPTS_PER_LOG === 0) {
+          this.lastFailureLogged = why;
+          const attempts =
+            this.failedAttempts === 1 ? "" : ` (${this.failedAttempts} failed attempts so far)`;
+          this.logger.warn(
+            `could not update port forwards (${list}): ${why}; will retry${attempts}`,
+            "forwards-failed",
+            {
+              ports: list,
+              error: why,
+              failed_attempts: this.failedAttempts,
+            },
+          );
+        }
         return;
       }
     } while (this.again && !this.closed);

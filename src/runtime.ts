@@ -13,6 +13,7 @@ import { FilterLoop, type StopCause } from "./filter-loop.ts";
 import { Logger } from "./log.ts";
 import type { DarwinLibraries } from "./platform/darwin/system.ts";
 import { FrameBatch, type FrameLink } from "./platform/link.ts";
+import type { BridgePortWatch } from "./platform/linux/port-watch.ts";
 import type { ReactorBackend } from "./platform/reactor.ts";
 import { Policy } from "./policy/policy.ts";
 import { Rejecter } from "./policy/reject.ts";
@@ -110,6 +111,8 @@ interface FilterSetup {
   reactorBackend: ReactorBackend;
   /** Polled once a second: true when the VM's end is known to be closed. */
   vmEndClosed: () => boolean;
+  /** Polled once a second: why the host link no longer reaches the host's network, if it does not. */
+  hostLinkLost: () => SoftnetError | undefined;
   runningAs: string;
   cleanups: Cleanups;
 }
@@ -144,6 +147,7 @@ async function runOnLinux(options: SoftnetOptions, logger: Logger): Promise<numb
   const { epollReactorBackend } = await import("./platform/linux/epoll-reactor.ts");
   const nftables = await import("./platform/linux/nftables.ts");
   const { UnixPeerWatch } = await import("./platform/linux/peer-watch.ts");
+  const { BridgePortWatch } = await import("./platform/linux/port-watch.ts");
 
   // As root, only what opening the host link needs, before a single frame is read: no compiler
   // (Bun's cc writes header files into /tmp as whoever runs it), no subprocess (nft), no Sentry.
@@ -168,6 +172,12 @@ async function runOnLinux(options: SoftnetOptions, logger: Logger): Promise<numb
     } else {
       cleanups.add(() => peerWatch.close());
     }
+    const portWatch = BridgePortWatch.open(host.index, host.bridgeIndex);
+    if (typeof portWatch === "string") {
+      logger.debug(`cannot watch ${host.name}'s place on ${options.bridge} (${portWatch})`);
+    } else {
+      cleanups.add(() => portWatch.close());
+    }
 
     dropPrivileges(target, { keepNetAdmin: forwardBackend !== undefined });
     await enableErrorReports(process.env);
@@ -187,6 +197,7 @@ async function runOnLinux(options: SoftnetOptions, logger: Logger): Promise<numb
       forwardBackend,
       reactorBackend,
       vmEndClosed: () => typeof peerWatch !== "string" && peerWatch.peerState() === "gone",
+      hostLinkLost: () => (typeof portWatch === "string" ? undefined : tapLeftBridge(portWatch, host)),
       runningAs: describeTarget(target),
       cleanups,
     });
@@ -260,6 +271,8 @@ export async function runOnDarwin(
       // A closed VM end is noticed by receive/send (ECONNRESET, EDESTADDRREQ), but macOS never
       // reports the socket readable again afterwards: the tick asks (datagram-link.ts).
       vmEndClosed: () => vm.peerClosed(),
+      // vmnet reports a lost interface through its own events, not by a poll here.
+      hostLinkLost: () => undefined,
       runningAs: describeTarget(target),
       cleanups,
     });
@@ -354,6 +367,8 @@ async function runFilter(setup: FilterSetup): Promise<number> {
   const timer = setInterval(() => {
     loop.tick();
     if (setup.vmEndClosed()) loop.stop({ kind: "vm-closed" });
+    const lost = setup.hostLinkLost();
+    if (lost !== undefined) loop.stop({ kind: "fatal", error: lost });
     void forwards?.reconcile(); // retries a failed update; a no-op when nothing changed
     if (++ticks % DROP_SUMMARY_EVERY_TICKS === 0) {
       const dropped: Record<string, number> = {};
@@ -433,6 +448,39 @@ async function runFilter(setup: FilterSetup): Promise<number> {
     { cause: why, forwarded_to_host: loop.forwardedToHost, forwarded_to_vm: loop.forwardedToVm, dropped },
   );
   printCounters("exit", false);
-  if (cause.kind === "fatal") throw new SoftnetError("the filter loop failed", { cause: cause.error });
+  if (cause.kind === "fatal") {
+    // A SoftnetError already says what failed and why. A link that failed otherwise ("went away":
+    // EBADFD from a deleted TAP) is explained by the port watch when it can say more.
+    if (cause.error instanceof SoftnetError) throw cause.error;
+    const lost = setup.hostLinkLost();
+    if (lost !== undefined) throw lost;
+    throw new SoftnetError("the filter loop failed", { cause: cause.error });
+  }
   return 0;
+}
+
+/**
+ * Linux: the error to stop with when the TAP is no longer a port of its bridge (deleted bridge,
+ * port taken off it), or undefined while it still is or the kernel did not say.
+ */
+function tapLeftBridge(
+  watch: BridgePortWatch,
+  host: { name: string; bridge: string },
+): SoftnetError | undefined {
+  const state = watch.portState();
+  if (state === "attached" || state === "unknown") return undefined;
+  const hint = "the VM has no network without it: start the VM again";
+  if (state === "no-interface")
+    return new SoftnetError(`lost the host network: TAP port ${host.name} was deleted`, { hint });
+  if (watch.bridgeExists() === false) {
+    return new SoftnetError(`lost the host network: bridge ${host.bridge} was deleted`, {
+      hint: `${hint} once the bridge is back`,
+    });
+  }
+  return new SoftnetError(
+    `lost the host network: TAP port ${host.name} was taken off bridge ${host.bridge}`,
+    {
+      hint,
+    },
+  );
 }

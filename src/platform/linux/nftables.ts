@@ -88,10 +88,19 @@ export class NftablesPortForwards implements PortForwardBackend {
     });
     const [stderr, code] = await Promise.all([new Response(child.stderr).text(), child.exited]);
     if (code !== 0) {
-      const why = stderr.trim().split("\n")[0] || `nft exited with status ${code}`;
+      // nft's first line, without the position in our script it starts with ("/dev/stdin:1:1-29: ").
+      const why =
+        stderr
+          .trim()
+          .split("\n")[0]
+          ?.replace(/^\/dev\/stdin:[\d:-]+ /, "") || `nft exited with status ${code}`;
       throw new SoftnetError(`cannot ${what} with ${this.nft}`, {
         cause: new Error(why),
-        hint: /Operation not permitted/.test(stderr) ? "nft needs CAP_NET_ADMIN" : undefined,
+        // EPERM also comes from a table of this name that another program created with the owner
+        // flag (only its creator may change it), not only from a missing capability.
+        hint: /Operation not permitted/.test(stderr)
+          ? `nft needs CAP_NET_ADMIN, and table ip ${this.table} must not belong to another program: see nft list table ip ${this.table}`
+          : undefined,
       });
     }
   }

@@ -59,8 +59,12 @@ import { NETLINK_ROUTE, NetlinkError, NetlinkSocket } from "./netlink.ts";
 export interface TapOnBridge extends FrameLink {
   /** The TAP's interface name, e.g. "sn1a2b3c". */
   readonly name: string;
+  /** The TAP's interface index. */
+  readonly index: number;
   /** The bridge it is enslaved to. */
   readonly bridge: string;
+  /** The bridge's interface index: a bridge deleted and created again under its name has another. */
+  readonly bridgeIndex: number;
   /** The bridge's IPv4 address (the VM's gateway) as a uint32 in host order, e.g. 0xc0a86401. */
   readonly gateway: number;
   /** Prefix length of the bridge's IPv4 subnet, e.g. 24. */
@@ -199,7 +203,9 @@ export function openTapOnBridge(options: TapOptions): TapOnBridge {
       tap,
       control,
       name,
+      tapIndex,
       bridgeName,
+      bridge.index,
       gateway,
       prefixLength,
       mtu,
@@ -311,7 +317,9 @@ class TapLink implements TapOnBridge {
     private readonly fd: number,
     private readonly controlSocket: number,
     readonly name: string,
+    readonly index: number,
     readonly bridge: string,
+    readonly bridgeIndex: number,
     readonly gateway: number,
     readonly prefixLength: number,
     readonly mtu: number,

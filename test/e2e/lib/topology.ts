@@ -162,6 +162,7 @@ export class Topology {
   readonly dnsmasqLeaseFile: string;
   readonly guests: Guest[] = [];
   private readonly daemons: Daemon[] = [];
+  private dhcpServer: Daemon | undefined;
   private readonly captures: Capture[] = [];
   private readonly namespaces: string[] = [];
   private readonly udhcpcScript: string;
@@ -285,7 +286,18 @@ export class Topology {
     ];
   }
 
-  private async startDhcpServer(): Promise<void> {
+  /**
+   * Stops the DHCP server on br0 (SIGKILL: as if it crashed; SIGTERM: a clean restart), keeping
+   * its lease file. Start it again with startDhcpServer(). Guests' leases live on meanwhile.
+   */
+  async stopDhcpServer(signal: NodeJS.Signals = "SIGKILL"): Promise<void> {
+    await this.dhcpServer?.stop(signal);
+    this.dhcpServer = undefined;
+  }
+
+  /** Starts dnsmasq as the DHCP (and DNS) server on br0, with the topology's lease file. */
+  async startDhcpServer(): Promise<void> {
+    if (this.dhcpServer?.running) throw new Error("the DHCP server is already running");
     const A = ADDRESSES;
     const daemon = new Daemon(
       "dnsmasq (DHCP + DNS on br0)",
@@ -306,6 +318,7 @@ export class Topology {
       ]),
     );
     this.daemons.push(daemon);
+    this.dhcpServer = daemon;
     await daemon.waitForOutput(/DHCP, IP range/);
     await daemon.waitForOutput(/started, version/);
   }

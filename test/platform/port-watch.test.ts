@@ -7,6 +7,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import { BridgePortWatch } from "../../src/platform/linux/port-watch.ts";
 import { REQUIRED_IN_CI } from "../support/ci.ts";
+import { bunCommand } from "../support/emulation.ts";
 
 const NETNS_VARIABLE = "SOFTNET_TEST_NETNS";
 const insideNamespace = process.env[NETNS_VARIABLE];
@@ -32,7 +33,7 @@ if (insideNamespace === undefined) {
       ip("netns", "add", namespace);
       try {
         const inner = Bun.spawnSync(
-          ["ip", "netns", "exec", namespace, process.execPath, "test", import.meta.path],
+          ["ip", "netns", "exec", namespace, ...bunCommand(), "test", import.meta.path],
           {
             cwd: resolve(import.meta.dir, "../.."),
             env: { ...process.env, [NETNS_VARIABLE]: namespace },

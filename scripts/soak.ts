@@ -290,15 +290,7 @@ function startLoad(topology: Topology, guest: Guest, guestAddress: string): void
   const G = ADDRESSES.globalHost;
   // hping3 exits when its route goes away, as it does while udhcpc starts over after the expiry
   // (its "deconfig" flushes eth0): started again a second later, so the load is the same after it.
-  const hping3 = (...args: string[]) => [
-    "sh",
-    "-c",
-    'while :; do "$@"; sleep 1; done',
-    "sh",
-    "hping3",
-    "-q",
-    ...args,
-  ];
+  const hping3 = (...args: string[]) => again(1, ["hping3", "-q", ...args]);
   // Allowed, both directions.
   guest.spawn("ping global host", ["ping", "-q", "-n", "-i", "0.2", G]);
   guest.spawn("udp to global host", hping3("--udp", "-p", "9", "-i", "u2000", G));
@@ -320,11 +312,22 @@ function startLoad(topology: Topology, guest: Guest, guestAddress: string): void
     hping3("-a", "192.168.64.200", "--udp", "-p", "53", "-i", "u10000", ADDRESSES.gateway),
   );
   guest.spawn("arpspoof", ["arpspoof", "-i", "eth0", "-t", ADDRESSES.gateway, "192.168.64.99"]);
-  guest.spawn("macof every 10 s", [
+  guest.spawn("macof every 10 s", again(10, ["macof", "-i", "eth0", "-n", "200"]));
+}
+
+/**
+ * argv of a shell that runs `argv` again `pauseSeconds` after each exit, until it is told to stop.
+ * On SIGTERM it kills the running child before it exits itself: an orphaned hping3 or macof would
+ * keep the output pipe open, and teardown would wait for an end of output that never comes.
+ */
+function again(pauseSeconds: number, argv: string[]): string[] {
+  return [
     "sh",
     "-c",
-    "while :; do macof -i eth0 -n 200 2>/dev/null; sleep 10; done",
-  ]);
+    `trap 'kill $child 2>/dev/null; exit 0' TERM INT; while :; do "$@" 2>/dev/null & child=$!; wait $child; sleep ${pauseSeconds} & child=$!; wait $child; done`,
+    "sh",
+    ...argv,
+  ];
 }
 
 /** The minute's checks that what must pass passes and what must not does not. Returns what failed. */

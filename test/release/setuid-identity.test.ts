@@ -121,6 +121,7 @@ function startAttacker(etc: EtcOverlay, mac: string, args: string[], groupsOptio
 describe.skipIf(!runnable && !REQUIRED_IN_CI)("the groups a user's setuid softnet runs with", () => {
   test("a caller without supplementary groups does not get its /etc/group ones back", async () => {
     const etc = etcWith({
+      "softnet/bridge.conf": "allow br0\n",
       group: `${readFileSync("/etc/group", "utf8")}${GROUP}:x:${groupGid}:softnet-attacker\n`,
     });
     const groupDir = join(lab.base, "group-only");

@@ -89,6 +89,7 @@ function softnetAsUser(args: string[] = [], env: Record<string, string> = {}): R
  * them, until softnet exits (10 s at most): exit code and stderr, or code null when it was still
  * running then (it had started: it is killed).
  */
+let sudoRuns = 0;
 async function sudoSoftnetToExit(args: string[]): Promise<{ code: number | null; stderr: string }> {
   const pair = datagramSocketPair();
   const argv = [
@@ -99,7 +100,7 @@ async function sudoSoftnetToExit(args: string[]): Promise<{ code: number | null;
     "--vm-fd",
     "0",
     "--vm-mac-address",
-    "02:00:00:00:00:0a",
+    `02:00:00:00:01:${(++sudoRuns).toString(16).padStart(2, "0")}`,
     "--bridge",
     topology.bridge,
     ...args,
@@ -109,12 +110,19 @@ async function sudoSoftnetToExit(args: string[]): Promise<{ code: number | null;
     stdout: "pipe",
     stderr: "pipe",
   });
-  const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
+  // Still running after 10 s: it started. SIGTERM, which sudo passes on, so no softnet outlives the
+  // test holding its MAC on the bridge; SIGKILL only if that does not end it.
+  let started = false;
+  const timer = setTimeout(() => {
+    started = true;
+    child.kill("SIGTERM");
+    setTimeout(() => child.kill("SIGKILL"), 5_000).unref();
+  }, 10_000);
   const [exitCode, stderr] = await Promise.all([child.exited, new Response(child.stderr).text()]);
   clearTimeout(timer);
   closeFd(pair.vmEnd);
   closeFd(pair.hostEnd);
-  return { code: child.signalCode === "SIGKILL" ? null : exitCode, stderr };
+  return { code: started ? null : exitCode, stderr };
 }
 
 /** The softnet process under sudo (sudo stays as its parent to relay signals). */

@@ -6,6 +6,7 @@
  * Each platform sets up its own links (Linux: a TAP port on a bridge; macOS: vmnet) and hands them
  * to runFilter(), which is the same everywhere.
  */
+import type { Caller } from "./caller.ts";
 import type { SoftnetOptions } from "./cli.ts";
 import { describeRules } from "./cli.ts";
 import { SoftnetError, UsageError } from "./errors.ts";
@@ -50,6 +51,19 @@ export async function runSoftnet(options: SoftnetOptions): Promise<number> {
 }
 
 /**
+ * Who started this softnet (caller.ts), decided once, from the ids it had at exec, before anything
+ * changed them (macOS's asTargetUser leaves the caller's groups in place): every later question
+ * (the drop, the bridge list, the port guard, an error report's drop) gets this same answer.
+ */
+let startedBy: Caller | undefined;
+
+async function decideCallerOnce(calls: import("./platform/identity.ts").IdentityCalls): Promise<Caller> {
+  const { callerOf } = await import("./platform/identity.ts");
+  startedBy ??= callerOf(calls, process.env);
+  return startedBy;
+}
+
+/**
  * Before an error report leaves this process (main.ts): if it still runs as root, become the user
  * it would have dropped to, for good. Nothing else runs afterwards but the report and the exit.
  */
@@ -58,7 +72,8 @@ export async function dropForErrorReport(options: SoftnetOptions): Promise<void>
   if (process.platform === "linux") {
     const { dropPrivileges, linuxIdentityCalls } = await import("./platform/privileges.ts");
     if (linuxIdentityCalls.geteuid() !== 0) return;
-    dropPrivileges(resolveDropTarget(linuxIdentityCalls, options, process.env), { keepNetAdmin: false });
+    const caller = await decideCallerOnce(linuxIdentityCalls);
+    dropPrivileges(resolveDropTarget(linuxIdentityCalls, caller, options), { keepNetAdmin: false });
     return;
   }
   if (process.platform === "darwin") {
@@ -67,7 +82,7 @@ export async function dropForErrorReport(options: SoftnetOptions): Promise<void>
     const { becomeUser } = await import("./platform/identity.ts");
     const calls = darwinIdentityCalls(openDarwinSystem(MACOS_LIBRARIES));
     if (calls.geteuid() !== 0) return;
-    becomeUser(calls, resolveDropTarget(calls, options, process.env));
+    becomeUser(calls, resolveDropTarget(calls, await decideCallerOnce(calls), options));
     return;
   }
   throw new SoftnetError(`no error reports on ${process.platform}`);
@@ -136,14 +151,16 @@ async function runOnLinux(options: SoftnetOptions, logger: Logger): Promise<numb
   const { DatagramLink } = await import("./platform/linux/datagram-link.ts");
   const { openTapOnBridge } = await import("./platform/linux/tap.ts");
   const { dropPrivileges, hasSetupPrivileges, linuxIdentityCalls } = await import("./platform/privileges.ts");
-  const { describeTarget, escalateWithSudo, resolveDropTarget, startedByRoot } = await import(
-    "./platform/identity.ts"
-  );
+  const { describeTarget, escalateWithSudo, resolveDropTarget } = await import("./platform/identity.ts");
+  const caller = await decideCallerOnce(linuxIdentityCalls);
   // Without root or CAP_NET_ADMIN: become root through passwordless sudo (this process is replaced).
-  if (!hasSetupPrivileges()) throw escalateWithSudo(linuxIdentityCalls, process.argv.slice(2));
-  // A caller who is not root may use only the bridges root lists in /etc/softnet/bridge.conf.
+  if (!hasSetupPrivileges()) {
+    throw escalateWithSudo(linuxIdentityCalls, process.argv.slice(2), (line) => logger.warn(line));
+  }
+  // A caller who is not root may use only the bridges root lists in /etc/softnet/bridge.conf, and
+  // at most as many VMs at once as it allows them there.
   const { enforceBridgeAcl } = await import("./platform/linux/bridge-acl-file.ts");
-  enforceBridgeAcl(options.bridge, libc.getuid(), process.env);
+  const vmCap = enforceBridgeAcl(options.bridge, caller);
   const { epollReactorBackend } = await import("./platform/linux/epoll-reactor.ts");
   const nftables = await import("./platform/linux/nftables.ts");
   const { UnixPeerWatch } = await import("./platform/linux/peer-watch.ts");
@@ -151,14 +168,20 @@ async function runOnLinux(options: SoftnetOptions, logger: Logger): Promise<numb
 
   // As root, only what opening the host link needs, before a single frame is read: no compiler
   // (Bun's cc writes header files into /tmp as whoever runs it), no subprocess (nft), no Sentry.
-  const target = resolveDropTarget(linuxIdentityCalls, options, process.env);
-  checkExposedPortsAllowed(options.exposedPorts, startedByRoot(linuxIdentityCalls, process.env));
+  const target = resolveDropTarget(linuxIdentityCalls, caller, options);
+  checkExposedPortsAllowed(options.exposedPorts, caller.kind === "root");
   const vm = new DatagramLink(options.vmFd, { optionName: "--vm-fd" });
   const cleanups = new Cleanups(logger);
   cleanups.add(() => vm.close());
   try {
     const isolate = !allowsEverything(options.rules);
-    const host = openTapOnBridge({ bridge: options.bridge, isolate, vmMac: options.vmMac });
+    const host = openTapOnBridge({
+      bridge: options.bridge,
+      isolate,
+      vmMac: options.vmMac,
+      owner: caller.uid,
+      ownerCap: vmCap,
+    });
     cleanups.add(() => host.close());
     for (const change of host.bridgeChanges) logger.info(change);
     const nft = options.exposedPorts.length > 0 ? nftables.locateNft() : undefined;
@@ -217,22 +240,26 @@ export async function runOnDarwin(
 ): Promise<number> {
   const { openDarwinSystem } = await import("./platform/darwin/system.ts");
   const { darwinIdentityCalls } = await import("./platform/darwin/identity.ts");
-  const { asTargetUser, becomeUser, describeTarget, escalateWithSudo, resolveDropTarget, startedByRoot } =
-    await import("./platform/identity.ts");
+  const { asTargetUser, becomeUser, describeTarget, escalateWithSudo, resolveDropTarget } = await import(
+    "./platform/identity.ts"
+  );
   const system = openDarwinSystem(platform.libraries);
   const calls = darwinIdentityCalls(system);
   if (options.sudoEscalationProbing) {
     if (calls.geteuid() === 0) return 0;
     throw new SoftnetError("not running as root");
   }
-  if (calls.geteuid() !== 0) throw escalateWithSudo(calls, process.argv.slice(2));
+  const caller = await decideCallerOnce(calls);
+  if (calls.geteuid() !== 0) {
+    throw escalateWithSudo(calls, process.argv.slice(2), (line) => logger.warn(line));
+  }
 
   const { DarwinDatagramLink } = await import("./platform/darwin/datagram-link.ts");
   const { openVmnet } = await import("./platform/darwin/vmnet.ts");
   const { pollReactorBackend } = await import("./platform/darwin/poll-reactor.ts");
 
-  const target = resolveDropTarget(calls, options, process.env);
-  checkExposedPortsAllowed(options.exposedPorts, startedByRoot(calls, process.env));
+  const target = resolveDropTarget(calls, caller, options);
+  checkExposedPortsAllowed(options.exposedPorts, caller.kind === "root");
   if (platform.configureBootpd) {
     // bootpd reads its lease time when the shared network starts: before vmnet_start_interface.
     const { openBootpdSymbols, setBootpdLeaseTime } = await import("./platform/darwin/bootpd.ts");

@@ -11,6 +11,7 @@
  */
 import { accessSync, constants, realpathSync, type Stats, statSync } from "node:fs";
 import { isAbsolute, join, resolve } from "node:path";
+import type { Caller } from "../caller.ts";
 import {
   escalationCommand,
   type IdentityCalls,
@@ -25,6 +26,8 @@ import type { Checklist } from "./report.ts";
 export interface DoctorContext {
   /** getuid()/geteuid()/getgid() at start, before any drop. */
   readonly started: { readonly realUid: number; readonly effectiveUid: number; readonly realGid: number };
+  /** Who started it (caller.ts): the same answer softnet itself gets. */
+  readonly caller: Caller;
   /** True when the root-only checks may run: started by root (real and effective uid 0). */
   readonly asRoot: boolean;
   readonly identity: IdentityCalls;
@@ -97,7 +100,7 @@ export async function privilegeChecks(list: Checklist, context: DoctorContext): 
   const { started, self } = context;
   const setuidStart = started.realUid !== 0 && started.effectiveUid === 0;
   if (context.asRoot) {
-    const viaSudo = context.env.SUDO_UID;
+    const viaSudo = context.caller.kind === "sudo-user" ? context.caller.uid : undefined;
     list.ok(
       "privileges.root",
       "the doctor runs as root",
@@ -311,10 +314,10 @@ export function sameFile(a: string, b: string): boolean {
 /** path: the `softnet` Tart would start is this one. */
 export function pathCheck(list: Checklist, context: DoctorContext): void {
   const title = "Tart finds this softnet on PATH";
-  const sudoUid = context.env.SUDO_UID;
+  const viaSudo = context.caller.kind === "sudo-user";
   let path = context.pathOption;
   let source = "--path";
-  if (path === undefined && context.env.PATH !== undefined && sudoUid === undefined) {
+  if (path === undefined && context.env.PATH !== undefined && !viaSudo) {
     path = context.env.PATH;
     source = "PATH";
   }
@@ -322,7 +325,7 @@ export function pathCheck(list: Checklist, context: DoctorContext): void {
     list.skipped(
       "path",
       title,
-      sudoUid !== undefined
+      viaSudo
         ? "PATH unknown: under sudo the environment's PATH is sudo's, not yours"
         : 'PATH unknown: softnet clears its environment (README "Security model")',
       'pass yours: softnet doctor --path "$PATH" ... (with sudo too: sudo softnet doctor --path "$PATH")',

@@ -133,7 +133,7 @@ export async function darwinChecks(
   let target: DropTarget | undefined;
   let compiled = false;
   try {
-    target = resolveDropTarget(calls, { user: undefined, group: undefined }, context.env);
+    target = resolveDropTarget(calls, context.caller, { user: undefined, group: undefined });
     const { nativeBlocks } = await import("../platform/darwin/blocks.ts");
     const started = performance.now();
     const dropTarget = target;

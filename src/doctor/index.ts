@@ -18,6 +18,7 @@ import type { DarwinSystem } from "../platform/darwin/system.ts";
 import {
   asTargetUser,
   becomeUser,
+  callerOf,
   type DropTarget,
   type IdentityCalls,
   resolveDropTarget,
@@ -113,28 +114,30 @@ async function doctorRun(
 ): Promise<number> {
   const started = { realUid: calls.getuid(), effectiveUid: calls.geteuid(), realGid: calls.getgid() };
   const env = { ...process.env };
+  // Who started the doctor: the same answer softnet itself would get (caller.ts).
+  const caller = callerOf(calls, env);
+  const none = { user: undefined, group: undefined };
   // A setuid start by someone else: root goes back before anything else runs.
-  if (started.realUid !== 0 && started.effectiveUid === 0) {
-    becomeUser(calls, resolveDropTarget(calls, { user: undefined, group: undefined }, env));
+  if (caller.kind === "setuid-user" && started.effectiveUid === 0) {
+    becomeUser(calls, resolveDropTarget(calls, caller, none));
   }
   const asRoot = started.realUid === 0 && started.effectiveUid === 0;
-  let caller: DropTarget | undefined;
-  if (asRoot && env.SUDO_UID !== undefined && /^[1-9][0-9]*$/.test(env.SUDO_UID)) {
-    caller = resolveDropTarget(calls, { user: undefined, group: undefined }, env);
-  }
+  const sudoUser: DropTarget | undefined =
+    asRoot && caller.kind === "sudo-user" ? resolveDropTarget(calls, caller, none) : undefined;
   const list = new Checklist();
   const cleanups = new Set<() => void>();
   let interrupted: string | undefined;
   const self = selfFile();
   const context: DoctorContext = {
     started,
+    caller,
     asRoot,
     identity: calls,
     env,
     pathOption: options.path,
     self,
     interrupted: () => interrupted !== undefined,
-    asCaller: (work) => (caller === undefined ? work() : asTargetUser(calls, caller, work)),
+    asCaller: (work) => (sudoUser === undefined ? work() : asTargetUser(calls, sudoUser, work)),
     cleanups,
   };
   const report = (): DoctorReport => ({

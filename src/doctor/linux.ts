@@ -12,6 +12,7 @@
  * descriptors. The check then confirms the interface is gone.
  */
 import { closeSync, constants, existsSync, openSync, readdirSync, readFileSync } from "node:fs";
+import type { Caller } from "../caller.ts";
 import { SoftnetError } from "../errors.ts";
 import type { TapOnBridge } from "../platform/linux/tap.ts";
 import { formatIpv4, formatMac, parseIpv4 } from "../wire/bytes.ts";
@@ -33,10 +34,10 @@ export interface BridgeAccessList {
   /** The file the list is read from, for messages. */
   readonly path: string;
   /**
-   * Throws a SoftnetError saying why when the person who started softnet may not use `bridge`:
-   * real uid not 0, or root through sudo for SUDO_UID. Returns when they may (root always may).
+   * Throws a SoftnetError saying why when `caller` (caller.ts) may not use `bridge`. Returns when
+   * they may (root always may).
    */
-  enforce(bridge: string, realUid: number, env: Readonly<Record<string, string | undefined>>): void;
+  enforce(bridge: string, caller: Caller): void;
 }
 
 /**
@@ -45,7 +46,12 @@ export interface BridgeAccessList {
  */
 export async function builtInBridgeAccessList(): Promise<BridgeAccessList | undefined> {
   const { BRIDGE_ACL_PATH, enforceBridgeAcl } = await import("../platform/linux/bridge-acl-file.ts");
-  return { path: BRIDGE_ACL_PATH, enforce: (bridge, realUid, env) => enforceBridgeAcl(bridge, realUid, env) };
+  return {
+    path: BRIDGE_ACL_PATH,
+    enforce: (bridge, caller) => {
+      enforceBridgeAcl(bridge, caller);
+    },
+  };
 }
 
 const IP_LOCATIONS = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"] as const;
@@ -541,7 +547,7 @@ async function nftCheck(
 /** linux.bridge-acl: would softnet, started by this caller, be allowed on `bridge`? */
 export function bridgeAccessCheck(
   list: Checklist,
-  context: Pick<DoctorContext, "started" | "env">,
+  context: Pick<DoctorContext, "caller">,
   bridge: string,
   accessList: BridgeAccessList | undefined,
 ): boolean {
@@ -554,11 +560,9 @@ export function bridgeAccessCheck(
     );
     return true;
   }
-  const sudoUid = context.env.SUDO_UID;
-  const caller =
-    context.started.realUid !== 0 ? `uid ${context.started.realUid}` : sudoUid ? `uid ${sudoUid}` : "root";
+  const caller = context.caller.kind === "root" ? "root" : `uid ${context.caller.uid}`;
   try {
-    accessList.enforce(bridge, context.started.realUid, context.env);
+    accessList.enforce(bridge, context.caller);
   } catch (error) {
     const softnetError = error instanceof SoftnetError ? error : undefined;
     list.problem(

@@ -5,6 +5,7 @@
  */
 import { CString, type Pointer, ptr, read } from "bun:ffi";
 import { lstatSync, type Stats } from "node:fs";
+import { type Caller, decideCaller, type StartCredentials } from "../caller.ts";
 import { SoftnetError } from "../errors.ts";
 
 /** The C library functions this module needs, bound by the platform. */
@@ -21,7 +22,9 @@ export interface IdentityCalls {
   setreuid(ruid: number, euid: number): number;
   setregid(rgid: number, egid: number): number;
   initgroups(user: Buffer, gid: number): number;
-  setgroups(count: number, groups: null): number;
+  setgroups(count: number, groups: Uint32Array | null): number;
+  /** getgroups(size, list): with size 0 only the count. */
+  getgroups(size: number, groups: Uint32Array | null): number;
   getpwnam(name: Buffer): Pointer | null;
   getpwuid(uid: number): Pointer | null;
   getgrnam(name: Buffer): Pointer | null;
@@ -57,6 +60,7 @@ export function identityCallsFrom(
     setregid: (rgid, egid) => calls.setregid(rgid, egid),
     initgroups: (user, gid) => calls.initgroups(user, gid),
     setgroups: (count, groups) => calls.setgroups(count, groups),
+    getgroups: (size, groups) => calls.getgroups(size, groups),
     getpwnam: (name) => calls.getpwnam(name),
     getpwuid: (uid) => calls.getpwuid(uid),
     getgrnam: (name) => calls.getgrnam(name),
@@ -72,8 +76,15 @@ function cString(text: string): Buffer {
 export interface DropTarget {
   uid: number;
   gid: number;
-  /** For initgroups(); undefined when the uid has no passwd entry (then no supplementary groups). */
+  /** For the log, and for initgroups() when `groups` is undefined; undefined without a passwd entry. */
   userName: string | undefined;
+  /**
+   * The supplementary groups, exactly (setgroups): a setuid caller's own, as it had them at exec.
+   * undefined: the group database's for userName (initgroups), or none without a userName.
+   */
+  groups: readonly number[] | undefined;
+  /** True only when a real root (no SUDO_UID) chose uid 0: nobody else may end up as root. */
+  rootAllowed: boolean;
   /** How the target was chosen, for the log: "--user", "the caller of this setuid binary", ... */
   chosenBy: string;
 }
@@ -111,89 +122,128 @@ function lookupGroup(calls: IdentityCalls, name: string): number | undefined {
 }
 
 /**
- * Whom to become. SUDO_UID is believed only when the real uid is already 0: for a setuid binary
- * the environment belongs to the caller, who could otherwise name root as the "invoking user".
+ * The ids this process was started with, read before anything changes them: the real uid and
+ * gid, and the supplementary groups (getgroups(2): a setuid exec leaves them as the caller had
+ * them; POSIX getgroups, Linux kernel/groups.c, xnu bsd/kern/kern_prot.c getgroups).
  */
-export function resolveDropTarget(
+export function readStartCredentials(calls: IdentityCalls): StartCredentials {
+  const uid = calls.getuid();
+  const gid = calls.getgid();
+  // The count may change between the two calls only if something else in this process called
+  // setgroups: nothing has yet, but a short read is retried rather than trusted.
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const count = calls.getgroups(0, null);
+    if (count < 0) break;
+    const list = new Uint32Array(Math.max(count, 1));
+    const read = calls.getgroups(count, count === 0 ? null : list);
+    if (read === count) return { uid, gid, groups: [...list.subarray(0, count)] };
+  }
+  throw new SoftnetError("cannot read the supplementary groups softnet was started with", {
+    cause: calls.lastError("getgroups"),
+  });
+}
+
+/** Who started this process (caller.ts), from the ids it had at exec and its environment. */
+export function callerOf(calls: IdentityCalls, env: Record<string, string | undefined>): Caller {
+  return decideCaller(readStartCredentials(calls), env, (uid) => lookupUid(calls, uid)?.gid);
+}
+
+/** What --user/--group name, as ids; undefined where the flag was not given. */
+function namedIds(
   calls: IdentityCalls,
   options: { user: string | undefined; group: string | undefined },
-  env: Record<string, string | undefined>,
-): DropTarget {
-  let uid: number;
-  let gid: number;
-  let userName: string | undefined;
-  let chosenBy: string;
-  const realUid = calls.getuid();
+): { user: PasswdEntry | undefined; gid: number | undefined } {
+  let user: PasswdEntry | undefined;
   if (options.user !== undefined) {
-    const entry = /^[0-9]+$/.test(options.user)
+    user = /^[0-9]+$/.test(options.user)
       ? lookupUid(calls, Number(options.user))
       : lookupUser(calls, options.user);
-    if (entry === undefined) {
+    if (user === undefined) {
       throw new SoftnetError(`cannot drop privileges: unknown user "${options.user}" (from --user)`);
     }
-    ({ uid, gid, name: userName } = entry);
-    chosenBy = "--user";
-  } else if (realUid !== 0) {
-    uid = realUid;
-    gid = calls.getgid();
-    userName = lookupUid(calls, uid)?.name;
-    chosenBy = "the user who started softnet";
-  } else if (env.SUDO_UID !== undefined && /^[1-9][0-9]*$/.test(env.SUDO_UID)) {
-    uid = Number(env.SUDO_UID);
-    const entry = lookupUid(calls, uid);
-    gid =
-      env.SUDO_GID !== undefined && /^[0-9]+$/.test(env.SUDO_GID)
-        ? Number(env.SUDO_GID)
-        : (entry?.gid ?? uid);
-    userName = entry?.name;
-    chosenBy = "the user who ran sudo";
-  } else {
-    const nobody = lookupUser(calls, "nobody");
-    if (nobody === undefined) {
-      throw new SoftnetError('cannot drop privileges: there is no user "nobody"', {
-        hint: "name a user with --user",
-      });
-    }
-    ({ uid, gid, name: userName } = nobody);
-    chosenBy = "default for root";
   }
-  // A setuid-root softnet is started by someone who is not root: they may not use it to become
-  // somebody else. (Through sudo the real uid is 0 and --user/--group are sudo's business.)
-  if (realUid !== 0 && options.user !== undefined && uid !== realUid) {
-    throw new SoftnetError(`--user ${options.user}: only root may make softnet run as another user`, {
-      hint: "leave out --user; a setuid softnet drops to the user who started it",
-    });
-  }
+  let gid: number | undefined;
   if (options.group !== undefined) {
-    const groupGid = /^[0-9]+$/.test(options.group)
-      ? Number(options.group)
-      : lookupGroup(calls, options.group);
-    if (groupGid === undefined) {
+    gid = /^[0-9]{1,10}$/.test(options.group) ? Number(options.group) : lookupGroup(calls, options.group);
+    if (gid === undefined) {
       throw new SoftnetError(`cannot drop privileges: unknown group "${options.group}" (from --group)`);
     }
-    gid = groupGid;
-    if (realUid !== 0 && gid !== calls.getgid()) {
-      throw new SoftnetError(`--group ${options.group}: only root may make softnet run as another group`, {
-        hint: "leave out --group; a setuid softnet drops to the group of the user who started it",
-      });
-    }
   }
-  return { uid, gid, userName, chosenBy };
+  return { user, gid };
 }
 
 /**
- * True when the person who started softnet is root: root itself, or root through sudo without an
- * unprivileged SUDO_UID. A setuid softnet (real uid not 0) or `sudo softnet` run by a user is
- * started by that user, who must not get root's choices (privileged ports, any bridge). SUDO_UID is
- * believed only when the real uid is 0, as in resolveDropTarget: for a setuid binary the
- * environment belongs to the caller.
+ * Whom to become, for `caller` (caller.ts). Only a real root chooses: --user/--group may name
+ * anyone (root included), and without them softnet drops to nobody. Anyone else (a user through
+ * sudo, a user through the setuid bit) becomes exactly themselves: --user/--group may only name
+ * that same user and group, and are refused otherwise; their supplementary groups are the ones
+ * they had (setuid) or the group database's for them (sudo), never more.
  */
-export function startedByRoot(
-  calls: Pick<IdentityCalls, "getuid">,
-  env: Record<string, string | undefined>,
-): boolean {
-  if (calls.getuid() !== 0) return false;
-  return !(env.SUDO_UID !== undefined && /^[1-9][0-9]*$/.test(env.SUDO_UID));
+export function resolveDropTarget(
+  calls: IdentityCalls,
+  caller: Caller,
+  options: { user: string | undefined; group: string | undefined },
+): DropTarget {
+  const named = namedIds(calls, options);
+  if (caller.kind === "root") {
+    let target: Omit<DropTarget, "rootAllowed" | "groups">;
+    if (named.user !== undefined) {
+      target = { uid: named.user.uid, gid: named.user.gid, userName: named.user.name, chosenBy: "--user" };
+    } else {
+      const nobody = lookupUser(calls, "nobody");
+      if (nobody === undefined) {
+        throw new SoftnetError('cannot drop privileges: there is no user "nobody"', {
+          hint: "name a user with --user",
+        });
+      }
+      target = { uid: nobody.uid, gid: nobody.gid, userName: nobody.name, chosenBy: "default for root" };
+    }
+    if (named.gid !== undefined) target.gid = named.gid;
+    return { ...target, groups: undefined, rootAllowed: true };
+  }
+  const who = caller.kind === "sudo-user" ? "through sudo" : "through the setuid bit";
+  if (named.user !== undefined && named.user.uid !== caller.uid) {
+    throw new SoftnetError(
+      `--user ${options.user}: softnet started by uid ${caller.uid} (${who}) runs only as uid ${caller.uid}`,
+      { hint: "leave out --user: only root (not through sudo) may make softnet run as another user" },
+    );
+  }
+  if (named.gid !== undefined && named.gid !== caller.gid) {
+    throw new SoftnetError(
+      `--group ${options.group}: softnet started by uid ${caller.uid} (${who}) runs only as gid ${caller.gid}`,
+      { hint: "leave out --group: only root (not through sudo) may make softnet run as another group" },
+    );
+  }
+  return {
+    uid: caller.uid,
+    gid: caller.gid,
+    userName: lookupUid(calls, caller.uid)?.name,
+    groups: caller.groups,
+    rootAllowed: false,
+    chosenBy: caller.kind === "sudo-user" ? "the user who ran sudo" : "the user who started softnet",
+  };
+}
+
+/**
+ * Sets the supplementary groups of `target` (the first step of every drop): its exact list, or
+ * the group database's for its user, or none.
+ */
+export function setTargetGroups(calls: IdentityCalls, target: DropTarget): { result: number; call: string } {
+  if (target.groups !== undefined) {
+    const list = Uint32Array.from(target.groups);
+    return { result: calls.setgroups(list.length, list.length === 0 ? null : list), call: "setgroups" };
+  }
+  if (target.userName !== undefined) {
+    return { result: calls.initgroups(cString(target.userName), target.gid), call: "initgroups" };
+  }
+  return { result: calls.setgroups(0, null), call: "setgroups" };
+}
+
+/** Refuses a target of uid 0 that a real root did not choose: no way into root but root's own. */
+export function checkNotRootByMistake(target: DropTarget): void {
+  if (target.uid === 0 && !target.rootAllowed) {
+    throw new SoftnetError("cannot drop privileges: softnet runs as root only when a real root asks for it");
+  }
 }
 
 /** "nobody (uid 65534, gid 65534)" for the log. */
@@ -210,9 +260,9 @@ export function becomeUser(calls: IdentityCalls, target: DropTarget): void {
   const check = (result: number, call: string) => {
     if (result !== 0) throw new SoftnetError("cannot drop privileges", { cause: calls.lastError(call) });
   };
-  if (target.userName !== undefined)
-    check(calls.initgroups(cString(target.userName), target.gid), "initgroups");
-  else check(calls.setgroups(0, null), "setgroups");
+  checkNotRootByMistake(target);
+  const groups = setTargetGroups(calls, target);
+  check(groups.result, groups.call);
   check(calls.setgid(target.gid), "setgid");
   check(calls.setuid(target.uid), "setuid");
   verifyIdentity(calls, target);
@@ -241,12 +291,12 @@ export function asTargetUser<T>(calls: IdentityCalls, target: DropTarget, work: 
     });
   };
   if (calls.geteuid() !== 0) return work(); // not root: already nobody else's
+  checkNotRootByMistake(target);
   const realUid = calls.getuid();
   const realGid = calls.getgid();
   const effectiveGid = calls.getegid();
-  if (target.userName !== undefined) {
-    if (calls.initgroups(cString(target.userName), target.gid) !== 0) fail("initgroups");
-  } else if (calls.setgroups(0, null) !== 0) fail("setgroups");
+  const groups = setTargetGroups(calls, target);
+  if (groups.result !== 0) fail(groups.call);
   if (calls.setregid(target.gid, UNCHANGED_ID) !== 0) fail("setregid");
   if (calls.setegid(target.gid) !== 0) fail("setegid");
   if (calls.setreuid(target.uid, UNCHANGED_ID) !== 0) fail("setreuid");
@@ -278,9 +328,23 @@ export function verifyIdentity(calls: IdentityCalls, target: DropTarget): void {
       cause: new Error(`uid/euid/gid/egid are ${ids.join("/")}, expected ${wanted.join("/")}`),
     });
   }
+  verifyGroups(calls, target);
   if (target.uid !== 0 && calls.setuid(0) === 0) {
     throw new SoftnetError("privilege drop did not take effect", {
       cause: new Error("setuid(0) succeeded after the drop"),
+    });
+  }
+}
+
+/** When the target has an exact group list, the process must now have that list and no other group. */
+export function verifyGroups(calls: IdentityCalls, target: DropTarget): void {
+  if (target.groups === undefined) return;
+  const now = readStartCredentials(calls).groups;
+  const wanted = new Set(target.groups);
+  const extra = now.filter((gid) => !wanted.has(gid));
+  if (extra.length > 0 || new Set(now).size !== wanted.size) {
+    throw new SoftnetError("privilege drop did not take effect", {
+      cause: new Error(`supplementary groups are [${now.join(",")}], expected [${target.groups.join(",")}]`),
     });
   }
 }
@@ -342,13 +406,43 @@ export function selfCommand(argv: readonly string[] = process.argv): {
   return { executable: process.execPath, prefix: [script] };
 }
 
+/** The variables softnet asks sudo to keep (error reports), when they are set. */
+const PRESERVED_THROUGH_SUDO = ["SENTRY_DSN", "CIRRUS_SENTRY_TAGS"] as const;
+
+/**
+ * The user's arguments without --user/--group (either form): the re-exec names the caller itself.
+ * Whatever this misses (a --user hidden as another option's value) still meets the refusal of any
+ * --user but the caller under sudo (resolveDropTarget).
+ */
+export function withoutIdentityFlags(args: readonly string[]): string[] {
+  const kept: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i]!;
+    if (arg === "--user" || arg === "--group") {
+      i++; // and its value
+      continue;
+    }
+    if (arg.startsWith("--user=") || arg.startsWith("--group=")) continue;
+    kept.push(arg);
+  }
+  return kept;
+}
+
 /**
  * Not root: if passwordless sudo works for exactly this command (probed with
  * --sudo-escalation-probing), replace this process with `sudo ... --sudo-escalation-done --user
- * <real uid> --group <real gid>`, keeping the VM's fd, which execv leaves open. Returns only when
+ * <real uid> --group <real gid>`, keeping the VM's fd, which execv leaves open. The caller's own
+ * ids always: a --user/--group on the command line is dropped, since under sudo softnet runs only
+ * as the person who asked (and refuses any other). When SENTRY_DSN is set and the sudoers rule does
+ * not let it through ("sorry, you are not allowed to set the following environment variables"),
+ * softnet asks again without it and `warn`s that error reports are off. Returns only when
  * escalation is impossible, with the error to report.
  */
-export function escalateWithSudo(calls: IdentityCalls, userArgs: readonly string[]): SoftnetError {
+export function escalateWithSudo(
+  calls: IdentityCalls,
+  userArgs: readonly string[],
+  warn: (line: string) => void = (line) => process.stderr.write(`softnet: warning: ${line}\n`),
+): SoftnetError {
   const fix =
     `run softnet as root, install a root-owned copy at ${ROOT_OWNED_COPY} and allow it in sudoers ` +
     `(user ALL=(root) NOPASSWD: ${ROOT_OWNED_COPY}; see README "Install"), ` +
@@ -362,35 +456,34 @@ export function escalateWithSudo(calls: IdentityCalls, userArgs: readonly string
     });
   }
   const { executable, prefix } = escalationCommand();
-  const probe = Bun.spawnSync(
-    [SUDO_PATH, "-n", executable, ...prefix, ...userArgs, "--sudo-escalation-probing"],
-    {
-      stdin: "ignore",
-      stdout: "ignore",
-      stderr: "ignore",
-    },
-  );
-  if (probe.exitCode !== 0) {
-    return new SoftnetError("root privileges are required and passwordless sudo is not available", {
-      hint: fix,
-    });
-  }
-  const argv = [
-    "sudo",
-    "--non-interactive",
-    "--preserve-env=SENTRY_DSN,CIRRUS_SENTRY_TAGS",
-    executable,
-    ...prefix,
-    ...userArgs,
+  const args = [
+    ...withoutIdentityFlags(userArgs),
     "--sudo-escalation-done",
-    // Whom to drop back to once root: the caller, unless the command line already says.
-    ...(userArgs.some((arg) => arg === "--user" || arg.startsWith("--user="))
-      ? []
-      : ["--user", String(calls.getuid())]),
-    ...(userArgs.some((arg) => arg === "--group" || arg.startsWith("--group="))
-      ? []
-      : ["--group", String(calls.getgid())]),
+    "--user",
+    String(calls.getuid()),
+    "--group",
+    String(calls.getgid()),
   ];
+  const probe = (sudoOptions: string[]) =>
+    Bun.spawnSync(
+      [SUDO_PATH, "-n", ...sudoOptions, executable, ...prefix, ...args, "--sudo-escalation-probing"],
+      { stdin: "ignore", stdout: "ignore", stderr: "ignore" },
+    ).exitCode === 0;
+  const preserved = PRESERVED_THROUGH_SUDO.filter((name) => process.env[name] !== undefined);
+  let sudoOptions = preserved.length === 0 ? [] : [`--preserve-env=${preserved.join(",")}`];
+  if (!probe(sudoOptions)) {
+    if (sudoOptions.length === 0 || !probe([])) {
+      return new SoftnetError("root privileges are required and passwordless sudo is not available", {
+        hint: fix,
+      });
+    }
+    warn(
+      `sudo does not let ${preserved.join(" and ")} through (the sudoers rule has no SETENV): ` +
+        "running without them, so no error reports will be sent",
+    );
+    sudoOptions = [];
+  }
+  const argv = ["sudo", "--non-interactive", ...sudoOptions, executable, ...prefix, ...args];
   const strings = argv.map(cString);
   const pointers = new BigUint64Array(strings.length + 1);
   strings.forEach((text, i) => {

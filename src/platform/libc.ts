@@ -88,6 +88,8 @@ export const libc = dlopen(LIBC_SONAME, {
   initgroups: { args: [cstring, u32], returns: i32 },
   // int setgroups(size_t size, const gid_t *list);
   setgroups: { args: [u64, pointer], returns: i32 },
+  // int getgroups(int size, gid_t list[]);
+  getgroups: { args: [i32, pointer], returns: i32 },
   // int setresuid(uid_t ruid, uid_t euid, uid_t suid);
   setresuid: { args: [u32, u32, u32], returns: i32 },
   // int setresgid(gid_t rgid, gid_t egid, gid_t sgid);

@@ -2,16 +2,25 @@
  * Dropping root after set-up, before the first frame is read.
  *
  * softnet needs root (or CAP_NET_ADMIN) only to attach to the host's network. Once the links are
- * open it becomes an ordinary user: --user/--group, by default the person who started it (the real
- * user of a setuid binary, or SUDO_UID when root runs it through sudo), else nobody. The drop is
- * verified: uid/euid/suid and gid/egid/sgid must all be the target, regaining root must fail, and
+ * open it becomes an ordinary user: the person who started it (the real user of a setuid binary,
+ * with exactly the groups it had; SUDO_UID when root runs it through sudo), or for a real root
+ * --user/--group, else nobody (identity.ts resolveDropTarget). The drop is verified:
+ * uid/euid/suid and gid/egid/sgid must all be the target, and so must an exact group list,
+ * regaining root must fail, and
  * no capability may remain but CAP_NET_ADMIN, kept only when --expose needs it for nftables.
  * Linux only for now; macOS has no setresuid and needs its own sequence.
  */
 import { readFileSync } from "node:fs";
 import { SoftnetError } from "../errors.ts";
-import { type DropTarget, type IdentityCalls, identityCallsFrom } from "./identity.ts";
-import { cString, lastSysError, libc, type SysError } from "./libc.ts";
+import {
+  checkNotRootByMistake,
+  type DropTarget,
+  type IdentityCalls,
+  identityCallsFrom,
+  setTargetGroups,
+  verifyGroups,
+} from "./identity.ts";
+import { lastSysError, libc, type SysError } from "./libc.ts";
 
 /** glibc's identity calls for the portable parts (identity.ts). */
 export const linuxIdentityCalls: IdentityCalls = identityCallsFrom(libc, lastSysError);
@@ -36,16 +45,14 @@ function check(result: number, what: string): void {
  * and every capability of every other thread, is gone.
  */
 export function dropPrivileges(target: DropTarget, options: { keepNetAdmin: boolean }): void {
+  checkNotRootByMistake(target);
   if (libc.geteuid() !== 0) {
     dropCapabilitiesOnly(target, options.keepNetAdmin);
     return;
   }
   if (options.keepNetAdmin) check(libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0), "prctl(PR_SET_KEEPCAPS)");
-  if (target.userName !== undefined) {
-    check(libc.initgroups(cString(target.userName), target.gid), "initgroups");
-  } else {
-    check(libc.setgroups(0, null), "setgroups");
-  }
+  const groups = setTargetGroups(linuxIdentityCalls, target);
+  check(groups.result, groups.call);
   // glibc applies set*id to every thread of the process (Bun has several), not just this one.
   check(libc.setresgid(target.gid, target.gid, target.gid), "setresgid");
   check(libc.setresuid(target.uid, target.uid, target.uid), "setresuid");
@@ -103,6 +110,7 @@ export function verifyDropped(target: DropTarget, keepNetAdmin: boolean): void {
   if (ids[0] !== target.gid || ids[1] !== target.gid || ids[2] !== target.gid) {
     fail(`gids are ${ids.join("/")}, expected ${target.gid}`);
   }
+  verifyGroups(linuxIdentityCalls, target);
   if (target.uid === 0) return;
   if (libc.setuid(0) === 0) fail("setuid(0) succeeded after the drop");
   const allowed = keepNetAdmin ? BigInt(1 << CAP_NET_ADMIN) : 0n;

@@ -30,7 +30,7 @@ import {
   VMNET_SYMBOLS,
 } from "../../src/platform/darwin/system.ts";
 import { openVmnet } from "../../src/platform/darwin/vmnet.ts";
-import { asTargetUser, becomeUser, resolveDropTarget } from "../../src/platform/identity.ts";
+import { asTargetUser, becomeUser, callerOf, resolveDropTarget } from "../../src/platform/identity.ts";
 import { FrameBatch } from "../../src/platform/link.ts";
 import { epollReactorBackend } from "../../src/platform/linux/epoll-reactor.ts";
 import { Reactor } from "../../src/platform/reactor.ts";
@@ -103,15 +103,22 @@ inPrivateNetworkNamespace(import.meta.path, "darwin FFI symbol coverage", () => 
     // Identity (the macOS runtime's privilege drop and sudo escalation), without changing who this
     // test runs as: root becoming root again, a lookup of each kind, an execv that cannot succeed.
     const identity = darwinIdentityCalls(system);
-    const target = resolveDropTarget(identity, { user: "root", group: "root" }, {});
+    const caller = callerOf(identity, { SUDO_UID: "0" }); // getuid, getgid, getgroups
+    expect(caller.kind).toBe("root");
+    const target = resolveDropTarget(identity, caller, { user: "root", group: "root" });
     expect(target).toMatchObject({ uid: 0, gid: 0, userName: "root" });
-    expect(
-      resolveDropTarget(identity, { user: undefined, group: undefined }, { SUDO_UID: "0" }).userName,
-    ).toBe("nobody");
+    expect(resolveDropTarget(identity, caller, { user: undefined, group: undefined }).userName).toBe(
+      "nobody",
+    );
     becomeUser(identity, target); // initgroups, setgid, setuid, then getuid/geteuid/getgid/getegid
     // setregid, setegid, setreuid, seteuid and back (root acting as root for a moment).
     expect(asTargetUser(identity, target, () => identity.geteuid())).toBe(0);
     expect(identity.setgroups(0, null)).toBe(0);
+    // An exact list, as a setuid caller's groups are restored (root keeps its own group 0).
+    expect(identity.setgroups(1, Uint32Array.of(0))).toBe(0);
+    const one = new Uint32Array(1);
+    expect(identity.getgroups(1, one)).toBe(1);
+    expect(one[0]).toBe(0);
     expect(identity.getpwuid(0)).not.toBeNull();
     expect(identity.execv(Buffer.from("/nonexistent/softnet\0"), new BigUint64Array(1))).toBe(-1);
 

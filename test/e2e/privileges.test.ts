@@ -2,10 +2,29 @@
 // itself, the VM's fd kept), sets up, and drops back to that user; without sudo rights it refuses
 // with one line that says how to fix it. A real user, a real sudoers rule, a real guest.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  chownSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
+import { join } from "node:path";
 import { EtcOverlay } from "../support/etc-overlay.ts";
 import { requireTools } from "../support/tools.ts";
-import { type Forwarder, type Guest, run, softnet, Topology } from "./lib/index.ts";
+import {
+  closeFd,
+  datagramSocketPair,
+  type Forwarder,
+  type Guest,
+  run,
+  softnet,
+  Topology,
+} from "./lib/index.ts";
 
 const USER = "softnet-e2e";
 const SUDOERS = "/etc/sudoers.d/softnet-e2e";
@@ -29,10 +48,20 @@ beforeAll(async () => {
     expect(added.code).toBe(0);
   }
   uid = Number((await run(["id", "-u", USER])).stdout.trim());
+  mkdirSync(usersOwn, { mode: 0o700 });
+  chownSync(usersOwn, uid, uid);
   topology = await Topology.create();
 });
 
+/** A directory only root can write (mode 0700), and one USER owns, for --capture. */
+const scratch = mkdtempSync("/var/tmp/softnet-privileges-");
+chmodSync(scratch, 0o755);
+const rootOnly = join(scratch, "root-only");
+mkdirSync(rootOnly, { mode: 0o700 });
+const usersOwn = join(scratch, "users-own");
+
 afterAll(async () => {
+  rmSync(scratch, { recursive: true, force: true });
   rmSync(SUDOERS, { force: true });
   await topology?.teardown();
   etc.cleanup();
@@ -46,12 +75,54 @@ function asUser(argv: string[]): string[] {
   return ["setpriv", `--reuid=${USER}`, `--regid=${USER}`, "--init-groups", "--reset-env", "--", ...argv];
 }
 
-/** softnet started by USER, as a person would type it. */
-function softnetAsUser(): ReturnType<typeof softnet> {
-  return softnet([], {
-    description: "softnet run by an unprivileged user",
-    wrap: (argv) => etc.wrap(asUser(argv)),
+/** softnet started by USER, as a person would type it (with `env` set for it). */
+function softnetAsUser(args: string[] = [], env: Record<string, string> = {}): ReturnType<typeof softnet> {
+  const variables = Object.entries(env).map(([name, value]) => `${name}=${value}`);
+  return softnet(args, {
+    description: `softnet ${args.join(" ")} run by an unprivileged user`.trim(),
+    wrap: (argv) => etc.wrap(asUser(variables.length === 0 ? argv : ["/usr/bin/env", ...variables, ...argv])),
   });
+}
+
+/**
+ * USER runs `sudo -n softnet ... args` on a VM socket of its own, as the README's sudoers rule lets
+ * them, until softnet exits (10 s at most): exit code and stderr, or code null when it was still
+ * running then (it had started: it is killed).
+ */
+let sudoRuns = 0;
+async function sudoSoftnetToExit(args: string[]): Promise<{ code: number | null; stderr: string }> {
+  const pair = datagramSocketPair();
+  const argv = [
+    "/usr/bin/sudo",
+    "-n",
+    process.execPath,
+    "src/main.ts",
+    "--vm-fd",
+    "0",
+    "--vm-mac-address",
+    `02:00:00:00:01:${(++sudoRuns).toString(16).padStart(2, "0")}`,
+    "--bridge",
+    topology.bridge,
+    ...args,
+  ];
+  const child = Bun.spawn(["ip", "netns", "exec", topology.hostNamespace, ...etc.wrap(asUser(argv))], {
+    stdin: pair.hostEnd,
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  // Still running after 10 s: it started. SIGTERM, which sudo passes on, so no softnet outlives the
+  // test holding its MAC on the bridge; SIGKILL only if that does not end it.
+  let started = false;
+  const timer = setTimeout(() => {
+    started = true;
+    child.kill("SIGTERM");
+    setTimeout(() => child.kill("SIGKILL"), 5_000).unref();
+  }, 10_000);
+  const [exitCode, stderr] = await Promise.all([child.exited, new Response(child.stderr).text()]);
+  clearTimeout(timer);
+  closeFd(pair.vmEnd);
+  closeFd(pair.hostEnd);
+  return { code: started ? null : exitCode, stderr };
 }
 
 /** The softnet process under sudo (sudo stays as its parent to relay signals). */
@@ -105,6 +176,34 @@ describe("an unprivileged user", () => {
     );
   });
 
+  test("its own copy asked for --user root: the sudo re-exec still runs as that user, the capture theirs", async () => {
+    writeFileSync(SUDOERS, `${USER} ALL=(root) NOPASSWD: ${process.execPath}\n`, { mode: 0o440 });
+    const capture = join(usersOwn, "reexec.pcap");
+    const guest = await topology.addGuest();
+    const forwarder = await guest.attach(
+      softnetAsUser(["--user", "root", "--group", "0", "--capture", capture]),
+    );
+    expect(forwarder.log).toContain(`running as ${USER} (uid ${uid}, gid `);
+    const pid = await softnetProcess(forwarder);
+    const status = readFileSync(`/proc/${pid}/status`, "utf8");
+    expect(status.match(/^Uid:\s*(.*)$/m)?.[1]).toBe(`${uid}\t${uid}\t${uid}\t${uid}`);
+    expect(statSync(capture).uid).toBe(uid);
+    expect(await forwarder.stop("SIGINT")).toBe(0);
+    await guest.stopAll();
+  });
+
+  test("with SENTRY_DSN and a sudoers rule that does not let it through: a warning, and softnet runs", async () => {
+    writeFileSync(SUDOERS, `${USER} ALL=(root) NOPASSWD: ${process.execPath}\n`, { mode: 0o440 });
+    const guest = await topology.addGuest();
+    const forwarder = await guest.attach(softnetAsUser([], { SENTRY_DSN: "http://key@127.0.0.1:9/1" }));
+    expect(forwarder.log).toContain(
+      "warn: sudo does not let SENTRY_DSN through (the sudoers rule has no SETENV): running without them",
+    );
+    expect(forwarder.log).toContain(`running as ${USER} (uid ${uid}`);
+    expect(await forwarder.stop("SIGINT")).toBe(0);
+    await guest.stopAll();
+  });
+
   test("without sudo rights: exit 1 and one line saying how to fix it", async () => {
     rmSync(SUDOERS, { force: true });
     const result = await topology.hostExec(
@@ -124,4 +223,35 @@ describe("an unprivileged user", () => {
       /^softnet: root privileges are required and passwordless sudo is not available \(.*sudoers.*setuid root.*\)\n$/,
     );
   });
+});
+
+describe("a user with the README's sudoers rule (sudo -n softnet ...) cannot choose whom softnet runs as", () => {
+  const refusals: Array<[string, string[], string]> = [
+    ["--user root", ["--user", "root"], "--user root"],
+    ["--user 0", ["--user", "0"], "--user 0"],
+    ["--user of another user", ["--user", "nobody"], "--user nobody"],
+    ["--group 0", ["--group", "0"], "--group 0"],
+  ];
+  for (const [what, flags, named] of refusals) {
+    test(`${what}: refused with one line, and the --capture file is never created`, async () => {
+      writeFileSync(SUDOERS, `${USER} ALL=(root) NOPASSWD: ${process.execPath}\n`, { mode: 0o440 });
+      const capture = join(rootOnly, `${flags.join("-")}.pcap`);
+      const result = await sudoSoftnetToExit([...flags, "--capture", capture]);
+      expect(result.code, result.stderr).toBe(1);
+      expect(result.stderr.trim().split("\n")).toHaveLength(1);
+      expect(result.stderr).toStartWith(
+        `softnet: ${named}: softnet started by uid ${uid} (through sudo) runs only as`,
+      );
+      expect(existsSync(capture)).toBe(false);
+    }, 30_000);
+  }
+
+  test("--user 0 --capture-overwrite leaves a root-owned file as it was", async () => {
+    writeFileSync(SUDOERS, `${USER} ALL=(root) NOPASSWD: ${process.execPath}\n`, { mode: 0o440 });
+    const precious = join(rootOnly, "authorized_keys");
+    writeFileSync(precious, "ssh-ed25519 AAAA root's own key\n", { mode: 0o600 });
+    const result = await sudoSoftnetToExit(["--user", "0", "--capture", precious, "--capture-overwrite"]);
+    expect(result.code, result.stderr).toBe(1);
+    expect(readFileSync(precious, "utf8")).toBe("ssh-ed25519 AAAA root's own key\n");
+  }, 30_000);
 });

@@ -9,11 +9,11 @@ const isRoot = process.getuid?.() === 0;
 
 const CHILD = `
 import { readFileSync } from "node:fs";
-import { asTargetUser, resolveDropTarget } from "./src/platform/identity.ts";
+import { asTargetUser, callerOf, resolveDropTarget } from "./src/platform/identity.ts";
 import { linuxIdentityCalls } from "./src/platform/privileges.ts";
 const status = () => Object.fromEntries(readFileSync("/proc/self/status", "utf8").split("\\n")
   .filter((line) => /^(Uid|Gid|Groups):/.test(line)).map((line) => line.split(":\\t")).map(([k, v]) => [k, v.trim().split(/\\s+/).join(" ")]));
-const target = resolveDropTarget(linuxIdentityCalls, { user: "nobody", group: undefined }, {});
+const target = resolveDropTarget(linuxIdentityCalls, callerOf(linuxIdentityCalls, {}), { user: "nobody", group: undefined });
 const during = asTargetUser(linuxIdentityCalls, target, () => status());
 let failed = "none";
 try { asTargetUser(linuxIdentityCalls, target, () => { throw new Error("work failed"); }); } catch (error) { failed = error.message; }

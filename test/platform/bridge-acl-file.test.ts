@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { chmodSync, chownSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { decideCaller } from "../../src/caller.ts";
 import {
   BRIDGE_ACL_PATH,
   enforceBridgeAcl,
@@ -55,6 +56,7 @@ describe.skipIf(!isRoot && !REQUIRED_IN_CI)("the bridge access list file", () =>
         { action: "allow", bridge: "br0", line: 2 },
         { action: "deny", bridge: "br1", line: 3 },
       ],
+      caps: [],
     });
   });
 
@@ -143,22 +145,25 @@ describe.skipIf(!isRoot && !REQUIRED_IN_CI)("the bridge access list file", () =>
   });
 
   describe("enforceBridgeAcl", () => {
+    /** Who started softnet, as the runtime decides it (caller.ts). */
+    const started = (uid: number, env: Record<string, string> = {}) =>
+      decideCaller({ uid, gid: uid, groups: [] }, env);
     test("root is not limited: the file is not even read", () => {
       const missing = join(base, "nothing-here", "bridge.conf");
-      expect(() => enforceBridgeAcl("docker0", 0, {}, missing)).not.toThrow();
-      expect(() => enforceBridgeAcl("docker0", 0, { SUDO_UID: "0" }, missing)).not.toThrow();
+      expect(() => enforceBridgeAcl("docker0", started(0), missing)).not.toThrow();
+      expect(() => enforceBridgeAcl("docker0", started(0, { SUDO_UID: "0" }), missing)).not.toThrow();
     });
 
     test("a setuid caller without a file is refused, the file named", () => {
       const missing = join(base, "nothing-here", "bridge.conf");
-      expectSoftnetError(() => enforceBridgeAcl("br0", 1000, {}, missing), `${missing} does not exist`);
+      expectSoftnetError(() => enforceBridgeAcl("br0", started(1000), missing), `${missing} does not exist`);
     });
 
     test("a setuid caller may use what the file allows, and nothing else", () => {
       const file = aclFile("allow br0\n");
-      expect(() => enforceBridgeAcl("br0", 1000, {}, file)).not.toThrow();
+      expect(() => enforceBridgeAcl("br0", started(1000), file)).not.toThrow();
       const error = expectSoftnetError(
-        () => enforceBridgeAcl("docker0", 1000, {}, file),
+        () => enforceBridgeAcl("docker0", started(1000), file),
         `uid 1000 may not use bridge docker0: no line of ${file} says "allow docker0" or "allow all"`,
       );
       expect(error.hint).toBe(`root can allow it with a line "allow docker0" in ${file}`);
@@ -166,16 +171,28 @@ describe.skipIf(!isRoot && !REQUIRED_IN_CI)("the bridge access list file", () =>
 
     test("a user through sudo is limited the same way (SUDO_UID with real uid 0)", () => {
       const file = aclFile("allow all\ndeny virbr0\n");
-      expect(() => enforceBridgeAcl("br0", 0, { SUDO_UID: "1000" }, file)).not.toThrow();
+      expect(() => enforceBridgeAcl("br0", started(0, { SUDO_UID: "1000" }), file)).not.toThrow();
       expectSoftnetError(
-        () => enforceBridgeAcl("virbr0", 0, { SUDO_UID: "1000" }, file),
+        () => enforceBridgeAcl("virbr0", started(0, { SUDO_UID: "1000" }), file),
         `uid 1000 may not use bridge virbr0: line 2 of ${file} says "deny virbr0"`,
       );
     });
 
+    test("the cap for the bridge comes back with the permission; root gets none", () => {
+      const file = aclFile("allow all\nmax-vms-per-user 3\n");
+      expect(enforceBridgeAcl("br0", started(1000), file)).toEqual({
+        max: 3,
+        reason: `line 2 of ${file} says "max-vms-per-user 3"`,
+      });
+      expect(enforceBridgeAcl("br0", started(0), file)).toBeUndefined();
+    });
+
     test("a setuid caller cannot escape by claiming SUDO_UID=0", () => {
       const missing = join(base, "nothing-here", "bridge.conf");
-      expectSoftnetError(() => enforceBridgeAcl("br0", 1000, { SUDO_UID: "0" }, missing), "does not exist");
+      expectSoftnetError(
+        () => enforceBridgeAcl("br0", started(1000, { SUDO_UID: "0" }), missing),
+        "does not exist",
+      );
     });
   });
 });

@@ -1,7 +1,7 @@
 // The bridge access list (/etc/softnet/bridge.conf): its parser, its decision, and whose access it
 // is (issue 9, item 9). Pure: the file checks are in test/platform/bridge-acl-file.test.ts.
 import { describe, expect, test } from "bun:test";
-import { bridgeAclCaller, decideBridge, parseBridgeAcl } from "../../src/bridge-acl.ts";
+import { decideBridge, parseBridgeAcl, vmCapFor } from "../../src/bridge-acl.ts";
 import { expectSoftnetError } from "../support/errors.ts";
 
 const SOURCE = "/etc/softnet/bridge.conf";
@@ -85,7 +85,9 @@ describe("parseBridgeAcl: every other line is an error naming the file and the l
   for (const [what, text, message] of rows) {
     test(what, () => {
       const error = expectSoftnetError(() => parseBridgeAcl(text, SOURCE), message);
-      expect(error.hint).toContain('"allow NAME", "allow all", "deny NAME" or "deny all"');
+      expect(error.hint).toContain(
+        '"allow NAME", "allow all", "deny NAME", "deny all", "max-vms-per-user N" or "max-vms-per-user N NAME"',
+      );
     });
   }
 });
@@ -139,19 +141,49 @@ describe("decideBridge: allowed when an allow line names it and no deny line doe
   }
 });
 
-describe("bridgeAclCaller: whose access the list decides (undefined: root, not limited)", () => {
-  const rows: Array<[string, number, string | undefined, number | undefined]> = [
-    ["root, started directly", 0, undefined, undefined],
-    ["root through sudo as root", 0, "0", undefined],
-    ["a user through sudo", 0, "1000", 1000],
-    ["a user of the setuid binary", 1000, undefined, 1000],
-    ["a user of the setuid binary claiming to be root in SUDO_UID", 1000, "0", 1000],
-    ["a user of the setuid binary naming someone else in SUDO_UID", 1000, "1001", 1000],
-    ["root with a SUDO_UID that is not a number", 0, "1000x", undefined],
+describe("max-vms-per-user: the cap on one caller's VMs on a bridge", () => {
+  test("a line without a bridge caps every bridge; a bridge's own line wins", () => {
+    const acl = parseBridgeAcl("allow all\nmax-vms-per-user 4\nmax-vms-per-user 2 br0\n", SOURCE);
+    expect(vmCapFor(acl, "br0")).toEqual({
+      max: 2,
+      reason: `line 3 of ${SOURCE} says "max-vms-per-user 2 br0"`,
+    });
+    expect(vmCapFor(acl, "br1")).toEqual({ max: 4, reason: `line 2 of ${SOURCE} says "max-vms-per-user 4"` });
+  });
+
+  test("no line: no cap", () => {
+    expect(vmCapFor(parseBridgeAcl("allow br0\nmax-vms-per-user 1 br1\n", SOURCE), "br0")).toBeUndefined();
+  });
+
+  const bad: Array<[string, string, string]> = [
+    [
+      "no number",
+      "max-vms-per-user\n",
+      'line 1: "max-vms-per-user" takes a number and optionally a bridge name, not 0 words',
+    ],
+    [
+      "too many words",
+      "max-vms-per-user 2 br0 br1\n",
+      'line 1: "max-vms-per-user" takes a number and optionally a bridge name, not 3 words',
+    ],
+    ["not a number", "max-vms-per-user two\n", 'line 1: "two" is not a number of VMs from 0 to 100000'],
+    ["a negative number", "max-vms-per-user -1\n", 'line 1: "-1" is not a number of VMs from 0 to 100000'],
+    ["too large", "max-vms-per-user 100001\n", 'line 1: "100001" is not a number of VMs from 0 to 100000'],
+    ["a bad bridge name", "max-vms-per-user 2 a/b\n", 'line 1: "a/b" is not a network interface name'],
+    [
+      "two for every bridge",
+      "max-vms-per-user 2\n\nmax-vms-per-user 3\n",
+      "line 3: a second max-vms-per-user without a bridge (line 1 has one)",
+    ],
+    [
+      "two for one bridge",
+      "max-vms-per-user 2 br0\nmax-vms-per-user 3 br0\n",
+      "line 2: a second max-vms-per-user for br0 (line 1 has one)",
+    ],
   ];
-  for (const [what, realUid, sudoUid, expected] of rows) {
-    test(what, () => {
-      expect(bridgeAclCaller(realUid, sudoUid)).toBe(expected);
+  for (const [what, text, message] of bad) {
+    test(`refused, with its line number: ${what}`, () => {
+      expectSoftnetError(() => parseBridgeAcl(text, SOURCE), `${SOURCE} ${message}`);
     });
   }
 });

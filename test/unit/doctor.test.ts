@@ -9,6 +9,7 @@ import { chmodSync, linkSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } 
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import fc from "fast-check";
+import { decideCaller } from "../../src/caller.ts";
 import { parseCommandLine } from "../../src/cli.ts";
 import type { DoctorOptions } from "../../src/doctor/cli.ts";
 import { type DoctorContext, lookUpSoftnet, pathCheck, sameFile } from "../../src/doctor/common.ts";
@@ -433,6 +434,7 @@ describe("which softnet Tart would find on PATH", () => {
   function context(self: string, overrides: Partial<DoctorContext>): DoctorContext {
     return {
       started: { realUid: 0, effectiveUid: 0, realGid: 0 },
+      caller: { kind: "root", uid: 0, gid: 0, groups: undefined },
       asRoot: true,
       identity: undefined as never,
       env: {},
@@ -467,7 +469,11 @@ describe("which softnet Tart would find on PATH", () => {
 
     // Under sudo the environment's PATH is sudo's: without --path the check cannot tell.
     const underSudo = new Checklist();
-    pathCheck(underSudo, context(self, { env: { PATH: `${a}`, SUDO_UID: "1000" } }));
+    const sudoEnv = { PATH: `${a}`, SUDO_UID: "1000", SUDO_GID: "1000" };
+    pathCheck(
+      underSudo,
+      context(self, { env: sudoEnv, caller: decideCaller({ uid: 0, gid: 0, groups: [0] }, sudoEnv) }),
+    );
     expect(underSudo.get("path")?.status).toBe("skipped");
     expect(underSudo.get("path")?.advice).toContain('--path "$PATH"');
 
@@ -488,28 +494,29 @@ describe("which softnet Tart would find on PATH", () => {
 });
 
 describe("the bridge access list check", () => {
-  // Shaped like issue 9's enforceBridgeAcl: root is not limited, others may use br0 only.
+  // Shaped like enforceBridgeAcl: root is not limited, others may use br0 only.
   const onlyBr0: BridgeAccessList = {
     path: "/etc/softnet/bridge.conf",
-    enforce(bridge, realUid, env) {
-      const caller = realUid !== 0 ? realUid : env.SUDO_UID ? Number(env.SUDO_UID) : undefined;
-      if (caller === undefined || bridge === "br0") return;
-      throw new SoftnetError(`uid ${caller} may not use bridge ${bridge}`, { hint: "ask root to allow it" });
+    enforce(bridge, caller) {
+      if (caller.kind === "root" || bridge === "br0") return;
+      throw new SoftnetError(`uid ${caller.uid} may not use bridge ${bridge}`, {
+        hint: "ask root to allow it",
+      });
     },
   };
-  const started = (realUid: number) => ({ realUid, effectiveUid: 0, realGid: 0 });
+  const started = (realUid: number, env: Record<string, string> = {}) => ({
+    caller: decideCaller({ uid: realUid, gid: realUid, groups: [] }, env),
+  });
 
   test("no list in this build: n/a, and the bridge may be used", () => {
     const list = new Checklist();
-    expect(bridgeAccessCheck(list, { started: started(0), env: {} }, "br1", undefined)).toBe(true);
+    expect(bridgeAccessCheck(list, started(0), "br1", undefined)).toBe(true);
     expect(list.get("linux.bridge-acl")?.status).toBe("n/a");
   });
 
   test("the caller behind sudo is refused a bridge: a problem with the list's own advice", () => {
     const list = new Checklist();
-    expect(bridgeAccessCheck(list, { started: started(0), env: { SUDO_UID: "1000" } }, "br1", onlyBr0)).toBe(
-      false,
-    );
+    expect(bridgeAccessCheck(list, started(0, { SUDO_UID: "1000" }), "br1", onlyBr0)).toBe(false);
     const result = list.get("linux.bridge-acl")!;
     expect(result.status).toBe("problem");
     expect(result.detail).toBe(
@@ -520,10 +527,10 @@ describe("the bridge access list check", () => {
 
   test("allowed callers, and root, who is not limited", () => {
     const allowed = new Checklist();
-    expect(bridgeAccessCheck(allowed, { started: started(1000), env: {} }, "br0", onlyBr0)).toBe(true);
+    expect(bridgeAccessCheck(allowed, started(1000), "br0", onlyBr0)).toBe(true);
     expect(allowed.get("linux.bridge-acl")?.detail).toBe("/etc/softnet/bridge.conf lets uid 1000 use br0");
     const root = new Checklist();
-    expect(bridgeAccessCheck(root, { started: started(0), env: {} }, "br1", onlyBr0)).toBe(true);
+    expect(bridgeAccessCheck(root, started(0), "br1", onlyBr0)).toBe(true);
     expect(root.get("linux.bridge-acl")?.detail).toStartWith(
       "root is not limited by /etc/softnet/bridge.conf",
     );

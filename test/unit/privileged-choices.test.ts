@@ -1,11 +1,16 @@
-// What only root may choose: a host port below 1024 for --expose. Who counts as root: the real
-// uid, or SUDO_UID when root runs softnet through sudo (never SUDO_UID for a setuid caller).
+// What only root may choose: a host port below 1024 for --expose. Who counts as root: caller.ts
+// (the table of every way to start softnet is in identity.test.ts). And how softnet asks sudo.
 import { afterAll, describe, expect, test } from "bun:test";
 import { chmodSync, chownSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { decideCaller } from "../../src/caller.ts";
 import type { ExposedPort } from "../../src/cli.ts";
-import { escalationCommand, isRootOwnedAndLocked, startedByRoot } from "../../src/platform/identity.ts";
+import {
+  escalationCommand,
+  isRootOwnedAndLocked,
+  withoutIdentityFlags,
+} from "../../src/platform/identity.ts";
 import { checkExposedPortsAllowed } from "../../src/port-forwards.ts";
 import { REQUIRED_IN_CI } from "../support/ci.ts";
 import { expectSoftnetError } from "../support/errors.ts";
@@ -24,9 +29,32 @@ describe("who started softnet", () => {
   ];
   for (const row of rows) {
     test(row.name, () => {
-      expect(startedByRoot({ getuid: () => row.uid }, row.env)).toBe(row.root);
+      expect(decideCaller({ uid: row.uid, gid: row.uid, groups: [] }, row.env).kind === "root").toBe(
+        row.root,
+      );
     });
   }
+});
+
+describe("the sudo re-exec names the caller, whatever the command line said", () => {
+  test("--user/--group in either form are left out (the re-exec appends the caller's own ids)", () => {
+    expect(
+      withoutIdentityFlags([
+        "--vm-fd",
+        "0",
+        "--user",
+        "root",
+        "--bridge",
+        "br0",
+        "--group=0",
+        "--user=0",
+        "--group",
+        "wheel",
+        "--capture",
+        "/tmp/x",
+      ]),
+    ).toEqual(["--vm-fd", "0", "--bridge", "br0", "--capture", "/tmp/x"]);
+  });
 });
 
 describe("--expose below 1024 is root's", () => {

@@ -256,8 +256,11 @@ export const LIBC_SYMBOLS = {
   setregid: { args: [u32, u32], returns: i32 },
   // int initgroups(const char *user, int basegid);   (gid_t basegid on Linux: same 32 bits)
   initgroups: { args: [ptr, u32], returns: i32 },
-  // int setgroups(int ngroups, const gid_t *gidset);   (size_t on Linux; only ever called with 0)
-  setgroups: { args: [i32, ptr], returns: i32 },
+  // int setgroups(int ngroups, const gid_t *gidset);   (macOS unistd.h; size_t on Linux, where the
+  // vmnet double runs: passed as 64 bits, of which an int parameter reads the low 32 on both ABIs)
+  setgroups: { args: [u64, ptr], returns: i32 },
+  // int getgroups(int gidsetsize, gid_t grouplist[]);   (macOS unistd.h and Linux alike)
+  getgroups: { args: [i32, ptr], returns: i32 },
   // struct passwd *getpwnam(const char *name);  struct passwd *getpwuid(uid_t uid);
   getpwnam: { args: [ptr], returns: ptr },
   getpwuid: { args: [u32], returns: ptr },

@@ -12,7 +12,8 @@
  */
 import { closeSync, constants, fstatSync, openSync, readSync } from "node:fs";
 import { dirname } from "node:path";
-import { type BridgeAcl, bridgeAclCaller, decideBridge, parseBridgeAcl } from "../../bridge-acl.ts";
+import { type BridgeAcl, decideBridge, parseBridgeAcl, type VmCap, vmCapFor } from "../../bridge-acl.ts";
+import type { Caller } from "../../caller.ts";
 import { SoftnetError } from "../../errors.ts";
 import { O_CLOEXEC } from "../libc.ts";
 
@@ -28,23 +29,24 @@ const SETUP_HINT =
   'with lines such as "allow br0"';
 
 /**
- * Throws a SoftnetError unless the caller may use `bridge`: root (real uid 0 without SUDO_UID, or
- * SUDO_UID=0) always may; anyone else only when the access list at `path` allows it.
+ * Throws a SoftnetError unless `caller` may use `bridge`: root (caller.ts) always may, anyone else
+ * only when the access list at `path` allows it. Returns the cap on the caller's VMs on that
+ * bridge (max-vms-per-user), or undefined when there is none (and always for root).
  */
 export function enforceBridgeAcl(
   bridge: string,
-  realUid: number,
-  env: Record<string, string | undefined>,
+  caller: Caller,
   path: string = BRIDGE_ACL_PATH,
-): void {
-  const caller = bridgeAclCaller(realUid, env.SUDO_UID);
-  if (caller === undefined) return;
-  const decision = decideBridge(readBridgeAcl(path), bridge);
+): VmCap | undefined {
+  if (caller.kind === "root") return undefined;
+  const acl = readBridgeAcl(path);
+  const decision = decideBridge(acl, bridge);
   if (!decision.allowed) {
-    throw new SoftnetError(`uid ${caller} may not use bridge ${bridge}: ${decision.reason}`, {
+    throw new SoftnetError(`uid ${caller.uid} may not use bridge ${bridge}: ${decision.reason}`, {
       hint: `root can allow it with a line "allow ${bridge}" in ${path}`,
     });
   }
+  return vmCapFor(acl, bridge);
 }
 
 /** Reads and parses the access list at `path`, after checking that only root could have written it. */

@@ -8,7 +8,9 @@
  *   RTM_NEWNEIGH 28, RTM_GETNEIGH 30; struct ifinfomsg { u8 family; u8 pad; u16 type; s32 index;
  *   u32 flags; u32 change } (16 bytes).
  * - include/uapi/linux/if_link.h: IFLA_ADDRESS 1, IFLA_IFNAME 3, IFLA_MASTER 10, IFLA_PROTINFO 12,
- *   IFLA_LINKINFO 18 { IFLA_INFO_KIND 1 }; IFLA_BRPORT_LEARNING 8, IFLA_BRPORT_UNICAST_FLOOD 9,
+ *   IFLA_LINKINFO 18 { IFLA_INFO_KIND 1, IFLA_INFO_DATA 2 }; for kind "tun", IFLA_INFO_DATA holds
+ *   IFLA_TUN_OWNER 1 (u32 uid, present only when TUNSETOWNER set one: drivers/net/tun.c
+ *   tun_fill_info, Linux 4.15+); IFLA_BRPORT_LEARNING 8, IFLA_BRPORT_UNICAST_FLOOD 9,
  *   IFLA_BRPORT_ISOLATED 33 (u8 each, nested in IFLA_PROTINFO).
  * - include/uapi/linux/neighbour.h: struct ndmsg { u8 family; u8 pad1; u16 pad2; s32 ifindex;
  *   u16 state; u8 flags; u8 type } (12 bytes); NDA_LLADDR 2, NDA_VLAN 5, NDA_MASTER 9;
@@ -57,6 +59,8 @@ const IFLA_MASTER = 10;
 const IFLA_PROTINFO = 12;
 const IFLA_LINKINFO = 18;
 const IFLA_INFO_KIND = 1;
+const IFLA_INFO_DATA = 2;
+const IFLA_TUN_OWNER = 1;
 const IFLA_BRPORT_LEARNING = 8;
 const IFLA_BRPORT_UNICAST_FLOOD = 9;
 const IFLA_BRPORT_ISOLATED = 33;
@@ -80,6 +84,8 @@ export interface Link {
   master: number;
   /** rtnl_link_ops kind: "bridge", "veth", "tun", ...; undefined for physical devices. */
   kind: string | undefined;
+  /** For a TUN/TAP device: the uid TUNSETOWNER gave it; undefined when it has none. */
+  tunOwner?: number;
 }
 
 /** One entry of a bridge's forwarding database (or a port's own address list), from RTM_GETNEIGH. */
@@ -141,12 +147,23 @@ export function listLinks(netlink: NetlinkSocket): Link[] {
             view,
             findAttribute(view, linkInfo.data, linkInfo.data + linkInfo.dataLength, IFLA_INFO_KIND),
           );
+    let tunOwner: number | undefined;
+    if (kind === "tun" && linkInfo !== undefined) {
+      const data = findAttribute(view, linkInfo.data, linkInfo.data + linkInfo.dataLength, IFLA_INFO_DATA);
+      if (data !== undefined) {
+        tunOwner = attribute.u32(
+          view,
+          findAttribute(view, data.data, data.data + data.dataLength, IFLA_TUN_OWNER),
+        );
+      }
+    }
     links.push({
       index: view.getInt32(4, true),
       name,
       mac: macNumber(attribute.bytes(view, findAttribute(view, start, end, IFLA_ADDRESS))),
       master: attribute.u32(view, findAttribute(view, start, end, IFLA_MASTER)) ?? 0,
       kind,
+      tunOwner,
     });
   });
   return links;

@@ -94,12 +94,26 @@ export interface TapOptions {
   vmMac: number;
   /** TAP name; by default "sn" and 6 random hex digits. It must not exist yet. */
   name?: string;
+  /**
+   * The uid the TAP is recorded as belonging to (TUNSETOWNER): the person who started softnet
+   * (caller.ts). softnet keeps the fd, so the owner gets no access to the device from it; it is
+   * what counts the caller's VMs for `ownerCap`, and it goes when the TAP does.
+   */
+  owner?: number;
+  /**
+   * At most this many TAPs owned by `owner` on the bridge, this one included
+   * (max-vms-per-user in /etc/softnet/bridge.conf); `reason` names the line, for the refusal.
+   */
+  ownerCap?: { max: number; reason: string };
 }
 
 const ETHERNET_HEADER_BYTES = 14;
 
 // From <linux/if_tun.h>, <linux/sockios.h>, <linux/if.h>.
 const TUNSETIFF = 0x400454ca; // _IOW('T', 202, int)
+// _IOW('T', 204, int): the argument is the uid itself, not a pointer (drivers/net/tun.c
+// __tun_chr_ioctl, case TUNSETOWNER: make_kuid(current_user_ns(), arg)).
+const TUNSETOWNER = 0x400454cc;
 const IFF_TAP = 0x0002;
 const IFF_NO_PI = 0x1000;
 const IFF_UP = 0x1;
@@ -191,7 +205,13 @@ export function openTapOnBridge(options: TapOptions): TapOnBridge {
     // Before enslaving: a bridge without an explicit MTU follows its smallest port, so a TAP left
     // at 1500 would shrink a jumbo-frame bridge.
     request.setMtu(name, mtu);
+    if (options.owner !== undefined) setTapOwner(tap, name, options.owner);
     request.addToBridge(bridgeName, name);
+    // Counted once this TAP is a port: two softnets of one user starting together both count
+    // each other, so the cap can only be undershot by a race, never exceeded.
+    if (options.owner !== undefined && options.ownerCap !== undefined) {
+      checkOwnerCap(netlink, bridge, tapIndex, options.owner, options.ownerCap);
+    }
     // Before the port is up, so no frame ever passes through it unlocked or without isolation.
     lockPort(netlink, name, tapIndex, bridgeName, options.isolate);
     configure(`cannot pin MAC ${formatMac(options.vmMac)} to ${name} on ${bridgeName}`, () =>
@@ -506,6 +526,49 @@ function openTunDevice(): number {
     cause: new SysError("open", errno),
     hint: hints[errno],
   });
+}
+
+/** TUNSETOWNER: records `uid` as the TAP's owner (shown as IFLA_TUN_OWNER and /sys/class/net/X/owner). */
+function setTapOwner(fd: number, name: string, uid: number): void {
+  if (libc.ioctl(fd, TUNSETOWNER, uid as unknown as Pointer) < 0) {
+    throw new SoftnetError(`cannot record uid ${uid} as the owner of TAP device ${name}`, {
+      cause: new SysError("ioctl(TUNSETOWNER)", lastErrno()),
+    });
+  }
+}
+
+/**
+ * Refuses when `owner` now has more TAPs on `bridge` than the cap allows. The kernel's word is
+ * the count: TUNSETOWNER can be set only by whoever holds CAP_NET_ADMIN, so a user cannot make
+ * their own TAPs look like someone else's, and a TAP is gone when the softnet holding it is.
+ */
+function checkOwnerCap(
+  netlink: NetlinkSocket,
+  bridge: Link,
+  tapIndex: number,
+  owner: number,
+  cap: { max: number; reason: string },
+): void {
+  const links = configure("cannot list the network interfaces", () => listLinks(netlink));
+  const mine = links.filter(
+    (link) => link.master === bridge.index && link.kind === "tun" && link.tunOwner === owner,
+  );
+  if (!mine.some((link) => link.index === tapIndex)) {
+    throw new SoftnetError(
+      `cannot count uid ${owner}'s VMs on bridge ${bridge.name}: the kernel does not report TAP owners`,
+      {
+        hint: "max-vms-per-user needs Linux 4.15 or later (IFLA_TUN_OWNER)",
+      },
+    );
+  }
+  const others = mine.length - 1;
+  if (mine.length > cap.max) {
+    throw new SoftnetError(
+      `uid ${owner} already runs ${others} VM${others === 1 ? "" : "s"} on bridge ${bridge.name}, ` +
+        `the most it may: ${cap.reason}`,
+      { hint: "stop one of them first, or ask root to raise the cap" },
+    );
+  }
 }
 
 /** TUNSETIFF: turns the fd into a new TAP device; returns the name the kernel gave it. */

@@ -157,6 +157,12 @@ async function runOnLinux(options: SoftnetOptions, logger: Logger): Promise<numb
   const cleanups = new Cleanups(logger);
   cleanups.add(() => vm.close());
   try {
+    // Before the TAP exists, so a refused port leaves nothing behind; held until exit (port-hold.ts).
+    if (options.exposedPorts.length > 0) {
+      const { holdExposedPorts } = await import("./platform/linux/port-hold.ts");
+      const held = holdExposedPorts(options.exposedPorts);
+      cleanups.add(() => held.release());
+    }
     const isolate = !allowsEverything(options.rules);
     const host = openTapOnBridge({ bridge: options.bridge, isolate, vmMac: options.vmMac });
     cleanups.add(() => host.close());
@@ -186,7 +192,11 @@ async function runOnLinux(options: SoftnetOptions, logger: Logger): Promise<numb
     const reactorBackend = epollReactorBackend();
     // nft refuses to run with a real uid that differs from the effective one (setuid): after the
     // drop both are the caller's, and CAP_NET_ADMIN rides along in the ambient set.
-    if (forwardBackend !== undefined) await forwardBackend.removeAll(); // leftovers of a crashed run
+    if (forwardBackend !== undefined) {
+      // Ending the nft session is what deletes its owned table: after the forwards' own removal.
+      cleanups.add(() => forwardBackend.close());
+      await forwardBackend.open(); // starts nft; removes what an older softnet may have left
+    }
 
     return await runFilter({
       options,
@@ -291,6 +301,30 @@ export function counterSignalsOf(platform: NodeJS.Platform): NodeJS.Signals[] {
   return platform === "darwin" ? ["SIGUSR2", "SIGINFO"] : ["SIGUSR2"];
 }
 
+/**
+ * The signals that stop softnet cleanly (exit 0, forwards and TAP removed): besides SIGINT and
+ * SIGTERM, every signal whose default action would end it without its cleanup and that Bun
+ * leaves at that default (measured on Bun 1.4.5, the dev path and the compiled binary alike:
+ * SIGHUP, SIGQUIT, SIGUSR1, SIGALRM, SIGSTKFLT, SIGXCPU, SIGVTALRM, SIGPROF and SIGIO end the
+ * process; Bun ignores SIGPIPE, SIGXFSZ and SIGPWR; SIGUSR1 starts no inspector). Not here:
+ * SIGKILL (cannot be caught), faults (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGTRAP, SIGSYS:
+ * no JavaScript should run after one) and real-time signals (Bun cannot name them). After any of
+ * those the TAP and the forwards' table still go with the process (tap.ts, nftables.ts); only the
+ * closing log lines are missing. SIGUSR2 (and SIGINFO) print the counters instead.
+ */
+const STOP_SIGNALS: readonly NodeJS.Signals[] = [
+  "SIGINT",
+  "SIGTERM",
+  "SIGHUP",
+  "SIGQUIT",
+  "SIGUSR1",
+  "SIGALRM",
+  "SIGXCPU",
+  "SIGVTALRM",
+  "SIGPROF",
+  ...(process.platform === "linux" ? (["SIGSTKFLT", "SIGIO"] as NodeJS.Signals[]) : []),
+];
+
 /** The part that is the same on every platform: policy, loop, readiness, timers, signals. */
 async function runFilter(setup: FilterSetup): Promise<number> {
   const { options, logger, vm, host, cleanups } = setup;
@@ -381,11 +415,9 @@ async function runFilter(setup: FilterSetup): Promise<number> {
     logger.info(`${signal} received: stopping`, "signal", { signal });
     loop.stop({ kind: "signal", signal });
   };
-  process.on("SIGINT", onSignal);
-  process.on("SIGTERM", onSignal);
+  for (const signal of STOP_SIGNALS) process.on(signal, onSignal);
   cleanups.add(() => {
-    process.off("SIGINT", onSignal);
-    process.off("SIGTERM", onSignal);
+    for (const signal of STOP_SIGNALS) process.off(signal, onSignal);
   });
 
   // Counters on demand: SIGUSR2 everywhere; SIGINFO (Ctrl-T in a terminal) where the system has it.

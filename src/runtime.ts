@@ -153,16 +153,21 @@ async function runOnLinux(options: SoftnetOptions, logger: Logger): Promise<numb
   // (Bun's cc writes header files into /tmp as whoever runs it), no subprocess (nft), no Sentry.
   const target = resolveDropTarget(linuxIdentityCalls, options, process.env);
   checkExposedPortsAllowed(options.exposedPorts, startedByRoot(linuxIdentityCalls, process.env));
-  const vm = new DatagramLink(options.vmFd, { optionName: "--vm-fd" });
+  // The exposed host ports, held until exit (port-hold.ts); taken first, so a port that is in use
+  // is refused before anything exists that would have to be undone.
+  const { holdExposedPorts } = await import("./platform/linux/port-hold.ts");
+  const held = holdExposedPorts(options.exposedPorts);
+  let vm: InstanceType<typeof DatagramLink>;
+  try {
+    vm = new DatagramLink(options.vmFd, { optionName: "--vm-fd" });
+  } catch (error) {
+    held.release();
+    throw error;
+  }
   const cleanups = new Cleanups(logger);
+  cleanups.add(() => held.release());
   cleanups.add(() => vm.close());
   try {
-    // Before the TAP exists, so a refused port leaves nothing behind; held until exit (port-hold.ts).
-    if (options.exposedPorts.length > 0) {
-      const { holdExposedPorts } = await import("./platform/linux/port-hold.ts");
-      const held = holdExposedPorts(options.exposedPorts);
-      cleanups.add(() => held.release());
-    }
     const isolate = !allowsEverything(options.rules);
     const host = openTapOnBridge({ bridge: options.bridge, isolate, vmMac: options.vmMac });
     cleanups.add(() => host.close());

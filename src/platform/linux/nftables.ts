@@ -98,8 +98,13 @@ class NftSession {
         settle: (value) => (value instanceof Error ? reject(value) : resolve(value)),
       });
     });
-    this.stdin.write(`${command}\n${SYNC_MARKER}${serial}\n`);
-    void this.stdin.flush();
+    try {
+      this.stdin.write(`${command}\n${SYNC_MARKER}${serial}\n`);
+      // A pipe whose reader is gone fails the flush; the exit handler settles the answer then.
+      void Promise.resolve(this.stdin.flush()).catch(() => {});
+    } catch {
+      // the same: nft has exited or is exiting
+    }
     return answer;
   }
 

@@ -309,7 +309,8 @@ export function counterSignalsOf(platform: NodeJS.Platform): NodeJS.Signals[] {
 /**
  * The signals that stop softnet cleanly (exit 0, forwards and TAP removed): besides SIGINT and
  * SIGTERM, every signal whose default action would end it without its cleanup and that Bun
- * leaves at that default (measured on Bun 1.4.5, the dev path and the compiled binary alike:
+ * leaves at that default (measured on Bun 1.4.5 running a script; the release binary is checked
+ * for SIGHUP in test/release/setuid-root-work.test.ts:
  * SIGHUP, SIGQUIT, SIGUSR1, SIGALRM, SIGSTKFLT, SIGXCPU, SIGVTALRM, SIGPROF and SIGIO end the
  * process; Bun ignores SIGPIPE, SIGXFSZ and SIGPWR; SIGUSR1 starts no inspector). Not here:
  * SIGKILL (cannot be caught), faults (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGTRAP, SIGSYS:

@@ -30,6 +30,7 @@ export type LogEvent =
   | "forwards-installed"
   | "forwards-removed"
   | "forwards-failed"
+  | "forwards-lost"
   | "signal"
   | "stop"
   | "counters"

@@ -35,6 +35,11 @@ export interface PortForwardBackend {
   install(ports: readonly ExposedPort[], address: number): Promise<void>;
   /** Removes every forward this softnet installed. Safe to call when none are installed. */
   removeAll(): Promise<void>;
+  /**
+   * False when the installed forwards vanished without removeAll() (Linux: the nft session that
+   * owned them ended), so the next reconcile installs them again. Absent: they never vanish.
+   */
+  intact?(): boolean;
 }
 
 /**
@@ -106,6 +111,14 @@ export class PortForwards {
     do {
       this.again = false;
       const desired = this.desiredAddress();
+      if (this.installedFor !== -1 && this.backend.intact?.() === false) {
+        this.logger.warn(
+          `port forwards to ${formatIpv4(this.installedFor)} vanished (their owner ended); installing them again`,
+          "forwards-lost",
+          { address: formatIpv4(this.installedFor) },
+        );
+        this.installedFor = -1;
+      }
       if (desired === this.installedFor) continue;
       const list = this.ports.map((p) => `${p.externalPort}→${p.internalPort}`).join(", ");
       try {

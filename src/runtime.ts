@@ -170,8 +170,19 @@ async function runOnLinux(options: SoftnetOptions, logger: Logger): Promise<numb
   // (Bun's cc writes header files into /tmp as whoever runs it), no subprocess (nft), no Sentry.
   const target = resolveDropTarget(linuxIdentityCalls, caller, options);
   checkExposedPortsAllowed(options.exposedPorts, caller.kind === "root");
-  const vm = new DatagramLink(options.vmFd, { optionName: "--vm-fd" });
+  // The exposed host ports, held until exit (port-hold.ts); taken first, so a port that is in use
+  // is refused before anything exists that would have to be undone.
+  const { holdExposedPorts } = await import("./platform/linux/port-hold.ts");
+  const held = holdExposedPorts(options.exposedPorts);
+  let vm: InstanceType<typeof DatagramLink>;
+  try {
+    vm = new DatagramLink(options.vmFd, { optionName: "--vm-fd" });
+  } catch (error) {
+    held.release();
+    throw error;
+  }
   const cleanups = new Cleanups(logger);
+  cleanups.add(() => held.release());
   cleanups.add(() => vm.close());
   try {
     const isolate = !allowsEverything(options.rules);
@@ -209,7 +220,11 @@ async function runOnLinux(options: SoftnetOptions, logger: Logger): Promise<numb
     const reactorBackend = epollReactorBackend();
     // nft refuses to run with a real uid that differs from the effective one (setuid): after the
     // drop both are the caller's, and CAP_NET_ADMIN rides along in the ambient set.
-    if (forwardBackend !== undefined) await forwardBackend.removeAll(); // leftovers of a crashed run
+    if (forwardBackend !== undefined) {
+      // Ending the nft session is what deletes its owned table: after the forwards' own removal.
+      cleanups.add(() => forwardBackend.close());
+      await forwardBackend.open(); // starts nft; removes what an older softnet may have left
+    }
 
     return await runFilter({
       options,
@@ -318,6 +333,31 @@ export function counterSignalsOf(platform: NodeJS.Platform): NodeJS.Signals[] {
   return platform === "darwin" ? ["SIGUSR2", "SIGINFO"] : ["SIGUSR2"];
 }
 
+/**
+ * The signals that stop softnet cleanly (exit 0, forwards and TAP removed): besides SIGINT and
+ * SIGTERM, every signal whose default action would end it without its cleanup and that Bun
+ * leaves at that default (measured on Bun 1.4.5 running a script; the release binary is checked
+ * for SIGHUP in test/release/setuid-root-work.test.ts:
+ * SIGHUP, SIGQUIT, SIGUSR1, SIGALRM, SIGSTKFLT, SIGXCPU, SIGVTALRM, SIGPROF and SIGIO end the
+ * process; Bun ignores SIGPIPE, SIGXFSZ and SIGPWR; SIGUSR1 starts no inspector). Not here:
+ * SIGKILL (cannot be caught), faults (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGTRAP, SIGSYS:
+ * no JavaScript should run after one) and real-time signals (Bun cannot name them). After any of
+ * those the TAP and the forwards' table still go with the process (tap.ts, nftables.ts); only the
+ * closing log lines are missing. SIGUSR2 (and SIGINFO) print the counters instead.
+ */
+const STOP_SIGNALS: readonly NodeJS.Signals[] = [
+  "SIGINT",
+  "SIGTERM",
+  "SIGHUP",
+  "SIGQUIT",
+  "SIGUSR1",
+  "SIGALRM",
+  "SIGXCPU",
+  "SIGVTALRM",
+  "SIGPROF",
+  ...(process.platform === "linux" ? (["SIGSTKFLT", "SIGIO"] as NodeJS.Signals[]) : []),
+];
+
 /** The part that is the same on every platform: policy, loop, readiness, timers, signals. */
 async function runFilter(setup: FilterSetup): Promise<number> {
   const { options, logger, vm, host, cleanups } = setup;
@@ -408,11 +448,9 @@ async function runFilter(setup: FilterSetup): Promise<number> {
     logger.info(`${signal} received: stopping`, "signal", { signal });
     loop.stop({ kind: "signal", signal });
   };
-  process.on("SIGINT", onSignal);
-  process.on("SIGTERM", onSignal);
+  for (const signal of STOP_SIGNALS) process.on(signal, onSignal);
   cleanups.add(() => {
-    process.off("SIGINT", onSignal);
-    process.off("SIGTERM", onSignal);
+    for (const signal of STOP_SIGNALS) process.off(signal, onSignal);
   });
 
   // Counters on demand: SIGUSR2 everywhere; SIGINFO (Ctrl-T in a terminal) where the system has it.

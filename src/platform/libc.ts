@@ -30,6 +30,8 @@ export const libc = dlopen(LIBC_SONAME, {
   socket: { args: [i32, i32, i32], returns: i32 },
   // int socketpair(int domain, int type, int protocol, int sv[2]);
   socketpair: { args: [i32, i32, i32, pointer], returns: i32 },
+  // int bind(int sockfd, const struct sockaddr *addr, socklen_t addrlen);
+  bind: { args: [i32, pointer, u32], returns: i32 },
   // int getsockopt(int sockfd, int level, int optname, void *optval, socklen_t *optlen);
   getsockopt: { args: [i32, i32, i32, pointer, pointer], returns: i32 },
   // int setsockopt(int sockfd, int level, int optname, const void *optval, socklen_t optlen);
@@ -165,6 +167,7 @@ export const Errno = {
   ENOTSOCK: 88,
   EMSGSIZE: 90,
   EOPNOTSUPP: 95,
+  EADDRINUSE: 98,
   EADDRNOTAVAIL: 99,
   ECONNRESET: 104,
   ENOBUFS: 105,

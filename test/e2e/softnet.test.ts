@@ -3,7 +3,7 @@
 // bridge as the witness. The harness self-test (harness.test.ts) shows that without softnet in the
 // path everything blocked here would get through, so each of these tests can fail.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import {
   ADDRESSES,
   BANNER_PORT,
@@ -41,6 +41,67 @@ async function guestBehindSoftnet(
 
 function softnetLog(forwarder: Forwarder): string {
   return forwarder.log;
+}
+
+/** softnet from the source tree in the host namespace, run to its end: exit code and stderr. */
+async function softnetOnce(
+  args: string[],
+  stdin: number | "ignore",
+): Promise<{ code: number; stderr: string }> {
+  const child = Bun.spawn(
+    ["ip", "netns", "exec", topology.hostNamespace, process.execPath, "src/main.ts", ...args],
+    { stdin, stdout: "ignore", stderr: "pipe" },
+  );
+  const [stderr, code] = await Promise.all([new Response(child.stderr).text(), child.exited]);
+  return { code, stderr };
+}
+
+/** softnet with a VM socket it never reads, for runs that must end before they forward anything. */
+async function softnetRefused(args: string[]): Promise<{ code: number; stderr: string }> {
+  const { vmEnd, hostEnd } = datagramSocketPair();
+  try {
+    return await softnetOnce(
+      ["--vm-fd", "0", "--vm-mac-address", "02:00:00:00:00:5a", "--bridge", topology.bridge, ...args],
+      hostEnd,
+    );
+  } finally {
+    closeFd(vmEnd);
+    closeFd(hostEnd);
+  }
+}
+
+/** Waits until softnet says its forwards to the guest's address are in place. */
+async function forwardsInstalled(forwarder: Forwarder, list: string, address: string): Promise<void> {
+  await waitFor("the port forward to be installed", () =>
+    forwarder.log.includes(`port forwards installed: TCP ${list} to ${address}`),
+  ).catch((error: Error) => {
+    throw new Error(`${error.message}\nsoftnet said:\n${forwarder.log}`);
+  });
+}
+
+/** What a connection from the host itself to its bridge address on `port` reads. */
+async function readFromHost(port: number): Promise<string> {
+  return (await topology.hostExec(["nc", "-N", "-w", "2", ADDRESSES.gateway, String(port)], { stdin: "" }))
+    .stdout;
+}
+
+/** The pids whose parent is `pid` (from /proc/<pid>/stat: pid (comm) state ppid ...). */
+function childrenOf(pid: number): number[] {
+  return readdirSync("/proc")
+    .filter((name) => /^\d+$/.test(name))
+    .filter((name) => {
+      try {
+        const stat = readFileSync(`/proc/${name}/stat`, "utf8");
+        return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1] === String(pid);
+      } catch {
+        return false; // exited meanwhile
+      }
+    })
+    .map(Number);
+}
+
+function commandOf(pid: number): string {
+  return readFileSync(`/proc/${pid}/comm`, "utf8").trim();
 }
 
 async function nftTables(): Promise<string> {
@@ -298,6 +359,93 @@ describe("5. --expose forwards host TCP ports to the guest", () => {
     expect(after.stdout).not.toContain("hello-from-guest-ssh");
     await guest.stopAll();
   });
+
+  test("a port a host service listens on is refused with one line naming the port and its holder", async () => {
+    // root's service on every address (PostgreSQL's port): a forward would divert it to a VM.
+    const service = await topology.startTcpServer(topology.hostNamespace, "0.0.0.0", 5432, "host-postgres");
+    try {
+      const result = await softnetRefused(["--expose", "5432:22"]);
+      expect(result.code).toBe(1);
+      expect(result.stderr).toBe(
+        "softnet: cannot expose port 5432: it is in use on this host (held by a listening socket of root (uid 0))\n",
+      );
+      expect(await nftTables()).not.toContain("softnet_");
+      // The service still gets its connections.
+      expect(await readFromHost(5432)).toContain("host-postgres");
+    } finally {
+      await service.stop("SIGTERM");
+    }
+  });
+
+  test("while a softnet forwards a port it holds it: a second softnet is refused, a later listener gets EADDRINUSE", async () => {
+    const { guest, forwarder, lease } = await guestBehindSoftnet(["--expose", "2224:22"]);
+    await guest.startTcpServer(22, "hello-from-the-first-vm");
+    await forwardsInstalled(forwarder, "2224→22", lease.address);
+    const second = await softnetRefused(["--expose", "2224:22"]);
+    expect(second.code).toBe(1);
+    expect(second.stderr).toMatch(
+      /^softnet: cannot expose port 2224: it is in use on this host \(held by [^\n]*\)\n$/,
+    );
+    // A service started later, on any IPv4 address, cannot take the port from the forward.
+    for (const listen of [
+      ["-4", "-l", "2224"],
+      ["-l", "127.0.0.1", "2224"],
+      ["-l", ADDRESSES.gateway, "2224"],
+    ]) {
+      const later = await topology.hostExec(["nc", ...listen], { timeoutMs: 3_000 });
+      expect({ listen, code: later.code, stderr: later.stderr }).toMatchObject({
+        code: 1,
+        stderr: expect.stringContaining("Address already in use"),
+      });
+    }
+    expect(await readFromHost(2224)).toContain("hello-from-the-first-vm");
+    expect(await forwarder.stop("SIGINT")).toBe(0);
+    await guest.stopAll();
+  });
+
+  test("SIGKILL leaves no forward behind: the table goes with softnet and the port is the host's again", async () => {
+    const { guest, forwarder, lease } = await guestBehindSoftnet(["--expose", "2225:22"]);
+    await guest.startTcpServer(22, "hello-from-the-killed-vm");
+    await forwardsInstalled(forwarder, "2225→22", lease.address);
+    expect(await readFromHost(2225)).toContain("hello-from-the-killed-vm");
+    const table = `softnet_${forwarder.bridgePort}`;
+    expect(await nftTables()).toContain(table);
+    await forwarder.stop("SIGKILL");
+    // The kernel deletes the owned table when its nft session ends, which softnet's death ends:
+    // no later softnet has to start for it.
+    await waitFor(`${table} to be deleted`, async () => !(await nftTables()).includes(table));
+    const service = await topology.startTcpServer(topology.hostNamespace, "0.0.0.0", 2225, "host-after-kill");
+    try {
+      expect(await readFromHost(2225)).toContain("host-after-kill");
+      const fromOutside = await topology.exec(
+        topology.internetNamespace,
+        ["nc", "-N", "-w", "2", ADDRESSES.transitHost, "2225"],
+        { stdin: "" },
+      );
+      expect(fromOutside.stdout).toContain("host-after-kill");
+    } finally {
+      await service.stop("SIGTERM");
+      await guest.stopAll();
+    }
+  });
+
+  test("the forwards come back when their nft session is killed behind softnet's back", async () => {
+    const { guest, forwarder, lease } = await guestBehindSoftnet(["--expose", "2226:22"]);
+    await guest.startTcpServer(22, "hello-again");
+    await forwardsInstalled(forwarder, "2226→22", lease.address);
+    const nft = childrenOf(forwarder.daemon.pid).filter((pid) => commandOf(pid) === "nft");
+    expect(nft).toHaveLength(1);
+    process.kill(nft[0] as number, "SIGKILL");
+    await waitFor("the forwards to be installed again", () =>
+      forwarder.log.includes("vanished (their owner ended); installing them again"),
+    );
+    await waitFor("the forward to reach the guest again", async () =>
+      (await readFromHost(2226)).includes("hello-again"),
+    );
+    expect(await forwarder.stop("SIGINT")).toBe(0);
+    expect(await nftTables()).not.toContain(`softnet_${forwarder.bridgePort}`);
+    await guest.stopAll();
+  });
 });
 
 describe("6. lifecycle", () => {
@@ -311,6 +459,20 @@ describe("6. lifecycle", () => {
     expect(forwarder.log).toContain("stopped (SIGINT)");
     await guest.stopAll();
   });
+
+  for (const signal of ["SIGHUP", "SIGUSR1", "SIGQUIT"] as const) {
+    test(`${signal} stops softnet cleanly too: exit 0, its forwards and TAP port removed`, async () => {
+      const { guest, forwarder, lease } = await guestBehindSoftnet(["--expose", "2227:22"]);
+      await forwardsInstalled(forwarder, "2227→22", lease.address);
+      const port = forwarder.bridgePort;
+      expect(await forwarder.stop(signal)).toBe(0);
+      expect(forwarder.log).toContain(`stopped (${signal})`);
+      expect(forwarder.log).toContain(`port forwards to ${lease.address} removed`);
+      expect(await nftTables()).not.toContain(`softnet_${port}`);
+      expect((await topology.hostExec(["ip", "link", "show", port])).code).not.toBe(0);
+      await guest.stopAll();
+    });
+  }
 
   test("SIGTERM exits 0 too", async () => {
     const { guest, forwarder } = await guestBehindSoftnet();
@@ -327,18 +489,6 @@ describe("6. lifecycle", () => {
     expect((await topology.hostExec(["ip", "link", "show", port])).code).not.toBe(0);
     await guest.stopAll();
   });
-
-  async function softnetOnce(
-    args: string[],
-    stdin: number | "ignore",
-  ): Promise<{ code: number; stderr: string }> {
-    const child = Bun.spawn(
-      ["ip", "netns", "exec", topology.hostNamespace, process.execPath, "src/main.ts", ...args],
-      { stdin, stdout: "ignore", stderr: "pipe" },
-    );
-    const [stderr, code] = await Promise.all([new Response(child.stderr).text(), child.exited]);
-    return { code, stderr };
-  }
 
   test("a bridge that does not exist is one clear line and exit code 1", async () => {
     const { vmEnd, hostEnd } = datagramSocketPair();

@@ -7,6 +7,8 @@
 // - `--expose` below 1024 is refused (the host's own ports belong to root), and `--expose` above
 //   works under setuid (nft refuses to run while the real and effective uids differ, so it runs
 //   only after the drop, with CAP_NET_ADMIN alone).
+// - A forwarded port is held: a port in use on the host is refused, and while the forward lasts no
+//   one else (the same user, root) can bind it. Killed by its caller, softnet leaves no forward.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import {
   chownSync,
@@ -53,6 +55,11 @@ function setuidSoftnet(extraArgs: string[]) {
     description: `setuid softnet ${extraArgs.join(" ")}`.trim(),
     wrap: (argv) => etc.wrap(lab.asAttacker(lab.binary, argv.slice(2), { PATH: "/usr/bin:/bin" })),
   });
+}
+
+/** The arguments Tart would pass for a VM with this MAC on the test bridge (VM end on stdin). */
+function argvFor(mac: string): string[] {
+  return ["--vm-fd", "0", "--vm-mac-address", mac, "--bridge", topology.bridge];
 }
 
 /** Root-owned entries under /tmp whose names Bun's cc() uses (`bun-cc-*`, `.*.bun-cc`). */
@@ -107,7 +114,7 @@ describe.skipIf(!runnable && !REQUIRED_IN_CI)(
     }, 120_000);
 
     test("--expose 22:22 is refused with one line: the host's ssh port is root's", async () => {
-      const argv = ["--vm-fd", "0", "--vm-mac-address", "02:00:00:00:00:22", "--bridge", topology.bridge];
+      const argv = argvFor("02:00:00:00:00:22");
       const result = await topology.hostExec(
         etc.wrap(lab.asAttacker(lab.binary, [...argv, "--expose", "22:22"])),
         {
@@ -142,11 +149,78 @@ describe.skipIf(!runnable && !REQUIRED_IN_CI)(
         new RegExp(`^Uid:\\s+${lab.uid}\\s+${lab.uid}\\s+${lab.uid}\\s+${lab.uid}$`, "m"),
       );
       expect(status.match(/^CapEff:\s*(\S+)/m)?.[1]).toBe("0000000000001000");
+      // While it runs, the port is the forward's: the same user cannot take it with a second
+      // softnet or a listener, and neither can root.
+      const second = await topology.hostExec(
+        etc.wrap(lab.asAttacker(lab.binary, [...argvFor("02:00:00:00:00:23"), "--expose", "2222:22"])),
+        { stdin: "", timeoutMs: 20_000 },
+      );
+      expect(second.code).toBe(1);
+      expect(second.stderr).toMatch(
+        /^softnet: cannot expose port 2222: it is in use on this host \(held by .*\)\n$/,
+      );
+      const asUser = await topology.hostExec(lab.asAttacker("/usr/bin/nc", ["-4", "-l", "2222"]), {
+        timeoutMs: 3_000,
+      });
+      expect(asUser.stderr).toContain("Address already in use");
+      const asRoot = await topology.hostExec(["nc", "-l", ADDRESSES.gateway, "2222"], { timeoutMs: 3_000 });
+      expect(asRoot.stderr).toContain("Address already in use");
       expect(await forwarder.stop("SIGINT")).toBe(0);
       expect(await topology.hostExec(["nft", "list", "tables"]).then((r) => r.stdout)).not.toContain(
         "softnet_",
       );
       await guest.stopAll();
     }, 60_000);
+
+    test("--expose 5432:22 while root's service listens on 5432 is refused with one line naming port and holder", async () => {
+      const service = await topology.startTcpServer(topology.hostNamespace, "0.0.0.0", 5432, "root-postgres");
+      try {
+        const result = await topology.hostExec(
+          etc.wrap(lab.asAttacker(lab.binary, [...argvFor("02:00:00:00:00:24"), "--expose", "5432:22"])),
+          { stdin: "", timeoutMs: 20_000 },
+        );
+        expect(result.code).toBe(1);
+        expect(result.stderr).toBe(
+          "softnet: cannot expose port 5432: it is in use on this host (held by a listening socket of root (uid 0))\n",
+        );
+        const reply = await topology.hostExec(["nc", "-N", "-w", "2", ADDRESSES.gateway, "5432"], {
+          stdin: "",
+        });
+        expect(reply.stdout).toContain("root-postgres");
+      } finally {
+        await service.stop("SIGTERM");
+      }
+    }, 60_000);
+
+    test("killed by its caller (SIGKILL), a setuid softnet leaves no forward; SIGHUP ends it cleanly", async () => {
+      const guest = await topology.addGuest();
+      const killed = await guest.attach(setuidSoftnet(["--expose", "2228:22"]));
+      const lease = await guest.dhcp();
+      await waitFor("the port forward to be installed", () =>
+        killed.log.includes(`port forwards installed: TCP 2228→22 to ${lease.address}`),
+      );
+      const table = `softnet_${killed.bridgePort}`;
+      // The caller's own kill: softnet runs as the caller after the drop.
+      await topology.hostExec(lab.asAttacker("/bin/kill", ["-KILL", String(killed.daemon.pid)]));
+      await killed.exited;
+      await waitFor(
+        `${table} to be deleted`,
+        async () => !(await topology.hostExec(["nft", "list", "tables"])).stdout.includes(table),
+      );
+      await guest.stopAll();
+
+      const next = await topology.addGuest();
+      const hungUp = await next.attach(setuidSoftnet(["--expose", "2228:22"]));
+      const nextLease = await next.dhcp();
+      await waitFor("the port forward to be installed", () =>
+        hungUp.log.includes(`port forwards installed: TCP 2228→22 to ${nextLease.address}`),
+      );
+      expect(await hungUp.stop("SIGHUP")).toBe(0);
+      expect(hungUp.log).toContain("stopped (SIGHUP)");
+      expect(await topology.hostExec(["nft", "list", "tables"]).then((r) => r.stdout)).not.toContain(
+        "softnet_",
+      );
+      await next.stopAll();
+    }, 90_000);
   },
 );

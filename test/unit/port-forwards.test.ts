@@ -72,3 +72,24 @@ describe("a port forward update that keeps failing", () => {
     expect(forwards.installedAddress).toBe(-1);
   });
 });
+
+describe("forwards that vanish behind softnet's back (their nft session ended)", () => {
+  test("are installed again on the next reconcile, with one warning that says so", async () => {
+    const { backend, lines, forwards } = setUp(() => parseIpv4("192.168.64.5")!);
+    backend.failure = undefined;
+    let intact = true;
+    (backend as PortForwardBackend).intact = () => intact;
+    await forwards.reconcile();
+    await forwards.reconcile(); // nothing changed: nothing to do
+    expect(backend.calls).toEqual(["install 192.168.64.5"]);
+    intact = false;
+    await forwards.reconcile();
+    expect(backend.calls).toEqual(["install 192.168.64.5", "install 192.168.64.5"]);
+    expect(lines.filter((line) => line.includes(" warn: "))).toEqual([
+      expect.stringMatching(
+        /port forwards to 192\.168\.64\.5 vanished \(their owner ended\); installing them again$/,
+      ),
+    ]);
+    expect(forwards.installedAddress).toBe(parseIpv4("192.168.64.5")!);
+  });
+});

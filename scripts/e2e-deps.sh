@@ -19,6 +19,7 @@ packages=(
   iproute2        # ip netns / link / addr / route / neigh, bridge, ss
   nftables        # nft: softnet's --expose port forwarding, inspected by the tests
   tcpdump         # tcpdump: the witness on the bridge
+  strace          # strace: which files TinyCC opens while softnet compiles its run-time C (test/release, test/platform)
   dsniff          # arpspoof
   hping3          # hping3: IP source spoofing, floods
   iputils-ping    # ping from the guest

@@ -1,3 +1,5 @@
+import { escapeControlCharacters } from "./printable.ts";
+
 /**
  * One error type for everything softnet reports to a person. `what` says what failed in words a
  * user understands, `cause` keeps the chain (a SysError, a vmnet return code, another SoftnetError),
@@ -23,7 +25,11 @@ export class UsageError extends SoftnetError {
   }
 }
 
-/** Flattens an error and its causes into `what: why: deeper why`, with hints appended once. */
+/**
+ * Flattens an error and its causes into `what: why: deeper why`, with hints appended once. Messages
+ * often embed what came from outside (a path, an argument, an interface name), so control
+ * characters are escaped here (printable.ts): the line stays one line whoever prints it.
+ */
 export function describeError(error: unknown): string {
   const parts: string[] = [];
   const hints: string[] = [];
@@ -40,7 +46,7 @@ export function describeError(error: unknown): string {
     current = current instanceof Error ? current.cause : undefined;
   }
   const line = parts.filter((part, i) => part !== "" && part !== parts[i - 1]).join(": ");
-  return hints.length > 0 ? `${line} (${hints.join("; ")})` : line;
+  return escapeControlCharacters(hints.length > 0 ? `${line} (${hints.join("; ")})` : line);
 }
 
 export function exitCodeFor(error: unknown): number {

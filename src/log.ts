@@ -12,6 +12,7 @@
  * actually be written: drop logs go through RateLimiter, a token bucket per reason.
  */
 import type { LogFormat, LogLevel } from "./cli.ts";
+import { escapeControlCharacters, jsonWithoutControlCharacters } from "./printable.ts";
 import { writeStderr } from "./stdio.ts";
 
 const LEVEL_RANK: Record<LogLevel, number> = { error: 0, warn: 1, info: 2, debug: 3 };
@@ -105,8 +106,9 @@ export class Logger {
     );
   }
 
+  /** Control characters in the message are escaped (printable.ts): one event, one line. */
   private textLine(level: LogLevel, message: string): string {
-    return `softnet[${process.pid}] ${level}: ${message}\n`;
+    return `softnet[${process.pid}] ${level}: ${escapeControlCharacters(message)}\n`;
   }
 
   private jsonLine(level: LogLevel, message: string, event: LogEvent, fields: LogFields | undefined): string {
@@ -116,7 +118,7 @@ export class Logger {
         if (!(key in record) && value !== undefined) record[key] = value;
       }
     }
-    return `${JSON.stringify(record)}\n`;
+    return `${jsonWithoutControlCharacters(JSON.stringify(record))}\n`;
   }
 }
 
@@ -126,9 +128,9 @@ export class Logger {
  * shipper never meets a line it cannot parse.
  */
 export function fatalLine(format: LogFormat, line: string, now: Date = new Date()): string {
-  if (format !== "json") return `softnet: ${line}\n`;
+  if (format !== "json") return `softnet: ${escapeControlCharacters(line)}\n`;
   const record = { time: now.toISOString(), level: "error", pid: process.pid, event: "fatal", message: line };
-  return `${JSON.stringify(record)}\n`;
+  return `${jsonWithoutControlCharacters(JSON.stringify(record))}\n`;
 }
 
 /**

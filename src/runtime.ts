@@ -161,7 +161,9 @@ async function runOnLinux(options: SoftnetOptions, logger: Logger): Promise<numb
   // at most as many VMs at once as it allows them there.
   const { enforceBridgeAcl } = await import("./platform/linux/bridge-acl-file.ts");
   const vmCap = enforceBridgeAcl(options.bridge, caller);
-  const { epollReactorBackend } = await import("./platform/linux/epoll-reactor.ts");
+  const { epollReactorBackend, prepareEpollReactorSource } = await import(
+    "./platform/linux/epoll-reactor.ts"
+  );
   const nftables = await import("./platform/linux/nftables.ts");
   const { UnixPeerWatch } = await import("./platform/linux/peer-watch.ts");
   const { BridgePortWatch } = await import("./platform/linux/port-watch.ts");
@@ -174,15 +176,22 @@ async function runOnLinux(options: SoftnetOptions, logger: Logger): Promise<numb
   // is refused before anything exists that would have to be undone.
   const { holdExposedPorts } = await import("./platform/linux/port-hold.ts");
   const held = holdExposedPorts(options.exposedPorts);
+  let reactorSource: ReturnType<typeof prepareEpollReactorSource> | undefined;
   let vm: InstanceType<typeof DatagramLink>;
   try {
+    // The reactor's C source is part of the program: read while root (a checkout only root can
+    // read works too) into a sealed memfd, compiled from that descriptor after the drop (runtime-c.ts).
+    reactorSource = prepareEpollReactorSource();
     vm = new DatagramLink(options.vmFd, { optionName: "--vm-fd" });
   } catch (error) {
+    reactorSource?.close();
     held.release();
     throw error;
   }
+  const sealedReactorSource = reactorSource;
   const cleanups = new Cleanups(logger);
   cleanups.add(() => held.release());
+  cleanups.add(() => sealedReactorSource.close());
   cleanups.add(() => vm.close());
   try {
     const isolate = !allowsEverything(options.rules);
@@ -215,9 +224,9 @@ async function runOnLinux(options: SoftnetOptions, logger: Logger): Promise<numb
 
     dropPrivileges(target, { keepNetAdmin: forwardBackend !== undefined });
     await enableErrorReports(process.env);
-    // Compiled as the user softnet now is: TinyCC's staged headers land in that user's own
-    // /tmp/bun-cc-<uid>, which that user may control anyway.
-    const reactorBackend = epollReactorBackend();
+    // Compiled as the user softnet now is (Bun stages its headers in that user's own
+    // /tmp/bun-cc-<uid>), from the sealed memfd: TinyCC reads nothing else (runtime-c.ts).
+    const reactorBackend = epollReactorBackend(sealedReactorSource);
     // nft refuses to run with a real uid that differs from the effective one (setuid): after the
     // drop both are the caller's, and CAP_NET_ADMIN rides along in the ambient set.
     if (forwardBackend !== undefined) {
@@ -271,7 +280,7 @@ export async function runOnDarwin(
 
   const { DarwinDatagramLink } = await import("./platform/darwin/datagram-link.ts");
   const { openVmnet } = await import("./platform/darwin/vmnet.ts");
-  const { pollReactorBackend } = await import("./platform/darwin/poll-reactor.ts");
+  const { pollReactorBackend, preparePollReactorSource } = await import("./platform/darwin/poll-reactor.ts");
 
   const target = resolveDropTarget(calls, caller, options);
   checkExposedPortsAllowed(options.exposedPorts, caller.kind === "root");
@@ -282,11 +291,21 @@ export async function runOnDarwin(
     if (warning !== undefined) logger.warn(`bootpd lease time not set: ${warning}`);
   }
   // vmnet needs its callbacks (native code) before it starts, and it starts only as root; the
-  // compiler must not run as root, so it runs now as the user softnet will drop to.
-  const { nativeBlocks } = await import("./platform/darwin/blocks.ts");
-  asTargetUser(calls, target, () => nativeBlocks(system));
-  const vm = new DarwinDatagramLink(system, options.vmFd, { optionName: "--vm-fd" });
+  // compiler must not run as root, so it runs now as the user softnet will drop to. Both C sources
+  // are read first, as root, into descriptors the caller can neither reach nor write (runtime-c.ts):
+  // the blocks run as root, the reactor in the process that holds vmnet.
+  const { nativeBlocks, prepareBlocksSource } = await import("./platform/darwin/blocks.ts");
+  const blocksSource = prepareBlocksSource(system);
+  const reactorSource = preparePollReactorSource(system);
   const cleanups = new Cleanups(logger);
+  cleanups.add(() => reactorSource.close());
+  try {
+    asTargetUser(calls, target, () => nativeBlocks(system, blocksSource));
+  } catch (error) {
+    reactorSource.close();
+    throw error;
+  }
+  const vm = new DarwinDatagramLink(system, options.vmFd, { optionName: "--vm-fd" });
   cleanups.add(() => vm.close());
   try {
     const isolate = !allowsEverything(options.rules);
@@ -300,7 +319,7 @@ export async function runOnDarwin(
 
     becomeUser(calls, target);
     await enableErrorReports(process.env);
-    const reactorBackend = pollReactorBackend(system);
+    const reactorBackend = pollReactorBackend(system, reactorSource);
 
     return await runFilter({
       options,

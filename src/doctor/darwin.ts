@@ -134,12 +134,17 @@ export async function darwinChecks(
   let compiled = false;
   try {
     target = resolveDropTarget(calls, context.caller, { user: undefined, group: undefined });
-    const { nativeBlocks } = await import("../platform/darwin/blocks.ts");
+    const { nativeBlocks, prepareBlocksSource } = await import("../platform/darwin/blocks.ts");
     const started = performance.now();
     const dropTarget = target;
-    asTargetUser(calls, dropTarget, () => nativeBlocks(system));
+    // As in runtime.ts: the source is read as root, compiled as the target user (runtime-c.ts).
+    const source = prepareBlocksSource(system);
+    asTargetUser(calls, dropTarget, () => nativeBlocks(system, source));
     compiled = true;
-    const strategy = system.memfdCreate === undefined ? "mkstemp + /dev/fd/N" : "memfd (/proc/self/fd/N)";
+    const strategy =
+      system.memfdCreate === undefined
+        ? "read-only unlinked mkstemp file, /dev/fd/N"
+        : "sealed memfd, /proc/self/fd/N";
     list.ok(
       "darwin.callbacks.compile",
       "the native vmnet callbacks compile",

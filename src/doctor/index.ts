@@ -154,7 +154,7 @@ async function doctorRun(
       try {
         cleanup();
       } catch (error) {
-        process.stderr.write(`softnet: doctor cleanup failed: ${(error as Error).message}\n`);
+        process.stderr.write(`softnet: doctor cleanup failed: ${describeError(error)}\n`);
       }
     }
   };

@@ -70,6 +70,8 @@ export const libc = dlopen(LIBC_SONAME, {
   eventfd: { args: [u32, i32], returns: i32 },
   // int memfd_create(const char *name, unsigned int flags);
   memfd_create: { args: [cstring, u32], returns: i32 },
+  // int fcntl(int fd, int cmd, ...);   only with one int argument (F_ADD_SEALS, F_GET_SEALS)
+  fcntl: { args: [i32, i32, i32], returns: i32 },
   // uid_t getuid(void);   uid_t geteuid(void);   gid_t getgid(void);   gid_t getegid(void);
   getuid: { args: [], returns: u32 },
   geteuid: { args: [], returns: u32 },

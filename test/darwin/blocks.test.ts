@@ -22,14 +22,22 @@ import {
   BLOCK_LITERAL_BYTES,
   BlockKind,
   VmnetBlocks,
-  writePrivateSource,
 } from "../../src/platform/darwin/blocks.ts";
 import {
   address0,
   type DarwinSystem,
   GLOBAL_BLOCK_CLASS,
   openDarwinSystem,
+  sourceFileCalls,
 } from "../../src/platform/darwin/system.ts";
+import { lastErrno, libc, O_RDWR } from "../../src/platform/libc.ts";
+import {
+  ALL_SEALS,
+  F_ADD_SEALS,
+  F_GET_SEALS,
+  RUNTIME_C_FLAGS,
+  sealText,
+} from "../../src/platform/runtime-c.ts";
 import { bunCommand, runnable } from "../support/emulation.ts";
 import {
   buildDouble,
@@ -216,32 +224,47 @@ if (outsideNamespace()) {
     });
   });
 
-  describe("the C source reaches TinyCC through a private file", () => {
+  describe("the C source reaches TinyCC through a descriptor nobody can write", () => {
     const source = "int answer(void) { return 42; }\n";
+    const tempNames = () => readdirSync("/tmp").filter((name) => name.startsWith("softnet-source."));
     for (const strategy of ["memfd", "unlinked-temp-file"] as const) {
-      test(`${strategy}: readable through its descriptor, nameless, compiles`, () => {
-        const before = readdirSync("/tmp").filter((name) => name.startsWith("softnet-blocks."));
-        const file = writePrivateSource(system, source, strategy);
+      test(`${strategy}: nameless, unwritable, readable through its descriptor, compiles`, () => {
+        const before = tempNames();
+        const file = sealText(sourceFileCalls(system), "a test file", source, strategy);
         try {
           expect(file.path).toBe(strategy === "memfd" ? `/proc/self/fd/${file.fd}` : `/dev/fd/${file.fd}`);
           expect(readFileSync(file.path, "utf8")).toBe(source);
           const target = readlinkSync(`/proc/self/fd/${file.fd}`);
+          // The descriptor TinyCC gets is read-only: fdinfo's flags (octal) have no O_WRONLY/O_RDWR bit.
+          const flags = Number.parseInt(
+            /^flags:\s+(\d+)$/m.exec(readFileSync(`/proc/self/fdinfo/${file.fd}`, "utf8"))![1]!,
+            8,
+          );
           if (strategy === "memfd") {
-            expect(target).toStartWith("/memfd:softnet-vmnet-blocks.c");
+            expect(target).toStartWith("/memfd:softnet-runtime.c");
+            expect(libc.fcntl(file.fd, F_GET_SEALS, 0)).toBe(ALL_SEALS);
+            // Even a descriptor opened for writing cannot change a byte, nor can the seals be lifted.
+            const writable = libc.open(file.path, O_RDWR);
+            expect(writable).toBeGreaterThanOrEqual(0);
+            expect(libc.write(writable, Buffer.from("int evil;"), 9)).toBe(-1);
+            expect(lastErrno()).toBe(1); // EPERM (fcntl(2): F_SEAL_WRITE)
+            libc.close(writable);
+            expect(libc.fcntl(file.fd, F_ADD_SEALS, 0)).toBe(-1);
           } else {
-            expect(target).toMatch(/^\/tmp\/softnet-blocks\.\w{6} \(deleted\)$/);
-            expect(statSync(file.path).mode & 0o777).toBe(0o600);
+            expect(target).toMatch(/^\/tmp\/softnet-source\.\w{6} \(deleted\)$/);
+            expect(statSync(file.path).mode & 0o777).toBe(0o400);
             expect(statSync(file.path).nlink).toBe(0);
+            expect(flags & 0o3).toBe(0); // O_RDONLY
           }
-          expect(readdirSync("/tmp").filter((name) => name.startsWith("softnet-blocks."))).toEqual(before);
+          expect(tempNames()).toEqual(before);
           const compiled = cc({
             source: file.path,
-            flags: ["-std=c11", "-nostdlib"],
+            flags: [...RUNTIME_C_FLAGS],
             symbols: { answer: { args: [], returns: i32 } },
           });
           expect(compiled.symbols.answer()).toBe(42);
         } finally {
-          system.libc.close(file.fd);
+          file.close();
         }
       });
     }

@@ -10,7 +10,7 @@
 import type { Pointer } from "bun:ffi";
 import { expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
-import { nativeSymbols, writePrivateSource } from "../../src/platform/darwin/blocks.ts";
+import { nativeSymbols } from "../../src/platform/darwin/blocks.ts";
 import {
   BOOTPD_DECLARED_SYMBOLS,
   type BootpdSymbols,
@@ -25,6 +25,7 @@ import {
   KERNEL,
   LIBC_SYMBOLS,
   openDarwinSystem,
+  sourceFileCalls,
   VMNET_FORWARDING_SYMBOLS,
   VMNET_KEYS,
   VMNET_SYMBOLS,
@@ -34,6 +35,7 @@ import { asTargetUser, becomeUser, callerOf, resolveDropTarget } from "../../src
 import { FrameBatch } from "../../src/platform/link.ts";
 import { epollReactorBackend } from "../../src/platform/linux/epoll-reactor.ts";
 import { Reactor } from "../../src/platform/reactor.ts";
+import { sealText } from "../../src/platform/runtime-c.ts";
 import { arpFrame } from "../support/frames.ts";
 import {
   buildDouble,
@@ -58,7 +60,7 @@ inPrivateNetworkNamespace(import.meta.path, "darwin FFI symbol coverage", () => 
 
     // Source files for TinyCC, both ways.
     for (const strategy of ["memfd", "unlinked-temp-file"] as const) {
-      system.libc.close(writePrivateSource(system, "int x;\n", strategy).fd);
+      sealText(sourceFileCalls(system), "a test file", "int x;\n", strategy).close();
     }
 
     // The host link: start, a frame out and its reply back through a wake-up, forwards, stop.

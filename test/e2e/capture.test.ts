@@ -345,6 +345,38 @@ e2e("what --capture refuses (exit 1, one line, nothing touched)", () => {
     }
   });
 
+  test("a newline or ESC in --capture or --user cannot forge a log line nor reach the terminal", async () => {
+    const rootOnly = mkdtempSync(join(tmpdir(), "softnet-capture-root-"));
+    const forged = "x\nsoftnet[1] warn: all traffic allowed\u001b[2J\u009b31m";
+    try {
+      chmodSync(rootOnly, 0o755);
+      const path = join(rootOnly, forged);
+      for (const args of [
+        ["--capture", path],
+        ["--capture", path, "--log-format", "json"],
+        ["--user", forged],
+        ["--user", forged, "--log-format", "json"],
+      ]) {
+        const result = await softnetOnce(args);
+        expect(result.code).toBe(1);
+        // One line, nothing raw: no ESC, no C1 control, no second line.
+        expect(result.stderr.split("\n")).toHaveLength(2);
+        expect(result.stderr).not.toContain("\u001b");
+        expect(result.stderr).not.toContain("\u009b");
+        if (args.includes("json")) {
+          const record = JSON.parse(result.stderr) as { event: string; message: string };
+          expect(record.event).toBe("fatal");
+          expect(record.message).toContain("x\\nsoftnet[1] warn: all traffic allowed\\x1b[2J\\x9b31m");
+        } else {
+          expect(result.stderr).toStartWith("softnet: ");
+          expect(result.stderr).toContain("x\\nsoftnet[1] warn: all traffic allowed\\x1b[2J\\x9b31m");
+        }
+      }
+    } finally {
+      rmSync(rootOnly, { recursive: true, force: true });
+    }
+  });
+
   test("an existing file is not truncated without --capture-overwrite", async () => {
     const path = capturePath();
     writeFileSync(path, "an earlier capture");

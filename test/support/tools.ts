@@ -13,6 +13,7 @@ export const TOOL_PACKAGES = {
   bridge: "iproute2",
   ss: "iproute2",
   tcpdump: "tcpdump",
+  strace: "strace",
   socat: "socat",
   dnsmasq: "dnsmasq-base",
   busybox: "busybox",

@@ -7,6 +7,7 @@
 
 import { heapStats } from "bun:jsc";
 import { describe, expect, test } from "bun:test";
+import { describeError, SoftnetError } from "../../src/errors.ts";
 import { FilterLoop, type FrameRecorder } from "../../src/filter-loop.ts";
 import { fatalLine, type LogFields, Logger } from "../../src/log.ts";
 import { FrameBatch, type FrameLink } from "../../src/platform/link.ts";
@@ -43,7 +44,53 @@ function jsonLogger(level: "debug" | "info" | "error" = "debug") {
   return { logger, lines, records };
 }
 
+/** C0, DEL, C1, U+2028 and U+2029: what a terminal or a line reader may act on. */
+function controlCharactersIn(text: string): string[] {
+  return [...text].filter((c) => {
+    const code = c.charCodeAt(0);
+    return code < 0x20 || (code >= 0x7f && code <= 0x9f) || code === 0x2028 || code === 0x2029;
+  });
+}
+
 describe("the logger", () => {
+  test("text: a newline, CR, ESC or C1 control in a message is escaped, so one event stays one line", () => {
+    const lines: string[] = [];
+    const logger = new Logger("debug", (line) => lines.push(line));
+    logger.warn("cannot capture to x\nsoftnet[1] warn: forged\r\u001b[2J\u009b1m\u2028end\tok\\n");
+    logger.report("info", ["first\nsoftnet[1] error: forged", "second\u0007"], "counters", {});
+    expect(lines).toEqual([
+      `softnet[${process.pid}] warn: cannot capture to x\\nsoftnet[1] warn: forged\\r\\x1b[2J\\x9b1m\\u2028end\\tok\\n\n`,
+      `softnet[${process.pid}] info: first\\nsoftnet[1] error: forged\n` +
+        `softnet[${process.pid}] info: second\\x07\n`,
+    ]);
+    expect(controlCharactersIn(lines.join(""))).toEqual(["\n", "\n", "\n"]);
+  });
+
+  test("json: control characters in the message and in fields are escaped, and read back unchanged", () => {
+    const { logger, lines, records } = jsonLogger();
+    const outside = "eth0\nsoftnet[1] warn: forged\u001b[31m\u009b\u2028\u007f";
+    logger.info(`lease learned for ${outside}`, "lease-learned", { host_name: outside });
+    expect(lines).toHaveLength(1);
+    expect(controlCharactersIn(lines[0]!.slice(0, -1))).toEqual([]);
+    const [record] = records();
+    expect(record!.host_name).toBe(outside);
+    expect(record!.message).toBe(`lease learned for ${outside}`);
+  });
+
+  test("a fatal line escapes control characters in both formats; describeError does too", () => {
+    const error = new SoftnetError("cannot capture to /tmp/x\nsoftnet[1] warn: forged\u001b[2J", {
+      cause: new Error("open '/tmp/x\nsoftnet[1] warn: forged\u001b[2J'"),
+    });
+    const line = describeError(error);
+    expect(line).toBe(
+      "cannot capture to /tmp/x\\nsoftnet[1] warn: forged\\x1b[2J: open '/tmp/x\\nsoftnet[1] warn: forged\\x1b[2J'",
+    );
+    expect(fatalLine("text", "a\nb\u001b")).toBe("softnet: a\\nb\\x1b\n");
+    const json = fatalLine("json", "a\nb\u009b", FIXED_TIME);
+    expect(controlCharactersIn(json.slice(0, -1))).toEqual([]);
+    expect((JSON.parse(json) as LogFields).message).toBe("a\nb\u009b");
+  });
+
   test("a fatal error is the usual line in text, and one JSON object with --log-format json", () => {
     expect(fatalLine("text", "the filter loop failed: boom")).toBe("softnet: the filter loop failed: boom\n");
     const json = fatalLine("json", "the filter loop failed: boom", FIXED_TIME);

@@ -28,18 +28,18 @@
  * Block_private.h qualifies isa and invoke for pointer authentication only where ptrauth_calls is
  * on (arm64e); softnet (Bun) is an arm64 process, where both are plain pointers.
  */
-import { cc, FFIType, type Pointer } from "bun:ffi";
-import { readFileSync } from "node:fs";
+import { FFIType, type Pointer } from "bun:ffi";
 import { SoftnetError } from "../../errors.ts";
+import { compileSealedSource, prepareSealedSource, type SealedSource } from "../runtime-c.ts";
 // `type: "file"` makes `bun build --compile` embed the C source; the import is its path.
 import blocksSourcePath from "./blocks.c" with { type: "file" };
 import {
   address0,
-  DarwinSysError,
   type DarwinSystem,
   GLOBAL_BLOCK_CLASS,
   pointerOrNull,
   readCString,
+  sourceFileCalls,
   traced,
   type VmnetKey,
 } from "./system.ts";
@@ -90,92 +90,29 @@ export const nativeSymbols = {
   vmnet_state_subnet_mask: { args: [ptr], returns: ptr },
 } as const;
 
-function compile(path: string) {
-  // flags are always given: without them Bun takes TinyCC options from BUN_TCC_OPTIONS, which
-  // would let whoever starts a setuid-root softnet change code that then runs as root.
-  // -nostdlib: blocks.c reaches the C library only through the pointers it is given.
-  return cc({ source: path, flags: ["-std=c11", "-nostdlib"], symbols: nativeSymbols }).symbols;
-}
-
-type NativeBlocks = ReturnType<typeof compile>;
+type NativeBlocks = ReturnType<typeof compileSealedSource<typeof nativeSymbols>>;
 let compiled: NativeBlocks | undefined;
 
 /**
- * How the C source reaches TinyCC. Inside a `bun build --compile` binary blocks.c is embedded under
- * /$bunfs/, a path only Bun's own file APIs understand, so the source is written to a file that
- * nobody else can name or replace, and TinyCC opens it through its descriptor:
- * - "memfd" (Linux): memfd_create, opened as /proc/self/fd/N. No name in any file system.
- * - "unlinked-temp-file" (macOS, which has no memfd): mkstemp("/tmp/softnet-blocks.XXXXXX")
- *   creates a fresh 0600 file with O_EXCL (never following a planted symlink) owned by our
- *   effective user, root; it is unlinked at once, before a byte is written, so from then on it has
- *   no name either. TinyCC opens /dev/fd/N, which on macOS duplicates the descriptor (sharing its
- *   offset, hence the lseek to 0 after writing) and on Linux reopens the file.
- *   /tmp is a constant: TMPDIR comes from the environment and must not steer a setuid process.
+ * Reads blocks.c into a sealed or read-only descriptor (runtime-c.ts). The runtime calls it while
+ * root, before anything runs as the caller.
  */
-export type SourceStrategy = "memfd" | "unlinked-temp-file";
-
-const defaultStrategy = (system: DarwinSystem): SourceStrategy =>
-  system.memfdCreate === undefined ? "unlinked-temp-file" : "memfd";
-
-/** Writes `source` to a private file; returns its descriptor and the path TinyCC can open. */
-export function writePrivateSource(
-  system: DarwinSystem,
-  source: string,
-  strategy: SourceStrategy = defaultStrategy(system),
-): { fd: number; path: string } {
-  const { libc } = system;
-  let fd: number;
-  let path: string;
-  if (strategy === "memfd") {
-    if (system.memfdCreate === undefined) throw new Error("memfd_create is Linux only");
-    fd = system.memfdCreate(Buffer.from("softnet-vmnet-blocks.c\0"), 1 /* MFD_CLOEXEC */);
-    if (fd < 0) throw new DarwinSysError(system, "memfd_create", system.errno());
-    path = `/proc/self/fd/${fd}`;
-  } else {
-    const template = Buffer.from("/tmp/softnet-blocks.XXXXXX\0", "utf8");
-    fd = libc.mkstemp(template);
-    if (fd < 0) throw new DarwinSysError(system, "mkstemp(/tmp/softnet-blocks.XXXXXX)", system.errno());
-    if (libc.unlink(template) < 0) {
-      const error = new DarwinSysError(system, "unlink", system.errno());
-      libc.close(fd);
-      throw error;
-    }
-    path = `/dev/fd/${fd}`;
-  }
-  try {
-    const bytes = Buffer.from(source, "utf8");
-    let written = 0;
-    while (written < bytes.length) {
-      const result = libc.write(fd, bytes.subarray(written), bytes.length - written);
-      if (result < 0) throw new DarwinSysError(system, "write", system.errno());
-      written += result;
-    }
-    if (libc.lseek(fd, 0, 0 /* SEEK_SET */) < 0) throw new DarwinSysError(system, "lseek", system.errno());
-  } catch (error) {
-    libc.close(fd);
-    throw error;
-  }
-  return { fd, path };
+export function prepareBlocksSource(system: DarwinSystem): SealedSource {
+  return prepareSealedSource(sourceFileCalls(system), "the native vmnet callbacks", blocksSourcePath);
 }
 
 /**
- * Compiles blocks.c once per process. The runtime calls this early, as the user softnet will drop
- * to (identity.ts asTargetUser): the blocks must exist before vmnet starts, which needs root, but
- * compiling must not happen as root (Bun's cc writes into /tmp and runs xcrun on macOS).
+ * Compiles blocks.c once per process, from `source` (prepared as root) or, when none is given
+ * (tests), from a source prepared now. The runtime calls it as the user softnet will drop to
+ * (identity.ts asTargetUser): the blocks must exist before vmnet starts, which needs root, but the
+ * compiler must not run as root (Bun's cc stages headers in /tmp and runs xcrun on macOS).
  */
-export function nativeBlocks(system: DarwinSystem): NativeBlocks {
-  if (compiled !== undefined) return compiled;
-  let file: { fd: number; path: string };
-  try {
-    file = writePrivateSource(system, readFileSync(blocksSourcePath, "utf8"));
-  } catch (error) {
-    throw new SoftnetError("cannot prepare the native vmnet callbacks", { cause: error });
+export function nativeBlocks(system: DarwinSystem, source?: SealedSource): NativeBlocks {
+  if (compiled !== undefined) {
+    source?.close();
+    return compiled;
   }
-  try {
-    compiled = compile(file.path);
-  } finally {
-    system.libc.close(file.fd);
-  }
+  compiled = compileSealedSource(source ?? prepareBlocksSource(system), nativeSymbols);
   return compiled;
 }
 

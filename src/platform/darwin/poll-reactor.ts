@@ -3,14 +3,12 @@
  * in ../reactor.ts). Built from a DarwinSystem, so the C library it calls is the one the darwin
  * module was given: libSystem on macOS, glibc when the tests run the darwin runtime on Linux.
  */
-import { cc } from "bun:ffi";
-import { readFileSync } from "node:fs";
 import { SoftnetError } from "../../errors.ts";
 import { NATIVE_REACTOR_SYMBOLS, type NativeReactor, type ReactorBackend } from "../reactor.ts";
-import { writePrivateSource } from "./blocks.ts";
+import { compileSealedSource, prepareSealedSource, type SealedSource } from "../runtime-c.ts";
 // `type: "file"` makes `bun build --compile` embed the C source; the import is its path.
 import pollReactorSourcePath from "./poll-reactor.c" with { type: "file" };
-import { DarwinSysError, type DarwinSystem } from "./system.ts";
+import { DarwinSysError, type DarwinSystem, sourceFileCalls } from "./system.ts";
 
 /** struct libc_functions in poll-reactor.c, in declaration order. */
 const LIBC_FUNCTIONS = [
@@ -27,34 +25,24 @@ const LIBC_FUNCTIONS = [
 
 const compiled = new WeakMap<DarwinSystem, NativeReactor>();
 
-/**
- * Compiles poll-reactor.c once per system. As for the vmnet blocks, the source reaches TinyCC
- * through a file of our own (a memfd on Linux, an unlinked mkstemp file on macOS), and `flags` is
- * always given so that BUN_TCC_OPTIONS can never inject options into a root process.
- */
-function compile(system: DarwinSystem): NativeReactor {
-  const cached = compiled.get(system);
-  if (cached !== undefined) return cached;
-  let file: { fd: number; path: string };
-  try {
-    file = writePrivateSource(system, readFileSync(pollReactorSourcePath, "utf8"));
-  } catch (error) {
-    throw new SoftnetError("cannot prepare the readiness reactor", { cause: error });
-  }
-  try {
-    const native = cc({
-      source: file.path,
-      flags: ["-std=c11", "-nostdlib"],
-      symbols: NATIVE_REACTOR_SYMBOLS,
-    }).symbols;
-    compiled.set(system, native);
-    return native;
-  } finally {
-    system.libc.close(file.fd);
-  }
+/** Reads poll-reactor.c into a sealed or read-only descriptor (runtime-c.ts); call it while root. */
+export function preparePollReactorSource(system: DarwinSystem): SealedSource {
+  return prepareSealedSource(sourceFileCalls(system), "the readiness reactor", pollReactorSourcePath);
 }
 
-export function pollReactorBackend(system: DarwinSystem): ReactorBackend {
+/** Compiles poll-reactor.c once per system, from `source` or, without one (tests), a source prepared now. */
+function compile(system: DarwinSystem, source: SealedSource | undefined): NativeReactor {
+  const cached = compiled.get(system);
+  if (cached !== undefined) {
+    source?.close();
+    return cached;
+  }
+  const native = compileSealedSource(source ?? preparePollReactorSource(system), NATIVE_REACTOR_SYMBOLS);
+  compiled.set(system, native);
+  return native;
+}
+
+export function pollReactorBackend(system: DarwinSystem, source?: SealedSource): ReactorBackend {
   // Looked up with dlsym in the C library the system was opened with: only the reactor's thread
   // calls these, so they are not bound as JavaScript functions.
   const addresses = LIBC_FUNCTIONS.map((name) => {
@@ -66,7 +54,7 @@ export function pollReactorBackend(system: DarwinSystem): ReactorBackend {
   addresses.push(system.errnoFunctionAddress);
   return {
     name: "poll",
-    native: compile(system),
+    native: compile(system, source),
     libcFunctions: BigUint64Array.from(addresses, (address) => BigInt(address)),
     sysError: (call, negativeErrno) => new DarwinSysError(system, call, -negativeErrno),
   };

@@ -27,6 +27,7 @@
  * socket uses MSG_DONTWAIT instead of O_NONBLOCK, and the compiler's source file comes from mkstemp).
  */
 import { CString, dlopen, FFIType, type Pointer, read } from "bun:ffi";
+import { F_ADD_SEALS, type SourceFileCalls } from "../runtime-c.ts";
 
 /** vmnet.framework. On macOS 11+ the file lives in the dyld shared cache; dlopen finds it by this path. */
 export const VMNET_FRAMEWORK = "/System/Library/Frameworks/vmnet.framework/vmnet";
@@ -213,8 +214,6 @@ export const LIBC_SYMBOLS = {
   send: { args: [i32, ptr, u64, i32], returns: i32 },
   // ssize_t write(int fd, const void *buffer, size_t count);
   write: { args: [i32, ptr, u64], returns: i32 },
-  // off_t lseek(int fd, off_t offset, int whence);   only lseek(fd, 0, SEEK_SET): the result is 0 or -1
-  lseek: { args: [i32, i64, i32], returns: i32 },
   // int close(int fd);
   close: { args: [i32], returns: i32 },
   // int getsockopt(int socket, int level, int option, void *value, socklen_t *length);
@@ -229,6 +228,11 @@ export const LIBC_SYMBOLS = {
   mkstemp: { args: [ptr], returns: i32 },
   // int unlink(const char *path);
   unlink: { args: [ptr], returns: i32 },
+  // int open(const char *path, int oflag, ...);   only without O_CREAT, so the variadic mode is
+  // never passed (on macOS arm64 it would travel on the stack)
+  open: { args: [ptr, i32], returns: i32 },
+  // int fchmod(int fd, mode_t mode);   mode_t is uint16_t on macOS, uint32_t on Linux: i32 carries both
+  fchmod: { args: [i32, i32], returns: i32 },
   // void *dlopen(const char *path, int mode);
   dlopen: { args: [ptr, i32], returns: ptr },
   // void *dlsym(void *handle, const char *symbol);
@@ -381,6 +385,9 @@ export const GLOBAL_BLOCK_CLASS = "_NSConcreteGlobalBlock";
 const LINUX_ONLY_SYMBOLS = {
   // int memfd_create(const char *name, unsigned int flags);   Linux only: source files for TinyCC
   memfd_create: { args: [ptr, u32], returns: i32 },
+  // int fcntl(int fd, int cmd, ...);   Linux only, with one int (F_ADD_SEALS): on x86_64 and Linux
+  // arm64 a variadic int travels where a named one would
+  fcntl: { args: [i32, i32, i32], returns: i32 },
 } as const;
 
 function loadLibc(path: string) {
@@ -421,6 +428,8 @@ export interface DarwinSystem {
   readonly trace: CallTrace | undefined;
   /** memfd_create on Linux; undefined on macOS. */
   readonly memfdCreate: ((name: Buffer, flags: number) => number) | undefined;
+  /** fcntl(fd, F_ADD_SEALS, seals) on Linux; undefined on macOS. */
+  readonly addSeals: ((fd: number, seals: number) => number) | undefined;
   /** errno of the calling thread; read it right after the failing call. */
   errno(): number;
   /** Address of a bound function, for native code that calls it through a pointer. */
@@ -463,6 +472,7 @@ class OpenedSystem implements DarwinSystem {
   readonly vmnetForwarding: VmnetForwardingSymbols | undefined;
   readonly vmnetForwardingMissing: string | undefined;
   readonly memfdCreate: ((name: Buffer, flags: number) => number) | undefined;
+  readonly addSeals: ((fd: number, seals: number) => number) | undefined;
   private readonly raw: Record<"libc" | "dispatch" | "vmnet", Record<string, unknown>>;
   private readonly errnoLocation: () => Pointer | null;
   readonly errnoFunctionAddress: number;
@@ -502,8 +512,10 @@ class OpenedSystem implements DarwinSystem {
     if (KERNEL.name === "linux") {
       const memfd = traced(dlopen(libraries.libc, LINUX_ONLY_SYMBOLS).symbols, "libc", trace);
       this.memfdCreate = (name, flags) => memfd.memfd_create(name, flags);
+      this.addSeals = (fd, seals) => memfd.fcntl(fd, F_ADD_SEALS, seals);
     } else {
       this.memfdCreate = undefined;
+      this.addSeals = undefined;
     }
   }
 
@@ -580,6 +592,29 @@ export function traced<T extends object>(symbols: T, library: string, trace: Cal
     wrapped[name] = tracedFunction(fn as (...args: never[]) => unknown, library, name, trace);
   }
   return wrapped as T;
+}
+
+/** The calls runtime-c.ts needs, from this system's C library (a memfd where the kernel has one). */
+export function sourceFileCalls(system: DarwinSystem): SourceFileCalls {
+  const { libc } = system;
+  const memfdCreate = system.memfdCreate;
+  return {
+    memfdCreate: memfdCreate === undefined ? undefined : (name, flags) => memfdCreate(cString(name), flags),
+    addSeals: system.addSeals,
+    tempFile: {
+      mkstemp: (template) => libc.mkstemp(template),
+      open: (path, flags) => libc.open(path, flags),
+      unlink: (path) => libc.unlink(path),
+      fchmod: (fd, mode) => libc.fchmod(fd, mode),
+    },
+    write: (fd, bytes, length) => libc.write(fd, bytes, length),
+    close: (fd) => libc.close(fd),
+    lastError: (call) => new DarwinSysError(system, call, system.errno()),
+  };
+}
+
+function cString(text: string): Buffer {
+  return Buffer.from(`${text}\0`, "utf8");
 }
 
 /** A failed C library call: which call, errno and its name, on this kernel's numbering. */

@@ -284,6 +284,10 @@ export async function runOnDarwin(
 
   const target = resolveDropTarget(calls, caller, options);
   checkExposedPortsAllowed(options.exposedPorts, caller.kind === "root");
+  // A port in use on the Mac is refused before vmnet is asked for anything (port-check.ts: checked
+  // and released, not held as on Linux).
+  const { checkExposedPortsFree } = await import("./platform/darwin/port-check.ts");
+  checkExposedPortsFree(system, options.exposedPorts);
   if (platform.configureBootpd) {
     // bootpd reads its lease time when the shared network starts: before vmnet_start_interface.
     const { openBootpdSymbols, setBootpdLeaseTime } = await import("./platform/darwin/bootpd.ts");

@@ -18,6 +18,7 @@ import {
 } from "../../src/platform/darwin/bootpd.ts";
 import { DarwinDatagramLink } from "../../src/platform/darwin/datagram-link.ts";
 import { darwinIdentityCalls } from "../../src/platform/darwin/identity.ts";
+import { checkExposedPortsFree } from "../../src/platform/darwin/port-check.ts";
 import {
   DarwinSysError,
   DISPATCH_SYMBOLS,
@@ -101,6 +102,13 @@ inPrivateNetworkNamespace(import.meta.path, "darwin FFI symbol coverage", () => 
     vm.close();
     system.libc.close(sv[1]!);
     expect(new DarwinSysError(system, "probe", KERNEL.errno.EAGAIN).code).toBe("EAGAIN"); // strerror
+
+    // --expose's port check (socket, bind, close). glibc, this system's C library, reads xnu's
+    // struct sockaddr_in as family 0x0210 and refuses it (EAFNOSUPPORT); the double's bind, which
+    // reads it as xnu does, is the one test/darwin/e2e.test.ts runs the check against.
+    expect(() => checkExposedPortsFree(system, [{ externalPort: 2222, internalPort: 22 }])).toThrow(
+      /^cannot expose port 2222$/,
+    );
 
     // Identity (the macOS runtime's privilege drop and sudo escalation), without changing who this
     // test runs as: root becoming root again, a lookup of each kind, an execv that cannot succeed.

@@ -20,7 +20,9 @@ import {
   ADDRESSES,
   BANNER_PORT,
   BANNERS,
+  closeFd,
   commandForwarder,
+  datagramSocketPair,
   type Forwarder,
   type Guest,
   type GuestLease,
@@ -113,11 +115,15 @@ describe("the macOS runtime against the vmnet double", () => {
     expect(forwarder.log).toContain("ip-spoof");
   });
 
-  test("--expose becomes a vmnet port-forwarding rule to the leased address", async () => {
+  test("--expose of a free port becomes a vmnet port-forwarding rule to the leased address", async () => {
     await waitFor("the forward to be installed", () =>
       forwarder.log.includes(`port forwards installed: TCP 2222→22 to ${lease.address}`),
     );
-    expect(readFileSync(doubleLog, "utf8")).toContain(
+    const calls = readFileSync(doubleLog, "utf8");
+    // Checked at start with xnu's struct sockaddr_in (the double reads it as xnu does), then released.
+    expect(calls).toContain("bind sin_len=16 sin_family=2 port=2222 address=0.0.0.0 result=0");
+    expect(calls.indexOf("bind ")).toBeLessThan(calls.indexOf("start "));
+    expect(calls).toContain(
       `forward add protocol=6 external=2222 family=2 address=${lease.address} internal=22`,
     );
   });
@@ -136,6 +142,63 @@ describe("the macOS runtime against the vmnet double", () => {
     expect(existsSync(`/sys/class/net/${port}`)).toBe(false);
     expect(forwarder.log).toContain("vmnet double: 0 violations");
     await guest.stopAll();
+  });
+});
+
+describe("--expose of a port in use on the Mac", () => {
+  test("is refused in one line, exit 1, before vmnet is asked for anything; the service keeps its port", async () => {
+    // A host service on every address (PostgreSQL's port): vmnet's forward, a pf rdr, would divert
+    // the connections that reach it from the network.
+    const service = await topology.startTcpServer(topology.hostNamespace, "0.0.0.0", 5432, "mac-postgres");
+    const doubleLog = join(workDir, "double-port-in-use.log");
+    const { vmEnd, hostEnd } = datagramSocketPair();
+    try {
+      const child = Bun.spawn(
+        [
+          "ip",
+          "netns",
+          "exec",
+          topology.hostNamespace,
+          ...bunCommand(),
+          "test/darwin/softnet-on-double.ts",
+          "--double-log",
+          doubleLog,
+          "--vm-fd",
+          "0",
+          "--vm-mac-address",
+          "02:00:00:00:00:5b",
+          "--bridge",
+          topology.bridge,
+          "--expose",
+          "5432:22",
+        ],
+        { stdin: hostEnd, stdout: "ignore", stderr: "pipe" },
+      );
+      // Without the check softnet would start vmnet and run on: stopped here, so the test fails
+      // with what it said instead of hanging.
+      const ended = await Promise.race([child.exited, Bun.sleep(30_000).then(() => "still running")]);
+      if (ended === "still running") child.kill("SIGKILL");
+      const [stderr, code] = await Promise.all([new Response(child.stderr).text(), child.exited]);
+      expect({ code, stderr }).toEqual({
+        code: 1,
+        stderr: "softnet: cannot expose port 5432: it is in use on this host\n",
+      });
+      // The double's record: the check's bind (xnu's struct sockaddr_in, read by the double as
+      // xnu does) met the port in use, and vmnet was never started nor asked for a forward.
+      const calls = readFileSync(doubleLog, "utf8");
+      expect(calls).toContain("bind sin_len=16 sin_family=2 port=5432 address=0.0.0.0 result=EADDRINUSE");
+      expect(calls).not.toContain("start");
+      expect(calls).not.toContain("forward add");
+      // The service still gets its connections.
+      const reply = await topology.hostExec(["nc", "-N", "-w", "2", ADDRESSES.gateway, "5432"], {
+        stdin: "",
+      });
+      expect(reply.stdout).toContain("mac-postgres");
+    } finally {
+      closeFd(vmEnd);
+      closeFd(hostEnd);
+      await service.stop("SIGTERM");
+    }
   });
 });
 

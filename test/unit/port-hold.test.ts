@@ -1,7 +1,10 @@
 // Naming who holds a port that --expose cannot have: read from the kernel's /proc/net/tcp tables,
 // whose columns are fixed (net/ipv4/tcp_ipv4.c get_tcp4_sock); a line that does not parse is skipped.
+// And the address the port check binds, in each C library's struct sockaddr_in.
 import { describe, expect, test } from "bun:test";
+import { DARWIN_KERNEL, LINUX_KERNEL } from "../../src/platform/darwin/system.ts";
 import { describeHolderFrom, portUsersIn } from "../../src/platform/linux/port-hold.ts";
+import { ipv4AnyAddress } from "../../src/platform/port-hold.ts";
 
 const TCP_TABLE = [
   "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode",
@@ -34,5 +37,19 @@ describe("who holds a host port", () => {
     expect(describeHolderFrom([], () => undefined)).toBe(
       "held by a socket that is bound but not listening, as another softnet's --expose holds its port",
     );
+  });
+});
+
+describe("the address the port check binds: 0.0.0.0:5432 (0x1538)", () => {
+  test("macOS: xnu's struct sockaddr_in, sin_len 16 then an 8-bit sin_family (bsd/netinet/in.h)", () => {
+    expect([...ipv4AnyAddress(5432, "xnu", DARWIN_KERNEL.AF_INET)]).toEqual([
+      16, 2, 0x15, 0x38, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ]);
+  });
+
+  test("Linux: a 16-bit sin_family in host order, little-endian (include/uapi/linux/in.h)", () => {
+    expect([...ipv4AnyAddress(5432, "linux", LINUX_KERNEL.AF_INET)]).toEqual([
+      2, 0, 0x15, 0x38, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ]);
   });
 });

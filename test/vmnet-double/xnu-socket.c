@@ -1,12 +1,12 @@
 // libSystem's AF_UNIX datagram sockets as xnu has them, over Linux sockets: the part of the vmnet
 // double that stands in for the C library, so that the darwin module's VM socket code meets macOS's
-// behaviour when the VM's end closes, not Linux's.
+// behaviour when the VM's end closes, not Linux's, and its bind() passes xnu's struct sockaddr_in.
 //
 // A test opts in by naming the double as the darwin module's C library as well (test/darwin/
 // support.ts xnuLibraries: { vmnet, dispatch, libc: double }). Then socketpair, close, recv,
-// recvmsg, send, getpeername and poll below are what softnet and the test call; every other C
+// recvmsg, send, getpeername, poll and bind below are what softnet and the test call; every other C
 // library function resolves to glibc, through the double's own dependency on it. The double calls
-// glibc's versions of these seven through a handle on libc.so.6. With the ordinary
+// glibc's versions of these eight through a handle on libc.so.6. With the ordinary
 // doubleLibraries ({ libc: "libc.so.6" }) nothing here is used.
 //
 // Every AF_UNIX SOCK_DGRAM socketpair made through socketpair() below is tracked: its two ends are
@@ -27,6 +27,8 @@
 // (uipc_send: sbappendaddr fails with ENOBUFS; an AF_UNIX datagram never waits for room), where
 // Linux says EAGAIN or blocks.
 //
+// bind() (at the end of this file) reads the address as xnu's struct sockaddr_in, not Linux's.
+//
 // Not emulated: getsockopt(SO_ERROR) (xnu would return and clear so_error), sendto/sendmsg/read/
 // write on a tracked socket, and closes that do not go through close() here (another process's,
 // or close_range): those keep Linux's behaviour. Error numbers are the host's (Linux) values, as
@@ -34,12 +36,15 @@
 //
 // Kept small and portable: no architecture-specific code (built for x86_64 and aarch64).
 #undef _FORTIFY_SOURCE  // its inline wrappers of recv/poll would clash with the definitions below
+#include <arpa/inet.h>
 #include <dlfcn.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -56,6 +61,7 @@ static struct {
   ssize_t (*send)(int, const void *, size_t, int);
   int (*getpeername)(int, struct sockaddr *, socklen_t *);
   int (*poll)(struct pollfd *, nfds_t, int);
+  int (*bind)(int, const struct sockaddr *, socklen_t);
 } real;
 
 static pthread_once_t real_once = PTHREAD_ONCE_INIT;
@@ -79,6 +85,7 @@ static void bind_real(void) {
   real.send = (ssize_t(*)(int, const void *, size_t, int))libc_symbol(libc, "send");
   real.getpeername = (int (*)(int, struct sockaddr *, socklen_t *))libc_symbol(libc, "getpeername");
   real.poll = (int (*)(struct pollfd *, nfds_t, int))libc_symbol(libc, "poll");
+  real.bind = (int (*)(int, const struct sockaddr *, socklen_t))libc_symbol(libc, "bind");
 }
 
 #define REAL() pthread_once(&real_once, bind_real)
@@ -289,4 +296,67 @@ EXPORT int poll(struct pollfd *fds, nfds_t count, int timeout) {
   }
   pthread_mutex_unlock(&sockets_lock);
   return ready;
+}
+
+// ---- bind: xnu's struct sockaddr_in ----
+//
+// libSystem's bind() hands the caller's bytes to xnu, whose struct sockaddr_in is the 4.4BSD one
+// (bsd/netinet/in.h):
+//   struct sockaddr_in { __uint8_t sin_len; sa_family_t sin_family; in_port_t sin_port;
+//                        struct in_addr sin_addr; char sin_zero[8]; };
+// with sa_family_t a __uint8_t (bsd/sys/_types/_sa_family_t.h): length at byte 0, family at byte
+// 1, port (network order) at 2..3, address (network order) at 4..7, 16 bytes in all. Linux's
+// begins with a 16-bit sin_family instead, so glibc's bind would take xnu's first two bytes for
+// family 0x0210 and fail. Here the bytes are read as xnu reads them, and the same port and address
+// are bound through glibc:
+// - bind → getsockaddr_s (bsd/kern/uipc_syscalls.c) copies address_len bytes, turns AF_UNSPEC (0)
+//   into AF_INET on an AF_INET socket when address_len is sizeof(struct sockaddr_in), and then
+//   overwrites sa_len with address_len;
+// - in_pcbbind (bsd/netinet/in_pcb.c) refuses sa_len != sizeof(struct sockaddr_in) with EINVAL;
+//   its family check is compiled out (#if 0, "old programs incorrectly fail to initialize it").
+// Stricter than xnu, on purpose: because xnu ignores both first bytes, even Linux's layout would
+// bind there (family byte 0 → AF_UNSPEC → AF_INET), so the double reports a sin_len other than 16
+// or a family other than AF_INET as a violation: softnet must write the header's struct. Only
+// AF_INET sockets are handled (softnet binds nothing else through here). Error numbers are Linux's,
+// as everywhere in the double.
+#define XNU_SOCKADDR_IN_SIZE 16
+#define XNU_AF_INET 2  // bsd/sys/socket.h
+#define XNU_SOCK_MAXADDRLEN 255  // bsd/sys/socket.h
+
+// int bind(int socket, const struct sockaddr *address, socklen_t address_len);
+EXPORT int bind(int fd, const struct sockaddr *address, socklen_t length) {
+  REAL();
+  double_count_call("bind");
+  int domain = 0;
+  socklen_t domain_size = sizeof domain;
+  if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &domain_size) != 0) return -1;  // EBADF, ENOTSOCK
+  if (domain != AF_INET) {
+    double_violation("xnu bind double: only AF_INET sockets are handled, got domain %d", domain);
+    errno = EAFNOSUPPORT;
+    return -1;
+  }
+  if (length > XNU_SOCK_MAXADDRLEN) {
+    errno = ENAMETOOLONG;
+    return -1;
+  }
+  if (length != XNU_SOCKADDR_IN_SIZE) {
+    errno = EINVAL;  // getsockaddr_s sets sa_len = address_len; in_pcbbind wants 16
+    return -1;
+  }
+  const unsigned char *bytes = (const unsigned char *)address;
+  if (bytes[0] != XNU_SOCKADDR_IN_SIZE) double_violation("xnu bind double: sin_len %u, not 16", bytes[0]);
+  if (bytes[1] != XNU_AF_INET) double_violation("xnu bind double: sin_family %u, not AF_INET (2)", bytes[1]);
+  struct sockaddr_in linux_address;
+  memset(&linux_address, 0, sizeof linux_address);
+  linux_address.sin_family = AF_INET;
+  memcpy(&linux_address.sin_port, bytes + 2, 2);  // both in network order: copied as they are
+  memcpy(&linux_address.sin_addr, bytes + 4, 4);
+  int result = real.bind(fd, (const struct sockaddr *)&linux_address, sizeof linux_address);
+  int error = errno;
+  char text[INET_ADDRSTRLEN] = "?";
+  inet_ntop(AF_INET, &linux_address.sin_addr, text, sizeof text);
+  double_log("bind sin_len=%u sin_family=%u port=%u address=%s result=%s", bytes[0], bytes[1],
+             ntohs(linux_address.sin_port), text, result == 0 ? "0" : error == EADDRINUSE ? "EADDRINUSE" : "error");
+  errno = error;
+  return result;
 }

@@ -10,6 +10,9 @@
  * - the kernel's numbers (errno values, MSG_* and SO_* constants, struct msghdr and sockaddr
  *   layouts, the errno accessor's name): KERNEL, chosen by the platform we run on, because they
  *   belong to the kernel and C library actually underneath, whichever libraries were injected.
+ *   One exception: the struct sockaddr_in given to bind() (port-check.ts) is always xnu's, since
+ *   only the C library's bind reads it; in tests the double's bind (test/vmnet-double/
+ *   xnu-socket.c) stands in for libSystem's, and glibc's would refuse it (EAFNOSUPPORT).
  *
  * Where each darwin number comes from (apple-oss-distributions, checked against these versions):
  * errno values: xnu bsd/sys/errno.h (xnu-11417); socket, MSG_* and SO_* constants, struct msghdr
@@ -72,8 +75,11 @@ export interface KernelConstants {
     readonly ECONNREFUSED: number;
     /** What xnu's send returns on a datagram socket whose peer has closed (see datagram-link.ts). */
     readonly EDESTADDRREQ: number;
+    /** bind() of a port something on the host uses (port-check.ts). */
+    readonly EADDRINUSE: number;
   };
   readonly AF_UNIX: number;
+  readonly AF_INET: number;
   readonly SOCK_STREAM: number;
   readonly SOCK_DGRAM: number;
   /** OR-ed into socketpair's type where the kernel supports it (Linux); 0 on macOS. */
@@ -128,8 +134,10 @@ export const DARWIN_KERNEL: KernelConstants = Object.freeze({
     ENOTCONN: 57,
     ECONNREFUSED: 61,
     EDESTADDRREQ: 39,
+    EADDRINUSE: 48,
   }),
   AF_UNIX: 1,
+  AF_INET: 2,
   SOCK_STREAM: 1,
   SOCK_DGRAM: 2,
   SOCK_CLOEXEC: 0, // xnu has no SOCK_CLOEXEC flag
@@ -167,8 +175,10 @@ export const LINUX_KERNEL: KernelConstants = Object.freeze({
     ENOTCONN: 107,
     ECONNREFUSED: 111,
     EDESTADDRREQ: 89,
+    EADDRINUSE: 98,
   }),
   AF_UNIX: 1,
+  AF_INET: 2,
   SOCK_STREAM: 1,
   SOCK_DGRAM: 2,
   SOCK_CLOEXEC: 0o2000000,
@@ -204,6 +214,11 @@ const { i32, u8, u16, u32, u64, i64, ptr, cstring } = FFIType;
  * these is a __DARWIN_ALIAS_I ("$INODE64" on x86_64) function.
  */
 export const LIBC_SYMBOLS = {
+  // int socket(int domain, int type, int protocol);   --expose's port check (port-check.ts)
+  socket: { args: [i32, i32, i32], returns: i32 },
+  // int bind(int socket, const struct sockaddr *address, socklen_t address_len);   socklen_t is
+  // __uint32_t (sys/_types/_socklen_t.h). The address is xnu's struct sockaddr_in (port-check.ts).
+  bind: { args: [i32, ptr, u32], returns: i32 },
   // int socketpair(int domain, int type, int protocol, int sv[2]);
   socketpair: { args: [i32, i32, i32, ptr], returns: i32 },
   // ssize_t recvmsg(int socket, struct msghdr *message, int flags);

@@ -6,7 +6,8 @@
  * service started later would bind the port and never see a connection.
  *
  * Each exposed port gets one TCP socket bound to 0.0.0.0:port, without SO_REUSEADDR or
- * SO_REUSEPORT, and never listening. Linux treats every socket in a port's bind bucket as taking
+ * SO_REUSEPORT, and never listening (the bind itself is shared with macOS, ../port-hold.ts; this
+ * module supplies glibc, names a refused port's holder, and keeps the sockets). Linux treats every socket in a port's bind bucket as taking
  * the port, whatever its state: a bind of the same port conflicts unless both sockets set
  * SO_REUSEADDR and the bound one is not listening, or both set SO_REUSEPORT under the same uid
  * (net/ipv4/inet_connection_sock.c, inet_csk_bind_conflict and inet_bind_conflict); a wildcard
@@ -33,48 +34,26 @@
 import { CString, type Pointer, read } from "bun:ffi";
 import { readFileSync } from "node:fs";
 import type { ExposedPort } from "../../cli.ts";
-import { SoftnetError } from "../../errors.ts";
 import { AF_INET, Errno, lastSysError, libc, SOCK_CLOEXEC, SOCK_STREAM } from "../libc.ts";
+import { holdExposedPorts as bindExposedPorts, type HeldPorts, type PortBindCalls } from "../port-hold.ts";
 
-/** The sockets that hold the exposed ports; release() gives them back (at exit). */
-export class HeldPorts {
-  constructor(private readonly fds: number[]) {}
+/** The bind check of ../port-hold.ts on glibc, naming a refused port's holder from /proc/net/tcp. */
+export const linuxPortBindCalls: PortBindCalls = {
+  socket: (domain, type, protocol) => libc.socket(domain, type, protocol),
+  bind: (fd, address, length) => libc.bind(fd, address, length),
+  close: (fd) => libc.close(fd),
+  lastError: lastSysError,
+  AF_INET,
+  SOCK_STREAM,
+  socketTypeFlags: SOCK_CLOEXEC,
+  EADDRINUSE: Errno.EADDRINUSE,
+  sockaddrIn: "linux",
+  describeHolder,
+};
 
-  release(): void {
-    for (const fd of this.fds.splice(0)) libc.close(fd);
-  }
-}
-
-/** Holds every exposed host port, or throws naming the first one that is taken (and its holder). */
+/** Holds every exposed host port until release(), or throws naming the first one that is taken (and its holder). */
 export function holdExposedPorts(ports: readonly ExposedPort[]): HeldPorts {
-  const fds: number[] = [];
-  try {
-    for (const port of new Set(ports.map((p) => p.externalPort))) fds.push(holdPort(port));
-  } catch (error) {
-    for (const fd of fds) libc.close(fd);
-    throw error;
-  }
-  return new HeldPorts(fds);
-}
-
-function holdPort(port: number): number {
-  const fd = libc.socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) {
-    throw new SoftnetError(`cannot expose port ${port}`, { cause: lastSysError("socket(AF_INET)") });
-  }
-  // struct sockaddr_in (<netinet/in.h>): sa_family_t sin_family (host order), in_port_t sin_port
-  // (network order), struct in_addr sin_addr (INADDR_ANY = 0), 8 bytes of zero padding.
-  const address = new Uint8Array(16);
-  const view = new DataView(address.buffer);
-  view.setUint16(0, AF_INET, true);
-  view.setUint16(2, port, false);
-  if (libc.bind(fd, address, address.length) === 0) return fd;
-  const failure = lastSysError(`bind(0.0.0.0:${port})`);
-  libc.close(fd);
-  if (failure.errno === Errno.EADDRINUSE) {
-    throw new SoftnetError(`cannot expose port ${port}: it is in use on this host (${describeHolder(port)})`);
-  }
-  throw new SoftnetError(`cannot expose port ${port}`, { cause: failure });
+  return bindExposedPorts(ports, linuxPortBindCalls);
 }
 
 /** One TCP socket from /proc/net/tcp or tcp6 that uses a local port. */

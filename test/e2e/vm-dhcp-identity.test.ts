@@ -10,6 +10,7 @@ import {
   duidClient,
   forgedClientPort,
   leaseAfterStop,
+  restartUnderDhcpcd,
   restartUnderLiveClient,
   type SoftnetFactory,
   softnet,
@@ -148,5 +149,27 @@ describe("a guest whose softnet restarted renews the address it kept", () => {
     expect(outcome.requestsOnBridgeFromAddress, detail).toBe(0);
     expect(outcome.requestsOnBridgeFromUnspecified, detail).toBeGreaterThan(0);
     expect(await outcome.guest.ping(ADDRESSES.globalHost)).toBe(true);
+  }, 120_000);
+});
+
+describe("dhcpcd renews across a softnet restart too", () => {
+  test("dhcpcd rebinds by broadcast at T2 and softnet learns the lease; the bridge sees its requests from 0.0.0.0 only", async () => {
+    const outcome = await restartUnderDhcpcd(topology, fromSource);
+    const detail = `dhcpcd:\n${outcome.dhcpcdLog}\nrestarted softnet:\n${outcome.guest.forwarder?.log}\nbridge:\n${outcome.dhcpOnBridge.join("\n")}`;
+    expect(outcome.learned, detail).toBe(true);
+    expect(outcome.requestsOnBridgeFromAddress, detail).toBe(0);
+    expect(outcome.requestsOnBridgeFromUnspecified, detail).toBeGreaterThan(0);
+    expect(await outcome.guest.addresses(), detail).toEqual([outcome.address]);
+  }, 200_000);
+});
+
+describe("a stopped VM's address goes back to the pool when the VM closes its end too", () => {
+  test("after the VM end closes, dnsmasq forgets the lease", async () => {
+    const own = await Topology.create({ dhcpRange: ONE_ADDRESS });
+    const outcome = await leaseAfterStop(own, fromSource, "vm-closed").finally(() => own.teardown());
+    const detail = `first softnet:\n${outcome.firstLog}`;
+    expect(outcome.leaseWhileRunning, detail).toBeDefined();
+    expect(outcome.leaseAfterStop, detail).toBeUndefined();
+    expect(outcome.secondLease?.address, detail).toBe(outcome.firstLease.address);
   }, 120_000);
 });

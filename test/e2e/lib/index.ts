@@ -41,6 +41,7 @@ export {
   type TopologyOptions,
 } from "./topology.ts";
 export {
+  type DhcpcdRestartOutcome,
   type DrainOutcome,
   type DuidOutcome,
   dhcpShapedDnsQuery,
@@ -59,6 +60,7 @@ export {
   nextHopElsewhere,
   type ReleaseOutcome,
   type RestartOutcome,
+  restartUnderDhcpcd,
   restartUnderLiveClient,
   type SoftnetFactory,
   stealLeaseWithClientId,

@@ -619,3 +619,66 @@ export async function restartUnderLiveClient(
     requestsOnBridgeFromUnspecified: await onBridge.count(`${requests} and src host 0.0.0.0`),
   };
 }
+
+export interface DhcpcdRestartOutcome {
+  guest: Guest;
+  address: string;
+  /** The restarted softnet learned the lease again from the server's ACK. */
+  learned: boolean;
+  requestsOnBridgeFromAddress: number;
+  requestsOnBridgeFromUnspecified: number;
+  dhcpcdLog: string;
+  /** tcpdump's lines for the guest's DHCP on the bridge, for failure messages. */
+  dhcpOnBridge: string[];
+}
+
+/**
+ * As restartUnderLiveClient, with Debian's dhcpcd left to its own timers: at T1 it renews by
+ * unicast from its address, which needs its ARP entry for the gateway (its ARP from that address
+ * does not pass while softnet knows no lease), and at T2 it rebinds by broadcast from its address
+ * (RFC 2131 4.4.5), which softnet readdresses. dnsmasq's shortest lease is 120 s: T2 is 105 s.
+ */
+export async function restartUnderDhcpcd(
+  topology: Topology,
+  softnet: SoftnetFactory,
+): Promise<DhcpcdRestartOutcome> {
+  const guest = await topology.addGuest();
+  await guest.attach(softnet(DEBUG));
+  const dhcpcd = guest.spawn("dhcpcd", [
+    "sh",
+    "-c",
+    "mount -t tmpfs tmpfs /run && mkdir /run/dhcpcd && mount -t tmpfs tmpfs /var/lib/dhcpcd && " +
+      "exec dhcpcd --nobackground --ipv4only --noipv4ll --debug eth0",
+  ]);
+  const address = await waitFor(
+    "dhcpcd to configure an address on eth0",
+    async () => {
+      if (!dhcpcd.running) throw new Error(`dhcpcd exited ${dhcpcd.exitCode}: ${dhcpcd.log}`);
+      return (await guest.addresses())[0];
+    },
+    { timeoutMs: 30_000 },
+  );
+  await guest.ping(ADDRESSES.gateway);
+  await guest.forwarder?.stop("SIGKILL");
+  guest.forwarder = undefined;
+  await guest.closeVmEnd();
+  await guest.attach(softnet(DEBUG));
+  const onBridge = await topology.startCapture();
+  const restarted = guest.forwarder as { log: string } | undefined;
+  const learned = await waitFor(
+    "the restarted softnet to learn dhcpcd's lease",
+    () => (restarted?.log.includes(`lease learned: ${address} `) ? true : undefined),
+    { timeoutMs: 130_000 },
+  ).catch(() => false);
+  await onBridge.stop();
+  const requests = `ether src ${guest.mac} and udp dst port 67`;
+  return {
+    guest,
+    address,
+    learned,
+    requestsOnBridgeFromAddress: await onBridge.count(`${requests} and src host ${address}`),
+    requestsOnBridgeFromUnspecified: await onBridge.count(`${requests} and src host 0.0.0.0`),
+    dhcpcdLog: dhcpcd.log,
+    dhcpOnBridge: await onBridge.lines(`udp port 67 or udp port 68`, { verbose: true }),
+  };
+}

@@ -635,8 +635,10 @@ export interface DhcpcdRestartOutcome {
 /**
  * As restartUnderLiveClient, with Debian's dhcpcd left to its own timers: at T1 it renews by
  * unicast from its address, which needs its ARP entry for the gateway (its ARP from that address
- * does not pass while softnet knows no lease), and at T2 it rebinds by broadcast from its address
- * (RFC 2131 4.4.5), which softnet readdresses. dnsmasq's shortest lease is 120 s: T2 is 105 s.
+ * does not pass while softnet knows no lease); at T2 it rebinds by broadcast from its address
+ * (RFC 2131 4.4.5), which softnet readdresses, but dnsmasq answers ciaddr, which the host cannot
+ * resolve (the guest's ARP reply for it does not pass either); when the lease ends it starts over
+ * from 0.0.0.0. dnsmasq's shortest lease is 120 s, so this takes about two minutes.
  */
 export async function restartUnderDhcpcd(
   topology: Topology,
@@ -668,8 +670,12 @@ export async function restartUnderDhcpcd(
   const learned = await waitFor(
     "the restarted softnet to learn dhcpcd's lease",
     () => (restarted?.log.includes(`lease learned: ${address} `) ? true : undefined),
-    { timeoutMs: 130_000 },
+    { timeoutMs: 150_000 },
   ).catch(() => false);
+  // dhcpcd probes the address (RFC 5227) before it configures it again.
+  await waitFor("dhcpcd to configure its address again", async () => (await guest.addresses())[0], {
+    timeoutMs: 20_000,
+  }).catch(() => undefined);
   await onBridge.stop();
   const requests = `ether src ${guest.mac} and udp dst port 67`;
   return {

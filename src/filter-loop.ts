@@ -17,6 +17,7 @@ import { FrameBatch, type FrameLink } from "./platform/link.ts";
 import { type Policy, SnoopEvent } from "./policy/policy.ts";
 import { isPass, REASON_COUNT, REASON_EXPLANATIONS, Reason, reasonName } from "./policy/reasons.ts";
 import { isRejectReason, RATE_LIMITED, REJECT_REPLY_MAX_BYTES, type Rejecter } from "./policy/reject.ts";
+import { buildLeaseRelease, LEASE_RELEASE_FRAME_BYTES } from "./policy/release.ts";
 import { reportWarningOnce } from "./sentry.ts";
 import {
   describeLease,
@@ -225,6 +226,43 @@ export class FilterLoop {
     this.unsentAtLastSummary[0] = this.droppedToHost;
     this.unsentAtLastSummary[1] = this.droppedToVm;
     return parts.join(", ");
+  }
+
+  /**
+   * At a clean stop: sends the host's DHCP server a DHCPRELEASE for the VM's lease, as the VM's
+   * client would (policy/release.ts), so its address returns to the pool now rather than when the
+   * lease runs out, and forgets the lease. Only a valid lease whose ACK named its server is
+   * released. True when the release was sent. Runs once, after the loop stopped: not the hot path.
+   */
+  releaseLease(): boolean {
+    const { policy, host, logger, clock } = this.options;
+    const batch = new FrameBatch(1, Math.max(64, LEASE_RELEASE_FRAME_BYTES));
+    // Any xid: the server does not answer a DHCPRELEASE (RFC 2131 4.4.6).
+    const xid = Math.floor(Math.random() * 0x1_0000_0000);
+    const length = buildLeaseRelease(policy, clock(), xid, batch.bytes, 0);
+    if (length === 0) return false;
+    batch.lengths[0] = length;
+    batch.count = 1;
+    const address = formatIpv4(policy.lease.address);
+    let sent: number;
+    try {
+      sent = host.send(batch, new Uint16Array(1), 1);
+    } catch (error) {
+      logger.warn(`could not release the lease for ${address}: ${String(error)}`, "lease-release-failed");
+      return false;
+    }
+    if (sent !== 1) {
+      logger.warn(
+        `could not release the lease for ${address}: the host link took no frame`,
+        "lease-release-failed",
+      );
+      return false;
+    }
+    policy.lease.clear();
+    logger.info(`released the lease for ${address} at the DHCP server`, "lease-released", {
+      lease: { address },
+    });
+    return true;
   }
 
   stop(cause: StopCause): void {

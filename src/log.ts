@@ -25,6 +25,8 @@ export type LogEvent =
   | "lease-renewed"
   | "lease-refused"
   | "lease-expired"
+  | "lease-released"
+  | "lease-release-failed"
   | "drop"
   | "drop-summary"
   | "gateway-mac"

@@ -525,6 +525,8 @@ async function runFilter(setup: FilterSetup): Promise<number> {
   );
 
   const cause = await stopped;
+  // A clean stop gives the VM's address back to the DHCP server's pool (policy/release.ts).
+  if (cause.kind !== "fatal") loop.releaseLease();
   const dropped: Record<string, number> = {};
   const summary = loop.dropSummary(dropped);
   const why =

@@ -214,8 +214,9 @@ export class FrameBench {
     );
     this.ip("addr", "add", `${GATEWAY}/24`, "dev", BRIDGE);
     this.ip("link", "set", BRIDGE, "up");
-    // ip_forward stays 0: VM frames to 8.8.8.8 reach br0 (their destination MAC) and are dropped
-    // by the host's IP layer without an ICMP reply, as cheaply as the kernel can.
+    // VM frames to 8.8.8.8 go to the generator's MAC (the gateway's, as softnet learned it): the
+    // bridge hands them to the generator's TAP or drops them, and nothing answers. ip_forward
+    // stays 0. (The count is taken where they leave softnet: its TAP's rx_packets.)
     for (const tap of [GEN_TAP, NULL_TAP]) {
       this.ip("tuntap", "add", "dev", tap, "mode", "tap");
       this.ip("link", "set", tap, "master", BRIDGE, "up");
@@ -361,7 +362,9 @@ export class FrameBench {
             ...common,
             port === NULL_TAP ? "-" : `/sys/class/net/${port}/statistics/rx_packets`,
             String(pid),
-            BRIDGE_MAC,
+            // The VM's next hop: the MAC softnet learned as the gateway's (the generator's, from
+            // the ACK below). softnet sends off-network packets only to that MAC (wrong-next-hop).
+            GENERATOR_MAC,
             VM_MAC,
             VM_IP,
             GLOBAL_DESTINATION,

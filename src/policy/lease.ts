@@ -13,6 +13,11 @@ export class Lease {
   held = false;
   readonly dnsServers = new Uint32Array(MAX_DNS_SERVERS);
   dnsServerCount = 0;
+  /**
+   * The server identifier (option 54) of the ACK that granted the lease, or -1 when it had none:
+   * where a DHCPRELEASE goes (RFC 2131 4.4.6).
+   */
+  serverIdentifier = -1;
   /** Bumped on every change (learned, renewed, cleared), so the loop notices without callbacks. */
   generation = 0;
 
@@ -36,6 +41,7 @@ export class Lease {
     nowMs: number,
     dnsServers: Uint32Array,
     dnsServerCount: number,
+    serverIdentifier = -1,
   ): void {
     this.address = address;
     // 0xffffffff is "infinite" in DHCP (RFC 2131 section 3.3).
@@ -44,6 +50,7 @@ export class Lease {
     // A loop, not set(subarray()): snooping a renewal must not allocate.
     for (let i = 0; i < dnsServerCount; i++) this.dnsServers[i] = dnsServers[i];
     this.dnsServerCount = dnsServerCount;
+    this.serverIdentifier = serverIdentifier;
     this.generation++;
   }
 
@@ -51,6 +58,7 @@ export class Lease {
     if (!this.held) return;
     this.held = false;
     this.dnsServerCount = 0;
+    this.serverIdentifier = -1;
     this.generation++;
   }
 }

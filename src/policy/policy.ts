@@ -9,7 +9,8 @@
  */
 
 import { ArpOperation, arpOperation, arpSenderIp, arpSenderMac, isEthernetIpv4Arp } from "../wire/arp.ts";
-import { BROADCAST_MAC, isMulticastMac, readU16 } from "../wire/bytes.ts";
+import { BROADCAST_MAC, isMulticastMac, readU16, writeMac, writeU16, writeU32 } from "../wire/bytes.ts";
+import { checksumAfterReplacing } from "../wire/checksum.ts";
 import {
   BootpOp,
   DhcpMessage,
@@ -154,22 +155,61 @@ export class Policy {
     const udp = ip + headerLength;
     const udpAvailable = ipv4TotalLength(bytes, ip) - headerLength;
 
-    // A DHCP client message meets the DHCP checks wherever it is addressed: a host's DHCP server
-    // reads port 67 on each of its addresses, and a VM that may reach the gateway (or, with
-    // --allow, any of the host's addresses) must not reach the server past those checks.
-    if (isFirstUdp && udpAvailable >= Udp.HEADER_LENGTH && isDhcpRequestPorts(bytes, udp)) {
-      return this.classifyDhcpFromVm(bytes, ip, udp, udpAvailable, source, destination, nowMs);
+    // Anything for the DHCP server port meets the DHCP checks wherever it is addressed: a host's
+    // DHCP server reads port 67 on each of its addresses, and a VM that may reach the gateway (or,
+    // with --allow, any of the host's addresses) must not reach the server past those checks. Only
+    // the client port talks to it (RFC 2131 4.1: client 68, server 67); UDP from port 68 to any
+    // other port is no DHCP and meets the rules like any packet.
+    if (
+      isFirstUdp &&
+      udpAvailable >= Udp.HEADER_LENGTH &&
+      udpDestinationPort(bytes, udp) === DhcpPort.SERVER
+    ) {
+      if (udpSourcePort(bytes, udp) !== DhcpPort.CLIENT) return Reason.DHCP_PORTS;
+      const verdict = this.classifyDhcpFromVm(bytes, ip, udp, udpAvailable, source, destination, nowMs);
+      return isPass(verdict) ? this.checkNextHop(bytes, ip, verdict) : verdict;
     }
 
     const udpValid = isFirstUdp && isValidUdp(bytes, udp, udpAvailable);
     if (this.lease.isValidSource(source, nowMs)) {
       const permitted = this.permittedDestination(bytes, udp, udpValid, destination);
+      if (isPass(permitted)) return this.checkNextHop(bytes, ip, permitted);
       if (permitted !== Reason.NOT_ALLOWED_DESTINATION) return permitted;
       if (isFirstUdp && !udpValid) return Reason.MALFORMED_UDP;
       return Reason.NOT_ALLOWED_DESTINATION;
     }
     if (!this.lease.isValidAt(nowMs)) return Reason.NO_LEASE;
     return Reason.IP_SPOOF;
+  }
+
+  /**
+   * Which MAC a permitted packet may be sent to. The Ethernet destination picks the next hop: a
+   * packet for beyond the VM's network sent to another router's MAC on the bridge would go around
+   * the host's routing, NAT and firewall. So:
+   *
+   * - For beyond the gateway's network: the gateway's MAC only, as learned from the host's own
+   *   frames (classifyHostSource). Until it is known, nothing: the VM's ARP for the gateway is
+   *   answered first, so this holds back only what a guest sends before it has resolved it.
+   * - Inside the gateway's network: any unicast MAC. The destination address is on the link, so
+   *   whichever host the frame reaches can only deliver it there, and the rules allowed that
+   *   address already (softnet knows no other neighbour's MAC to check it against).
+   * - A broadcast or multicast frame carries only what such frames are for: the limited and the
+   *   network's broadcast address, and multicast groups (RFC 1112 6.4, RFC 919/922). A unicast
+   *   packet in one would be flooded to every host on the bridge, any of them a router.
+   */
+  private checkNextHop(bytes: Uint8Array, ip: number, verdict: ReasonCode): ReasonCode {
+    // Read again: a DHCP request may have been readdressed (sourceAsUnspecified).
+    const destination = ipv4Destination(bytes, ip);
+    const destinationMac = ethernetDestination(bytes, ip - Ethernet.HEADER_LENGTH);
+    const onLink = networkContains(this.gateway, this.prefixLength, destination);
+    if (isMulticastMac(destinationMac)) {
+      if (destination >= FIRST_MULTICAST) return verdict;
+      const hostBits = this.prefixLength === 32 ? 0 : 0xffffffff >>> this.prefixLength;
+      if (onLink && hostBits !== 0 && (destination & hostBits) >>> 0 === hostBits) return verdict;
+      return Reason.WRONG_NEXT_HOP;
+    }
+    if (onLink) return verdict;
+    return destinationMac === this.gatewayMac ? verdict : Reason.WRONG_NEXT_HOP;
   }
 
   /**
@@ -194,13 +234,26 @@ export class Policy {
   }
 
   /**
-   * A DHCP client message (UDP from port 68 or to port 67, as the original matches them). To the
-   * host's server (broadcast, or unicast to the gateway) it passes with or without a lease, before
-   * any rule, or the VM could never get or renew one; elsewhere it needs what any packet needs.
-   * Either way it must be well formed, ask for this VM's MAC as a client talking directly to the
-   * server, and come from a source the VM may use; and the options that would let the VM choose
-   * another identity at the server are cleared before it leaves (stripClientOptions), so the server
-   * knows the VM by its MAC alone: one lease per VM, never another client's.
+   * A DHCP client message (UDP 68 to 67). To the host's server (broadcast, or unicast to the
+   * gateway) it passes before any rule, or the VM could never get or renew a lease; elsewhere it
+   * needs what any packet needs. Either way it must be well formed, ask for this VM's MAC as a
+   * client talking directly to the server, and come from a source a DHCP client uses:
+   *
+   * - 0.0.0.0, before the client has an address (RFC 2131 4.1; INIT, INIT-REBOOT, and REBINDING
+   *   as busybox udhcpc sends it);
+   * - the leased address, while softnet knows the lease (RENEWING and REBINDING, 4.4.5);
+   * - while softnet knows no lease (it restarted under a VM that kept its address), a DHCPREQUEST
+   *   whose source is its ciaddr: the client renewing or rebinding a lease softnet missed. That
+   *   address may be another VM's, so it never reaches the host as a source: the request leaves
+   *   readdressed from 0.0.0.0 to the limited broadcast (sourceAsUnspecified), which is a
+   *   REBINDING request the server judges by its own lease table. It ACKs only the lease it holds
+   *   for this VM's MAC, and answers anything else with a broadcast NAK (4.3.2); its answers to
+   *   ciaddr go where ARP for that address leads, never to a source the VM chose. The host's
+   *   stack answers no datagram from 0.0.0.0 with an ICMP error (RFC 1122 3.2.2).
+   *
+   * The options that would let the VM choose another identity at the server are cleared before it
+   * leaves (stripClientOptions), so the server knows the VM by its MAC alone: one lease per VM,
+   * never another client's, and no name another VM registered.
    */
   private classifyDhcpFromVm(
     bytes: Uint8Array,
@@ -229,34 +282,33 @@ export class Policy {
     ) {
       return Reason.DHCP_SPOOF;
     }
-    if (!this.isDhcpClientSource(source, nowMs)) return Reason.IP_SPOOF;
 
+    const toServer = destination === LIMITED_BROADCAST || destination === this.gateway;
+    const leaseValid = this.lease.isValidAt(nowMs);
     let verdict: ReasonCode;
-    if (destination === LIMITED_BROADCAST || destination === this.gateway) {
+    let readdress = false;
+    if (source === UNSPECIFIED) {
+      if (!toServer) return leaseValid ? Reason.IP_SPOOF : Reason.NO_LEASE;
       verdict = Reason.PASS_DHCP;
-    } else if (this.lease.isValidSource(source, nowMs)) {
-      verdict = this.permittedDestination(bytes, udp, true, destination);
+    } else if (leaseValid) {
+      if (source !== this.lease.address) return Reason.IP_SPOOF;
+      verdict = toServer ? Reason.PASS_DHCP : this.permittedDestination(bytes, udp, true, destination);
     } else {
-      verdict = this.lease.isValidAt(nowMs) ? Reason.IP_SPOOF : Reason.NO_LEASE;
+      // No lease known: only a renewal of the address the client says it holds, to the server.
+      if (source === this.gateway || source >= FIRST_MULTICAST || message.clientAddress !== source) {
+        return Reason.IP_SPOOF;
+      }
+      if (!toServer || message.messageType !== DhcpMessageType.REQUEST) return Reason.NO_LEASE;
+      verdict = Reason.PASS_DHCP;
+      readdress = true;
     }
     if (!isPass(verdict)) return verdict;
 
     const clearedSum = stripClientOptions(bytes, dhcp, dhcpLength);
     if (clearedSum < 0) return Reason.MALFORMED_DHCP; // readDhcp walked the same list; never trust it
     if (clearedSum > 0) updateUdpChecksumAfterClearing(bytes, udp, clearedSum);
+    if (readdress) sourceAsUnspecified(bytes, ip, udp);
     return verdict;
-  }
-
-  /**
-   * Which source address a DHCP client message may carry: 0.0.0.0 (no address yet), or the lease
-   * (renewing, rebinding, releasing). While softnet knows no lease, e.g. after a restart under a
-   * VM that kept its address, any unicast address but the gateway's: never the gateway's, which
-   * is how VMs tell the host apart from each other (classifyHostSource).
-   */
-  private isDhcpClientSource(source: number, nowMs: number): boolean {
-    if (source === UNSPECIFIED) return true;
-    if (this.lease.isValidAt(nowMs)) return source === this.lease.address;
-    return source !== this.gateway && source < FIRST_MULTICAST;
   }
 
   private classifyFromHost(bytes: Uint8Array, offset: number, length: number, nowMs: number): ReasonCode {
@@ -340,6 +392,7 @@ export class Policy {
         nowMs,
         message.dnsServers,
         message.dnsServerCount,
+        message.serverIdentifier,
       );
       this.lastSnoopEvent = SnoopEvent.LEASE_GRANTED;
     } else if (message.messageType === DhcpMessageType.NAK) {
@@ -349,7 +402,27 @@ export class Policy {
   }
 }
 
-/** DHCP client-to-server ports, as the original matches them: source 68 or destination 67. */
-function isDhcpRequestPorts(bytes: Uint8Array, udp: number): boolean {
-  return udpSourcePort(bytes, udp) === DhcpPort.CLIENT || udpDestinationPort(bytes, udp) === DhcpPort.SERVER;
+/**
+ * Readdresses a DHCP request in place from 0.0.0.0 to 255.255.255.255, in a broadcast frame
+ * (Linux takes 0.0.0.0 as a source only towards the limited broadcast: ip_route_input_slow). The
+ * IPv4 header and UDP checksums follow incrementally (RFC 1624 eqn. 3), the UDP one through its
+ * pseudo-header (RFC 768); a UDP checksum of zero (none sent) stays zero.
+ */
+function sourceAsUnspecified(bytes: Uint8Array, ip: number, udp: number): void {
+  const oldSum = addressWords(ipv4Source(bytes, ip)) + addressWords(ipv4Destination(bytes, ip));
+  const newSum = addressWords(UNSPECIFIED) + addressWords(LIMITED_BROADCAST);
+  writeU32(bytes, ip + Ipv4.SOURCE, UNSPECIFIED);
+  writeU32(bytes, ip + Ipv4.DESTINATION, LIMITED_BROADCAST);
+  const ipChecksum = readU16(bytes, ip + Ipv4.CHECKSUM);
+  writeU16(bytes, ip + Ipv4.CHECKSUM, checksumAfterReplacing(ipChecksum, oldSum, newSum));
+  const udpChecksum = readU16(bytes, udp + Udp.CHECKSUM);
+  if (udpChecksum !== 0) {
+    writeU16(bytes, udp + Udp.CHECKSUM, checksumAfterReplacing(udpChecksum, oldSum, newSum) || 0xffff);
+  }
+  writeMac(bytes, ip - Ethernet.HEADER_LENGTH + Ethernet.DESTINATION, BROADCAST_MAC);
+}
+
+/** An IPv4 address as the sum of its two 16-bit words, as checksums see it. */
+function addressWords(address: number): number {
+  return (address >>> 16) + (address & 0xffff);
 }

@@ -34,11 +34,14 @@ export const Reason = {
   NOT_FOR_THIS_VM: 23,
   FROM_ANOTHER_VM: 24,
   NOT_FROM_GATEWAY: 25,
+  // Added later, so the numbers above (in captures and counters) stay as they were. From the VM.
+  DHCP_PORTS: 26,
+  WRONG_NEXT_HOP: 27,
 } as const;
 
 export type ReasonCode = (typeof Reason)[keyof typeof Reason];
 
-export const REASON_COUNT = 26;
+export const REASON_COUNT = 28;
 const FIRST_DROP_REASON = Reason.MALFORMED_ETHERNET;
 
 export function isPass(reason: ReasonCode): boolean {
@@ -73,6 +76,8 @@ export const REASON_NAMES: readonly string[] = [
   "not-for-this-vm",
   "from-another-vm",
   "not-from-gateway",
+  "dhcp-ports",
+  "wrong-next-hop",
 ];
 
 /** What each drop means, in words for a person reading the log. */
@@ -103,6 +108,8 @@ export const REASON_EXPLANATIONS: readonly string[] = [
   "unicast to another MAC address (a bridge floods frames for MACs it has not learned)",
   "the VM is isolated: source is another address on its network (another VM), or 0.0.0.0",
   "the VM is isolated: from a MAC other than the gateway's",
+  "UDP to the DHCP server port (67) from a port other than the DHCP client's (68)",
+  "a packet for beyond the VM's network not sent to the gateway's MAC (or the gateway's MAC is not known yet), or a unicast packet in a broadcast or multicast frame",
 ];
 
 export function reasonName(reason: number): string {

@@ -44,6 +44,16 @@ export function checksumAfterClearing(checksum: number, clearedSum: number): num
   return ~foldSum((~checksum & 0xffff) + (~cleared & 0xffff)) & 0xffff;
 }
 
+/**
+ * The checksum field's new value after words it covers changed from summing to `oldSum` to
+ * summing to `newSum` (running sums as sumWords makes them): RFC 1624 eqn. 3, HC' = ~(~HC + ~m +
+ * m'), with the one's complement sum of the ~m terms taken as ~(sum of m).
+ */
+export function checksumAfterReplacing(checksum: number, oldSum: number, newSum: number): number {
+  const removed = ~foldSum(oldSum) & 0xffff;
+  return ~foldSum((~checksum & 0xffff) + removed + foldSum(newSum)) & 0xffff;
+}
+
 /** Folds a running sum to 16 bits with end-around carry, not complemented. */
 function foldSum(sum: number): number {
   let folded = sum;

@@ -48,6 +48,7 @@ export const DhcpOption = {
   SUBNET_MASK: 1,
   ROUTER: 3,
   DOMAIN_NAME_SERVER: 6,
+  HOST_NAME: 12,
   REQUESTED_IP_ADDRESS: 50,
   LEASE_TIME: 51,
   /** RFC 2132 9.3: the sname and file fields hold more options. */
@@ -55,6 +56,8 @@ export const DhcpOption = {
   MESSAGE_TYPE: 53,
   SERVER_IDENTIFIER: 54,
   CLIENT_IDENTIFIER: 61,
+  /** RFC 4702: the client's fully qualified domain name, for the server to register in DNS. */
+  CLIENT_FQDN: 81,
   /** RFC 3046: added by relay agents, never by a client. */
   RELAY_AGENT_INFORMATION: 82,
   /** RFC 3011: asks for an address on another subnet than the one the message arrived on. */
@@ -225,6 +228,11 @@ function readOption(
  *   for an address on another network the server serves (dnsmasq honours both).
  * - 52, option overload: without it, a server reads no options out of sname and file, which are
  *   not walked here.
+ * - 12, host name (RFC 2132 3.14), and 81, client FQDN (RFC 4702): dnsmasq enters the name a
+ *   client gives in its DNS, for the address it leases to that client, taking it from any earlier
+ *   holder; one VM could take another's name, and with it the other's traffic. A VM cannot prove
+ *   it owns a name, and softnet knows no other VM's, so no VM registers one: names come from the
+ *   server's own configuration, keyed by MAC (dnsmasq dhcp-host=MAC,name).
  *
  * Every instance goes, so RFC 3396 split options go whole. The message keeps its length, so no
  * header but the UDP checksum needs fixing. Returns the cleared bytes' sum for
@@ -273,6 +281,8 @@ export function stripClientOptions(bytes: Uint8Array, offset: number, length: nu
 function isStrippedClientOption(code: number): boolean {
   return (
     code === DhcpOption.CLIENT_IDENTIFIER ||
+    code === DhcpOption.HOST_NAME ||
+    code === DhcpOption.CLIENT_FQDN ||
     code === DhcpOption.RELAY_AGENT_INFORMATION ||
     code === DhcpOption.SUBNET_SELECTION ||
     code === DhcpOption.OPTION_OVERLOAD

@@ -5,20 +5,30 @@
 // identifier (dhcpcd, like systemd-networkd and netplan) still gets its lease.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import {
+  ADDRESSES,
   drainWithClientIds,
   duidClient,
+  forgedClientPort,
+  leaseAfterStop,
+  restartUnderDhcpcd,
+  restartUnderLiveClient,
   type SoftnetFactory,
   softnet,
   stealLeaseWithClientId,
   Topology,
+  takeHostName,
 } from "./lib/index.ts";
 
 /** dnsmasq's pool for the exhaustion test: five addresses. */
 const SMALL_POOL = { first: "192.168.64.10", last: "192.168.64.14" };
 const fromSource: SoftnetFactory = (args) => softnet(args);
 
+/** A pool of one address: whether a stopped VM's address is free again shows at once. */
+const ONE_ADDRESS = { first: "192.168.64.20", last: "192.168.64.20" };
+
 let small: Topology;
 let topology: Topology;
+let single: Topology;
 
 beforeAll(async () => {
   if (Bun.which("dhcpcd", { PATH: "/usr/sbin:/usr/bin:/sbin:/bin" }) === null) {
@@ -26,11 +36,13 @@ beforeAll(async () => {
   }
   small = await Topology.create({ dhcpRange: SMALL_POOL });
   topology = await Topology.create();
+  single = await Topology.create({ dhcpRange: ONE_ADDRESS });
 });
 
 afterAll(async () => {
   await small?.teardown();
   await topology?.teardown();
+  await single?.teardown();
 });
 
 describe("one VM cannot drain the pool with invented client identifiers", () => {
@@ -83,5 +95,81 @@ describe("a guest with a DUID client identifier still gets its lease", () => {
     expect(outcome.serverLease?.clientId).toBe("*");
     expect(outcome.guest.forwarder?.log).toContain(`lease learned: ${outcome.address} `);
     expect(outcome.reachesGateway).toBe(true);
+  }, 120_000);
+});
+
+describe("the DHCP client port is no way around the rules", () => {
+  test("from port 68, forged and another VM's source, no lease, --block 0.0.0.0/0: nothing reaches the gateway's other ports", async () => {
+    const outcome = await forgedClientPort(topology, fromSource);
+    const detail = `attacker's softnet:\n${outcome.attacker.forwarder?.log}`;
+    expect(outcome.forgedOnBridge, detail).toBe(0);
+    expect(outcome.answersOnBridge, detail).toBe(0);
+    expect(outcome.queriesLogged, detail).toEqual([]);
+    expect(outcome.attacker.forwarder?.log).toContain("dropped from VM: no-lease");
+    // Its real DHCP still works: 0.0.0.0:68 to the server's port 67.
+    expect(outcome.attackerLease?.address, detail).toMatch(/^192\.168\.64\./);
+  }, 120_000);
+});
+
+describe("a VM cannot take the DNS name another VM registered", () => {
+  test("a second VM asking as the first's host name (option 12 and FQDN 81) does not make dnsmasq resolve it to the second", async () => {
+    const outcome = await takeHostName(topology, fromSource, "buildvm");
+    const detail = JSON.stringify({ answers: outcome.answers, second: outcome.secondLease });
+    expect(outcome.secondLease?.address, detail).toBeDefined();
+    expect(outcome.answers, detail).not.toContain(outcome.secondLease!.address);
+    // No name is registered from the VM's side at all: dnsmasq's lease has none.
+    const leases = topology.dhcpServerLeases().filter((lease) => lease.mac === outcome.second.mac);
+    expect(
+      leases.map((lease) => lease.hostname),
+      detail,
+    ).toEqual(["*"]);
+  }, 120_000);
+});
+
+describe("a stopped VM's address goes back to the pool at once", () => {
+  test("after SIGINT the lease leaves dnsmasq's lease file and a VM with another MAC takes the address from a pool of one", async () => {
+    const outcome = await leaseAfterStop(single, fromSource, "signal");
+    const detail = `first softnet:\n${outcome.firstLog}\n${single.logs()}`;
+    expect(outcome.leaseWhileRunning?.address, detail).toBe(ONE_ADDRESS.first);
+    expect(outcome.leaseAfterStop, detail).toBeUndefined();
+    expect(outcome.firstLog).toContain(`released the lease for ${ONE_ADDRESS.first}`);
+    expect(outcome.secondError, detail).toBeUndefined();
+    expect(outcome.secondLease?.address, detail).toBe(ONE_ADDRESS.first);
+    expect(outcome.second.mac).not.toBe(outcome.first.mac);
+  }, 120_000);
+});
+
+describe("a guest whose softnet restarted renews the address it kept", () => {
+  test("busybox udhcpc renews by unicast; it leaves softnet from 0.0.0.0 to the broadcast, and softnet learns the lease", async () => {
+    const outcome = await restartUnderLiveClient(topology, fromSource);
+    const detail = `restarted softnet:\n${outcome.guest.forwarder?.log}`;
+    expect(outcome.renewed?.address, detail).toBe(outcome.lease.address);
+    expect(outcome.guest.forwarder?.log, detail).toContain(`lease learned: ${outcome.lease.address} `);
+    // On the bridge: the renewal came from 0.0.0.0, never from the address it named.
+    expect(outcome.requestsOnBridgeFromAddress, detail).toBe(0);
+    expect(outcome.requestsOnBridgeFromUnspecified, detail).toBeGreaterThan(0);
+    expect(await outcome.guest.ping(ADDRESSES.globalHost)).toBe(true);
+  }, 120_000);
+});
+
+describe("dhcpcd recovers across a softnet restart too", () => {
+  test("dhcpcd keeps or gets back its address and softnet learns the lease; the bridge sees its requests from 0.0.0.0 only", async () => {
+    const outcome = await restartUnderDhcpcd(topology, fromSource);
+    const detail = `dhcpcd:\n${outcome.dhcpcdLog}\nrestarted softnet:\n${outcome.guest.forwarder?.log}\nbridge:\n${outcome.dhcpOnBridge.join("\n")}`;
+    expect(outcome.learned, detail).toBe(true);
+    expect(outcome.requestsOnBridgeFromAddress, detail).toBe(0);
+    expect(outcome.requestsOnBridgeFromUnspecified, detail).toBeGreaterThan(0);
+    expect(await outcome.guest.addresses(), detail).toEqual([outcome.address]);
+  }, 200_000);
+});
+
+describe("a stopped VM's address goes back to the pool when the VM closes its end too", () => {
+  test("after the VM end closes, dnsmasq forgets the lease", async () => {
+    const own = await Topology.create({ dhcpRange: ONE_ADDRESS });
+    const outcome = await leaseAfterStop(own, fromSource, "vm-closed").finally(() => own.teardown());
+    const detail = `first softnet:\n${outcome.firstLog}`;
+    expect(outcome.leaseWhileRunning, detail).toBeDefined();
+    expect(outcome.leaseAfterStop, detail).toBeUndefined();
+    expect(outcome.secondLease?.address, detail).toBe(outcome.firstLease.address);
   }, 120_000);
 });

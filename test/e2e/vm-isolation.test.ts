@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import {
   floodToUnknownMacs,
   neighbourWithIsolationOff,
+  nextHopElsewhere,
   type SoftnetFactory,
   softnet,
   Topology,
@@ -46,5 +47,16 @@ describe("frames flooded by the bridge reach no VM but the one they are for", ()
     // The bridge itself no longer floods to softnet's ports (unicast flooding off, README "A VM's
     // MAC address is its own on the bridge"); softnet's own not-for-this-vm check behind it is
     // covered frame by frame in test/unit/policy.test.ts.
+  }, 120_000);
+});
+
+describe("a VM cannot choose another router on the bridge as its next hop", () => {
+  test("to the global host through another machine's MAC: that machine sees nothing; through the gateway it gets there", async () => {
+    const outcome = await nextHopElsewhere(topology, fromSource);
+    const detail = `softnet:\n${outcome.guest.forwarder?.log}`;
+    expect(outcome.reachedBefore).toBe(true);
+    expect(outcome.atRouter, detail).toBe(0);
+    expect(outcome.guest.forwarder?.log, detail).toContain("dropped from VM: wrong-next-hop");
+    expect(outcome.reachedAfter).toBe(true);
   }, 120_000);
 });

@@ -11,10 +11,14 @@ import {
   drainWithClientIds,
   duidClient,
   floodToUnknownMacs,
+  forgedClientPort,
+  leaseAfterStop,
   neighbourWithIsolationOff,
+  nextHopElsewhere,
   type SoftnetFactory,
   stealLeaseWithClientId,
   Topology,
+  takeHostName,
 } from "../e2e/lib/index.ts";
 import { REQUIRED_IN_CI } from "../support/ci.ts";
 import { EtcOverlay } from "../support/etc-overlay.ts";
@@ -82,6 +86,31 @@ describe.skipIf(!runnable && !REQUIRED_IN_CI)(
       expect(outcome.victimReachable).toBe(true);
     }, 180_000);
 
+    test("from port 68 with forged sources and no lease, nothing reaches the gateway's DNS or other ports", async () => {
+      const outcome = await forgedClientPort(topology, setuidSoftnet);
+      runsAsAttacker(outcome.attacker.forwarder?.log);
+      expect(outcome.forgedOnBridge).toBe(0);
+      expect(outcome.answersOnBridge).toBe(0);
+      expect(outcome.queriesLogged).toEqual([]);
+    }, 180_000);
+
+    test("a second VM asking as the first's host name does not take the name at dnsmasq", async () => {
+      const outcome = await takeHostName(topology, setuidSoftnet, "setuidvm");
+      expect(outcome.secondLease).toBeDefined();
+      expect(outcome.answers).not.toContain(outcome.secondLease!.address);
+    }, 180_000);
+
+    test("SIGINT to the setuid softnet releases the lease: a VM with another MAC takes the only address", async () => {
+      const single = await Topology.create({ dhcpRange: { first: "192.168.64.30", last: "192.168.64.30" } });
+      try {
+        const outcome = await leaseAfterStop(single, setuidSoftnet, "signal");
+        expect(outcome.leaseAfterStop).toBeUndefined();
+        expect(outcome.secondLease?.address).toBe("192.168.64.30");
+      } finally {
+        await single.teardown();
+      }
+    }, 180_000);
+
     test("a DUID client (dhcpcd) gets its lease, and its identifier never reaches the bridge", async () => {
       const outcome = await duidClient(topology, setuidSoftnet);
       expect(outcome.clientIdsSent.length).toBeGreaterThan(0);
@@ -101,6 +130,13 @@ describe.skipIf(!runnable && !REQUIRED_IN_CI)(
       expect(outcome.fromAttackerAtVictim).toBe(0);
       expect(outcome.udpAtOpen).toBe(20);
       expect(outcome.hostPingsVictim).toBe(true);
+    }, 180_000);
+
+    test("another router on the bridge as next hop sees nothing of the VM's traffic for the internet", async () => {
+      const outcome = await nextHopElsewhere(topology, setuidSoftnet);
+      runsAsAttacker(outcome.guest.forwarder?.log);
+      expect(outcome.atRouter).toBe(0);
+      expect(outcome.reachedAfter).toBe(true);
     }, 180_000);
 
     test("unicast flooded to unknown MACs reaches no VM behind softnet", async () => {

@@ -2,8 +2,8 @@
  * A VM's identity at the host's DHCP server is its MAC, and nothing it writes can change that.
  * dnsmasq and macOS bootpd key a lease by the client identifier (option 61) when a message has
  * one, by htype + chaddr otherwise; softnet pins chaddr to the VM's MAC and clears option 61 (and
- * 82, 118, 52: another network, or options hidden in sname/file) from every client message it lets
- * through, in place, with PAD bytes, keeping the UDP checksum right. These tests read the bytes
+ * 82, 118, 52: another network, or options hidden in sname/file; 12 and 81: a name for the server
+ * to register in DNS, which another VM may hold) from every client message it lets through, in place, with PAD bytes, keeping the UDP checksum right. These tests read the bytes
  * that leave softnet.
  */
 import { describe, expect, test } from "bun:test";
@@ -11,8 +11,8 @@ import fc from "fast-check";
 import { Policy } from "../../src/policy/policy.ts";
 import { isPass, reasonName } from "../../src/policy/reasons.ts";
 import { RuleTable } from "../../src/policy/rules.ts";
-import { parseIpv4, parseMac, readU16, readU32, writeU16 } from "../../src/wire/bytes.ts";
-import { finishChecksum, pseudoHeaderSum, sumWords } from "../../src/wire/checksum.ts";
+import { formatIpv4, parseIpv4, parseMac, readU16, readU32, writeU16 } from "../../src/wire/bytes.ts";
+import { finishChecksum, internetChecksum, pseudoHeaderSum, sumWords } from "../../src/wire/checksum.ts";
 import { Dhcp, DhcpMessageType, DhcpOption, parseDhcp } from "../../src/wire/dhcp.ts";
 import { IpProtocol } from "../../src/wire/ipv4.ts";
 import { dhcpClientFrame, dhcpServerFrame, GATEWAY, OTHER_MAC, VM_IP, VM_MAC } from "../support/frames.ts";
@@ -25,6 +25,8 @@ const STRIPPED = [
   DhcpOption.RELAY_AGENT_INFORMATION,
   DhcpOption.SUBNET_SELECTION,
   DhcpOption.OPTION_OVERLOAD,
+  DhcpOption.HOST_NAME,
+  DhcpOption.CLIENT_FQDN,
 ];
 
 function newPolicy(lease = false): Policy {
@@ -79,6 +81,10 @@ function udpChecksumHolds(frame: Uint8Array): boolean {
 }
 
 const hostname = (name: string) => [12, name.length, ...new TextEncoder().encode(name)];
+/** Option 60, vendor class identifier (RFC 2132 9.13): names no client, so it is kept. */
+const vendorClass = (name: string) => [60, name.length, ...new TextEncoder().encode(name)];
+/** Option 81 (RFC 4702 2): flags (S: the server updates the A record), RCODE1, RCODE2, the name. */
+const clientFqdn = (name: string) => [81, 3 + name.length, 0x01, 0, 0, ...new TextEncoder().encode(name)];
 const PARAMETER_REQUEST_LIST = [55, 4, 1, 3, 6, 15];
 /** RFC 4361: type 255, a 4-byte IAID, then a DUID (here DUID-EN, type 2, as systemd builds it). */
 const DUID_CLIENT_ID = new Uint8Array([
@@ -93,11 +99,11 @@ describe("the options that would give a VM another identity are cleared", () => 
           1,
           ...OTHER_MAC.split(":").map((byte) => Number.parseInt(byte, 16)),
         ]),
-        rawOptions: new Uint8Array([...hostname("vm1"), ...PARAMETER_REQUEST_LIST]),
+        rawOptions: new Uint8Array([...vendorClass("vm1"), ...PARAMETER_REQUEST_LIST]),
       },
     });
     const before = frame.slice();
-    expect(options(before).map(([code]) => code)).toEqual([53, 61, 12, 55]);
+    expect(options(before).map(([code]) => code)).toEqual([53, 61, 60, 55]);
     expect(fromVm(newPolicy(), frame)).toBe("dhcp");
     expect(frame.length).toBe(before.length);
     expect(options(frame)).toEqual(options(before).filter(([code]) => code !== 61));
@@ -127,21 +133,21 @@ describe("the options that would give a VM another identity are cleared", () => 
           ...[82, 8, 1, 2, 0x61, 0x62, 2, 2, 0x63, 0x64],
           ...[118, 4, 10, 5, 0, 0],
           ...[52, 1, 3],
-          ...hostname("vm1"),
+          ...vendorClass("vm1"),
         ]),
       },
     });
     expect(fromVm(newPolicy(), frame)).toBe("dhcp");
-    expect(options(frame).map(([code]) => code)).toEqual([53, 12]);
+    expect(options(frame).map(([code]) => code)).toEqual([53, 60]);
     expect(udpChecksumHolds(frame)).toBe(true);
   });
 
   test("a client identifier split in two (RFC 3396) goes whole", () => {
     const frame = dhcpClientFrame({
-      dhcp: { rawOptions: new Uint8Array([61, 3, 1, 2, 0, 12, 1, 0x61, 61, 5, 0, 0, 0, 0, 0x99]) },
+      dhcp: { rawOptions: new Uint8Array([61, 3, 1, 2, 0, 60, 1, 0x61, 61, 5, 0, 0, 0, 0, 0x99]) },
     });
     expect(fromVm(newPolicy(), frame)).toBe("dhcp");
-    expect(options(frame).map(([code]) => code)).toEqual([53, 12]);
+    expect(options(frame).map(([code]) => code)).toEqual([53, 60]);
     expect(udpChecksumHolds(frame)).toBe(true);
   });
 
@@ -164,8 +170,25 @@ describe("the options that would give a VM another identity are cleared", () => 
     expect(frame).toEqual(before);
   });
 
+  test("a host name (12) and a client FQDN (81) are cleared: no VM registers a name another may hold", () => {
+    const frame = dhcpClientFrame({
+      messageType: DhcpMessageType.REQUEST,
+      dhcp: {
+        rawOptions: new Uint8Array([
+          ...hostname("buildvm"),
+          ...clientFqdn("buildvm.example."),
+          ...vendorClass("vm1"),
+          ...PARAMETER_REQUEST_LIST,
+        ]),
+      },
+    });
+    expect(fromVm(newPolicy(), frame)).toBe("dhcp");
+    expect(options(frame).map(([code]) => code)).toEqual([53, 60, 55]);
+    expect(udpChecksumHolds(frame)).toBe(true);
+  });
+
   test("a message with nothing to clear goes out byte for byte", () => {
-    const frame = dhcpClientFrame({ dhcp: { rawOptions: new Uint8Array(hostname("vm1")) } });
+    const frame = dhcpClientFrame({ dhcp: { rawOptions: new Uint8Array(vendorClass("vm1")) } });
     const before = frame.slice();
     expect(fromVm(newPolicy(), frame)).toBe("dhcp");
     expect(frame).toEqual(before);
@@ -185,6 +208,38 @@ describe("the options that would give a VM another identity are cleared", () => 
     expect(udpChecksumHolds(frame)).toBe(false);
     expect(fromVm(newPolicy(), frame)).toBe("dhcp");
     expect(udpChecksumHolds(frame)).toBe(false);
+  });
+
+  test("a renewal while softnet knows no lease leaves from 0.0.0.0 to the broadcast, checksums right", () => {
+    // softnet restarted under a VM that kept its address: the request's source may be any
+    // address, another VM's included, so it never reaches the host as a source.
+    const frame = dhcpClientFrame({
+      src: VM_IP,
+      dst: GATEWAY,
+      messageType: DhcpMessageType.REQUEST,
+      dhcp: { clientAddress: VM_IP, rawOptions: new Uint8Array(hostname("vm1")) },
+    });
+    const policy = newPolicy();
+    expect(fromVm(policy, frame)).toBe("dhcp");
+    expect(formatIpv4(readU32(frame, IP_AT + 12))).toBe("0.0.0.0");
+    expect(formatIpv4(readU32(frame, IP_AT + 16))).toBe("255.255.255.255");
+    expect(Array.from(frame.subarray(0, 6))).toEqual([255, 255, 255, 255, 255, 255]);
+    expect(internetChecksum(frame, IP_AT, 20)).toBe(0);
+    expect(udpChecksumHolds(frame)).toBe(true);
+    // ciaddr stays: the server answers the lease it holds for this MAC, or NAKs.
+    expect(parseDhcp(frame.subarray(DHCP_AT))?.clientAddress).toBe(VM_IP);
+    expect(options(frame).map(([code]) => code)).toEqual([53]);
+    // The same with a renewal that came without a UDP checksum: none is made up.
+    const unsummed = dhcpClientFrame({
+      src: VM_IP,
+      dst: GATEWAY,
+      messageType: DhcpMessageType.REQUEST,
+      dhcp: { clientAddress: VM_IP },
+    });
+    writeU16(unsummed, UDP_AT + 6, 0);
+    expect(fromVm(newPolicy(), unsummed)).toBe("dhcp");
+    expect(readU16(unsummed, UDP_AT + 6)).toBe(0);
+    expect(internetChecksum(unsummed, IP_AT, 20)).toBe(0);
   });
 
   test("a dropped message is left exactly as it came", () => {
@@ -289,7 +344,8 @@ describe("properties over generated option lists", () => {
         // A later fragment has no UDP header; its datagram could only reach a server with a first
         // fragment, and a first fragment of a DHCP message is refused (policy.test.ts).
         if ((readU16(frame, IP_AT + 6) & 0x1fff) !== 0 || frame[IP_AT + 9] !== IpProtocol.UDP) return;
-        if (readU16(frame, UDP_AT + 2) !== 67 && readU16(frame, UDP_AT) !== 68) return;
+        // A server reads port 67 only; from port 68 to any other port is ordinary UDP.
+        if (readU16(frame, UDP_AT + 2) !== 67) return;
         const codes = options(frame).map(([code]) => code);
         for (const code of STRIPPED) expect(codes).not.toContain(code);
         expect(frame.subarray(DHCP_AT + 28, DHCP_AT + 34)).toEqual(

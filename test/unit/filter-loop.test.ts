@@ -10,9 +10,28 @@ import { FrameBatch, type FrameLink } from "../../src/platform/link.ts";
 import { Policy } from "../../src/policy/policy.ts";
 import { RuleTable } from "../../src/policy/rules.ts";
 import { type PortForwardBackend, PortForwards } from "../../src/port-forwards.ts";
-import { formatIpv4, parseIpv4, parseMac } from "../../src/wire/bytes.ts";
-import { DhcpMessageType } from "../../src/wire/dhcp.ts";
-import { dhcpServerFrame, GATEWAY, OTHER_MAC, tcpFrame, udpFrame, VM_IP, VM_MAC } from "../support/frames.ts";
+import {
+  formatIpv4,
+  formatMac,
+  parseIpv4,
+  parseMac,
+  readMac,
+  readU16,
+  readU32,
+} from "../../src/wire/bytes.ts";
+import { finishChecksum, internetChecksum, pseudoHeaderSum, sumWords } from "../../src/wire/checksum.ts";
+import { DhcpMessageType, parseDhcp } from "../../src/wire/dhcp.ts";
+import { parseUdp } from "../../src/wire/udp.ts";
+import {
+  dhcpServerFrame,
+  GATEWAY,
+  HOST_MAC,
+  OTHER_MAC,
+  tcpFrame,
+  udpFrame,
+  VM_IP,
+  VM_MAC,
+} from "../support/frames.ts";
 
 /** A link backed by arrays: `incoming` is what receive() hands out, `sent` what send() got. */
 class MemoryLink implements FrameLink {
@@ -190,6 +209,55 @@ describe("the filter loop", () => {
     expect(policy.lease.isValidAt(1000 + 120_000)).toBe(false);
     expect(lines.some((line) => line.includes(`lease for ${VM_IP} expired`))).toBe(true);
     expect(leaseChanges()).toBe(3);
+  });
+
+  test("at a stop, the lease is released at the server that granted it, as the VM's client would", () => {
+    const { loop, host, lines, grantLease, policy } = setup();
+    expect(loop.releaseLease()).toBe(false); // no lease: nothing to release
+    expect(host.sent).toEqual([]);
+    grantLease(600);
+    expect(loop.releaseLease()).toBe(true);
+    expect(host.sent.length).toBe(1);
+    const frame = host.sent[0]!;
+    // Read back with the wire module's own parsers, and checked against what RFC 2131 4.4.6 asks.
+    expect(formatMac(readMac(frame, 0))).toBe(HOST_MAC); // the gateway's MAC, learned from its ACK
+    expect(formatMac(readMac(frame, 6))).toBe(VM_MAC);
+    expect(internetChecksum(frame, 14, 20)).toBe(0);
+    expect(formatIpv4(readU32(frame, 14 + 12))).toBe(VM_IP);
+    expect(formatIpv4(readU32(frame, 14 + 16))).toBe(GATEWAY);
+    const udp = parseUdp(frame.subarray(34, 14 + readU16(frame, 16)));
+    expect(udp?.repr).toEqual({ sourcePort: 68, destinationPort: 67 });
+    const pseudo = pseudoHeaderSum(parseIpv4(VM_IP)!, parseIpv4(GATEWAY)!, 17, readU16(frame, 34 + 4));
+    expect(finishChecksum(sumWords(frame, 34, readU16(frame, 34 + 4), pseudo))).toBe(0);
+    const release = parseDhcp(udp!.payload);
+    expect(release).toMatchObject({
+      op: 1,
+      messageType: DhcpMessageType.RELEASE,
+      clientAddress: VM_IP,
+      yourAddress: "0.0.0.0",
+      gatewayAddress: "0.0.0.0",
+      clientMac: VM_MAC,
+      serverIdentifier: GATEWAY,
+    });
+    expect(udp!.payload.length).toBeGreaterThanOrEqual(300);
+    expect(policy.lease.isValidAt(1000)).toBe(false);
+    expect(lines.some((line) => line.includes(`released the lease for ${VM_IP}`))).toBe(true);
+    // Released once: a second stop finds no lease.
+    expect(loop.releaseLease()).toBe(false);
+    expect(host.sent.length).toBe(1);
+  });
+
+  test("a lease whose ACK named no server is not released (there is nowhere to send it)", () => {
+    const { loop, host, policy } = setup();
+    const ack = dhcpServerFrame({ messageType: DhcpMessageType.ACK, leaseTimeSeconds: 600 });
+    // Drop option 54 (code, length 4, address: 6 bytes right after option 53's 3).
+    const options = 14 + 20 + 8 + 240 + 3;
+    expect(ack[options]).toBe(54);
+    ack.fill(0, options, options + 6);
+    policy.observeFromHost(ack, 0, ack.length, 1000);
+    expect(policy.lease.isValidAt(1000)).toBe(true);
+    expect(loop.releaseLease()).toBe(false);
+    expect(host.sent).toEqual([]);
   });
 
   test("the VM going away stops the loop as a clean stop, once", () => {

@@ -39,6 +39,8 @@ const T0 = 1_000_000;
 /** Where the BOOTP message starts in a frame from dhcpClientFrame: Ethernet, IPv4, UDP headers. */
 const DHCP_AT = 14 + 20 + 8;
 const LEASE_SECONDS = 600;
+/** A well-formed DHCPDISCOVER from the VM's MAC, to carry in datagrams that are no DHCP. */
+const DISCOVER_MESSAGE = dhcpClientFrame().subarray(DHCP_AT);
 
 function rules(allow: string[] = [], block: string[] = []): Rule[] {
   const make = (action: "allow" | "block", text: string): Rule => {
@@ -313,9 +315,85 @@ const vmRows: Row[] = [
   },
   {
     name: "DHCP renewal unicast to the gateway while softnet knows no lease (softnet restarted)",
-    frame: dhcpClientFrame({ src: VM_IP, dst: GATEWAY, messageType: DhcpMessageType.REQUEST }),
+    frame: dhcpClientFrame({
+      src: VM_IP,
+      dst: GATEWAY,
+      messageType: DhcpMessageType.REQUEST,
+      dhcp: { clientAddress: VM_IP },
+    }),
     setup: { lease: false },
     want: "dhcp",
+  },
+  {
+    name: "DHCP rebinding broadcast from its old address while softnet knows no lease (dhcpcd)",
+    frame: dhcpClientFrame({
+      src: VM_IP,
+      messageType: DhcpMessageType.REQUEST,
+      dhcp: { clientAddress: VM_IP },
+    }),
+    setup: { lease: false },
+    want: "dhcp",
+  },
+  {
+    name: "a renewal without a lease whose source is not its ciaddr (another VM's address as source)",
+    frame: dhcpClientFrame({
+      src: "192.168.64.6",
+      dst: GATEWAY,
+      messageType: DhcpMessageType.REQUEST,
+      dhcp: { clientAddress: VM_IP },
+    }),
+    setup: { lease: false },
+    want: "ip-spoof",
+  },
+  {
+    name: "a renewal without a lease from an address and ciaddr it may not hold, to another host",
+    frame: dhcpClientFrame({
+      src: VM_IP,
+      dst: "192.168.64.9",
+      messageType: DhcpMessageType.REQUEST,
+      dhcp: { clientAddress: VM_IP },
+    }),
+    setup: { lease: false, allow: ["192.168.64.0/24"] },
+    want: "no-lease",
+  },
+  {
+    name: "a DHCPRELEASE from an address while softnet knows no lease (nothing to renew)",
+    frame: dhcpClientFrame({
+      src: VM_IP,
+      dst: GATEWAY,
+      messageType: DhcpMessageType.RELEASE,
+      dhcp: { clientAddress: VM_IP },
+    }),
+    setup: { lease: false },
+    want: "no-lease",
+  },
+  {
+    name: "a DHCP message from the client port to another port of the gateway, forged source, no lease",
+    frame: udpFrame({ src: "10.66.66.66", dst: GATEWAY, sport: 68, dport: 9999, payload: DISCOVER_MESSAGE }),
+    setup: { lease: false, block: ["0.0.0.0/0"] },
+    want: "no-lease",
+  },
+  {
+    name: "a DNS query from the client port to the gateway, another VM's address as source, no lease",
+    frame: udpFrame({ src: "192.168.64.6", dst: GATEWAY, sport: 68, dport: 53, payload: DISCOVER_MESSAGE }),
+    setup: { lease: false, block: ["0.0.0.0/0"] },
+    want: "no-lease",
+  },
+  {
+    name: "from 0.0.0.0 port 68 to another port of the gateway while holding a lease, --block 0.0.0.0/0",
+    frame: udpFrame({ src: "0.0.0.0", dst: GATEWAY, sport: 68, dport: 9999, payload: DISCOVER_MESSAGE }),
+    setup: { block: ["0.0.0.0/0"] },
+    want: "ip-spoof",
+  },
+  {
+    name: "from the lease, port 68, to a global address: ordinary UDP, not DHCP",
+    frame: udpFrame({ dst: "1.1.1.1", sport: 68, dport: 9999 }),
+    want: "global-destination",
+  },
+  {
+    name: "to the DHCP server port from a port other than the client's",
+    frame: udpFrame({ dst: GATEWAY, sport: 40000, dport: 67, payload: DISCOVER_MESSAGE }),
+    want: "dhcp-ports",
   },
   {
     name: "DHCP unicast to the gateway on behalf of another MAC",
@@ -438,6 +516,57 @@ const vmRows: Row[] = [
     frame: udpFrame({ dst: "255.255.255.255", dport: 9 }),
     want: "not-allowed-destination",
   },
+  // The next hop: the Ethernet destination of a permitted packet
+  {
+    name: "to a global address through another router's MAC on the bridge",
+    frame: tcpFrame({ dst: "1.1.1.1", dport: 443, dstMac: OTHER_MAC }),
+    want: "wrong-next-hop",
+  },
+  {
+    name: "to a global address in a broadcast frame",
+    frame: tcpFrame({ dst: "1.1.1.1", dport: 443, dstMac: BROADCAST }),
+    want: "wrong-next-hop",
+  },
+  {
+    name: "to an allowed address on the VM's network, to its own MAC",
+    frame: tcpFrame({ dst: "192.168.64.7", dport: 22, dstMac: OTHER_MAC }),
+    setup: { allow: ["192.168.64.7/32"] },
+    want: "allowed-by-rule",
+  },
+  {
+    name: "to an allowed address on the VM's network in a broadcast frame",
+    frame: tcpFrame({ dst: "192.168.64.7", dport: 22, dstMac: BROADCAST }),
+    setup: { allow: ["192.168.64.7/32"] },
+    want: "wrong-next-hop",
+  },
+  {
+    name: "to the network's broadcast address in a broadcast frame, allowed",
+    frame: udpFrame({ dst: "192.168.64.255", dport: 9, dstMac: BROADCAST }),
+    setup: { allow: ["192.168.64.0/24"] },
+    want: "allowed-by-rule",
+  },
+  {
+    name: "to an allowed multicast group in a multicast frame (mDNS)",
+    frame: udpFrame({ dst: "224.0.0.251", dport: 5353, dstMac: "01:00:5e:00:00:fb" }),
+    setup: { allow: ["224.0.0.0/4"] },
+    want: "allowed-by-rule",
+  },
+  {
+    name: "to an allowed private network beyond the VM's, through another MAC",
+    frame: tcpFrame({ dst: "10.1.2.3", dport: 80, dstMac: OTHER_MAC }),
+    setup: { allow: ["10.0.0.0/8"] },
+    want: "wrong-next-hop",
+  },
+  {
+    name: "a DHCP renewal to the gateway address through another MAC (the gateway is on the VM's network)",
+    frame: dhcpClientFrame({
+      src: VM_IP,
+      dst: GATEWAY,
+      dstMac: OTHER_MAC,
+      messageType: DhcpMessageType.REQUEST,
+    }),
+    want: "dhcp",
+  },
   // Rules
   {
     name: "--allow opens a private network",
@@ -502,6 +631,36 @@ describe("what a VM may send (decideFromVm)", () => {
       expect(fromVm(policy, row.frame, row.at)).toBe(row.want);
     });
   }
+
+  test("until the gateway's MAC is known, only packets for the VM's own network leave", () => {
+    const policy = newPolicy({ lease: false });
+    // A lease learned without the gateway's MAC (an ACK relayed from another MAC is not the host's).
+    policy.lease.grant(parseIpv4(VM_IP)!, LEASE_SECONDS, T0, new Uint32Array(0), 0);
+    expect(policy.gatewayMac).toBe(-1);
+    expect(fromVm(policy, tcpFrame({ dst: "1.1.1.1", dport: 443 }))).toBe("wrong-next-hop");
+    expect(fromVm(policy, tcpFrame({ dst: GATEWAY, dport: 22 }))).toBe("gateway");
+    const arp = arpFrame({
+      srcMac: HOST_MAC,
+      operation: ArpOperation.REPLY,
+      senderIp: GATEWAY,
+      targetIp: VM_IP,
+    });
+    policy.observeFromHost(arp, 0, arp.length, T0);
+    expect(fromVm(policy, tcpFrame({ dst: "1.1.1.1", dport: 443 }))).toBe("global-destination");
+  });
+
+  test("a NAK leaves the VM with no lease, and nothing but DHCP from 0.0.0.0 or a renewal leaves", () => {
+    const policy = newPolicy({ block: ["0.0.0.0/0"] });
+    const nak = dhcpServerFrame({ messageType: DhcpMessageType.NAK });
+    policy.observeFromHost(nak, 0, nak.length, T0);
+    const forged = (src: string, dport: number) =>
+      udpFrame({ src, dst: GATEWAY, sport: 68, dport, payload: DISCOVER_MESSAGE });
+    for (const src of ["10.66.66.66", "192.168.64.6", VM_IP, "0.0.0.0"]) {
+      expect(fromVm(policy, forged(src, 9999))).toBe("no-lease");
+      expect(fromVm(policy, forged(src, 53))).toBe("no-lease");
+    }
+    expect(fromVm(policy, dhcpClientFrame({ messageType: DhcpMessageType.DISCOVER }))).toBe("dhcp");
+  });
 
   test("every VM-side reason is covered by a row of the table", () => {
     const covered = new Set(vmRows.map((row) => row.want));

@@ -295,6 +295,11 @@ export class Topology {
     this.dhcpServer = undefined;
   }
 
+  /** What the DHCP (and DNS) server on br0 logged so far ("" when it is not running). */
+  dhcpServerLog(): string {
+    return this.dhcpServer?.log ?? "";
+  }
+
   /** Starts dnsmasq as the DHCP (and DNS) server on br0, with the topology's lease file. */
   async startDhcpServer(): Promise<void> {
     if (this.dhcpServer?.running) throw new Error("the DHCP server is already running");
@@ -315,6 +320,8 @@ export class Topology {
         "--dhcp-authoritative",
         "--no-ping",
         "--log-dhcp",
+        // Every query it answers, with its source: a witness that a forged one never got here.
+        "--log-queries",
       ]),
     );
     this.daemons.push(daemon);

@@ -4,12 +4,14 @@
 // its guests, runs real clients (busybox udhcpc, dhcpcd, hping3, ping), and returns what the
 // witnesses saw (dnsmasq's lease file, the host's neighbour table, tcpdump in the guests'
 // namespaces); the tests decide what must hold.
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
 import type { Capture } from "./capture.ts";
 import type { ForwarderSpec } from "./forwarder.ts";
 import { transparentRelay } from "./forwarder.ts";
 import type { Guest, GuestLease } from "./guest.ts";
 import { waitFor } from "./proc.ts";
-import { ADDRESSES, type DnsmasqLease, type Neighbour, type Topology } from "./topology.ts";
+import { ADDRESSES, type BridgeHost, type DnsmasqLease, type Neighbour, type Topology } from "./topology.ts";
 
 /** softnet with these extra arguments (--allow, --log-level, ...), however it is started. */
 export type SoftnetFactory = (args: string[]) => ForwarderSpec;
@@ -311,4 +313,378 @@ export async function floodToUnknownMacs(topology: Topology, softnet: SoftnetFac
   const filter = unknownMacs.map((mac) => `ether dst ${mac}`).join(" or ");
   const [atIsolated, atOpen, atControl] = await Promise.all(captures.map((capture) => capture.count(filter)));
   return { atIsolated: atIsolated!, atOpen: atOpen!, atControl: atControl!, isolated, open };
+}
+
+/** An address no host of the topology has: the "any address" an attacker forges. */
+const FORGED_SOURCE = "10.66.66.66";
+
+/**
+ * A DHCPREQUEST from `mac` that a DNS server reads as a query too (RFC 1035 4.1.1, 4.1.2; RFC
+ * 2131 2): the BOOTP xid makes QDCOUNT 1; ciaddr to giaddr are one 15-byte label ("dhcpshapedq"
+ * and giaddr's four zeros, which must stay zero for a DHCP check to pass); chaddr continues the
+ * name with a 2-byte label and the root (a guest MAC 02:5e:10:00:00:NN), and its last two MAC
+ * bytes and its padding are QTYPE and QCLASS. Before the fix, any datagram from port 68 that
+ * parsed as the VM's DHCP request passed to the gateway, whatever its destination port.
+ */
+export function dhcpShapedDnsQuery(mac: string): Uint8Array {
+  const message = new Uint8Array(300);
+  message.set([1, 1, 6, 0], 0); // op request, htype Ethernet, hlen 6, hops 0
+  message.set([0, 1, 0, 0], 4); // xid: QDCOUNT 1, ANCOUNT 0
+  message[12] = 15;
+  message.set(new TextEncoder().encode("dhcpshapedq"), 13);
+  message.set(
+    mac.split(":").map((byte) => Number.parseInt(byte, 16)),
+    28,
+  );
+  message.set([0, 1], 34); // chaddr padding: QCLASS IN
+  message.set([0x63, 0x82, 0x53, 0x63], 236); // DHCP magic cookie
+  message.set([53, 1, 3, 255], 240); // DHCPREQUEST, END
+  return message;
+}
+
+export interface ForgedClientPortOutcome {
+  attacker: Guest;
+  victim: Guest;
+  victimLease: GuestLease;
+  /** UDP from the forged sources seen on the bridge (tcpdump on br0). */
+  forgedOnBridge: number;
+  /** Anything from the host to the forged sources, on the bridge. */
+  answersOnBridge: number;
+  /** dnsmasq's log lines about the forged query. */
+  queriesLogged: string[];
+  /** The attacker's own DHCP still works afterwards: it gets a lease. */
+  attackerLease?: GuestLease;
+}
+
+/**
+ * A VM with no lease and --block 0.0.0.0/0 sends from the DHCP client port (68) to other ports of
+ * the gateway (9999, and DNS, 53) from a forged address and from another VM's, with netcat bound
+ * to those addresses (a static neighbour entry for the gateway: its ARP would not pass).
+ */
+export async function forgedClientPort(
+  topology: Topology,
+  softnet: SoftnetFactory,
+): Promise<ForgedClientPortOutcome> {
+  const { guest: victim, lease: victimLease } = await guestBehind(topology, softnet);
+  const attacker = await topology.addGuest();
+  await attacker.attach(softnet([...DEBUG, "--block", "0.0.0.0/0"]));
+  const payload = join(topology.workDir, `${attacker.name}-query.bin`);
+  writeFileSync(payload, dhcpShapedDnsQuery(attacker.mac));
+  const onBridge = await topology.startCapture();
+  await attacker.exec([
+    "ip",
+    "neigh",
+    "replace",
+    ADDRESSES.gateway,
+    "lladdr",
+    ADDRESSES.gatewayMac,
+    "nud",
+    "permanent",
+    "dev",
+    "eth0",
+  ]);
+  const sources = [FORGED_SOURCE, victimLease.address];
+  for (const source of sources) {
+    await attacker.exec(["ip", "addr", "add", `${source}/32`, "dev", "eth0"]);
+    await attacker.exec(["ip", "route", "replace", `${ADDRESSES.gateway}/32`, "dev", "eth0", "src", source]);
+    for (const port of ["9999", "53"]) {
+      await attacker.exec(
+        ["sh", "-c", `nc -u -w 1 -p 68 -s ${source} ${ADDRESSES.gateway} ${port} < ${payload}`],
+        { timeoutMs: 10_000 },
+      );
+    }
+    await attacker.exec(["ip", "addr", "del", `${source}/32`, "dev", "eth0"]);
+  }
+  await attacker.exec(["ip", "route", "del", `${ADDRESSES.gateway}/32`, "dev", "eth0"]).catch(() => {});
+  await onBridge.stop();
+  const from = sources.map((source) => `src host ${source}`).join(" or ");
+  const to = sources.map((source) => `dst host ${source}`).join(" or ");
+  const run = await attacker.udhcpcOnce([]);
+  return {
+    attacker,
+    victim,
+    victimLease,
+    forgedOnBridge: await onBridge.count(`udp and (${from})`),
+    answersOnBridge: await onBridge.count(`src host ${ADDRESSES.gateway} and (${to})`),
+    queriesLogged: topology
+      .dhcpServerLog()
+      .split("\n")
+      .filter((line) => line.includes("dhcpshapedq")),
+    attackerLease: run.lease,
+  };
+}
+
+export interface HostNameOutcome {
+  first: Guest;
+  firstLease: GuestLease;
+  second: Guest;
+  secondLease?: GuestLease;
+  /** The A records dnsmasq answers for the name after both asked for it. */
+  answers: string[];
+}
+
+/** Two VMs ask dnsmasq for the same host name (option 12), the second after the first. */
+export async function takeHostName(
+  topology: Topology,
+  softnet: SoftnetFactory,
+  name: string,
+): Promise<HostNameOutcome> {
+  const first = await topology.addGuest();
+  await first.attach(softnet(DEBUG));
+  const firstRun = await first.udhcpcOnce(["-x", `hostname:${name}`]);
+  if (firstRun.lease === undefined)
+    throw new Error(`the first VM got no lease: ${firstRun.stdout}${firstRun.stderr}`);
+  const second = await topology.addGuest();
+  await second.attach(softnet(DEBUG));
+  const secondRun = await second.udhcpcOnce(["-F", name, "-x", `hostname:${name}`]);
+  const dig = await topology.hostExec(
+    ["dig", "+short", "+time=2", "+tries=1", `@${ADDRESSES.gateway}`, name, "A"],
+    {
+      timeoutMs: 10_000,
+    },
+  );
+  return {
+    first,
+    firstLease: firstRun.lease,
+    second,
+    secondLease: secondRun.lease,
+    answers: dig.stdout
+      .split("\n")
+      .map((line) => line.trim())
+      .filter((line) => line !== ""),
+  };
+}
+
+export interface NextHopOutcome {
+  guest: Guest;
+  lease: GuestLease;
+  router: BridgeHost;
+  /** Packets to the global host seen on the other router's eth0 (tcpdump in its namespace). */
+  atRouter: number;
+  /** Sent by the guest through the other router. */
+  sent: number;
+  /** The guest reaches the global host through the gateway, before and after. */
+  reachedBefore: boolean;
+  reachedAfter: boolean;
+}
+
+/**
+ * A VM points its default route at another machine on the bridge (a static neighbour entry, as
+ * that machine's ARP replies come from another address of the VM's network and do not reach an
+ * isolated VM) and sends to the global host: that machine, a router, would forward it past the
+ * host's routing, NAT and firewall.
+ */
+export async function nextHopElsewhere(topology: Topology, softnet: SoftnetFactory): Promise<NextHopOutcome> {
+  const { guest, lease } = await guestBehind(topology, softnet);
+  const router = await topology.addBridgeHost("192.168.64.251");
+  await topology.exec(router.namespace, ["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
+  const reachedBefore = await guest.ping(ADDRESSES.globalHost);
+  const atRouter = await topology.startCapture(router.interfaceName, router.namespace);
+  await guest.exec([
+    "ip",
+    "neigh",
+    "replace",
+    router.address,
+    "lladdr",
+    router.mac,
+    "nud",
+    "permanent",
+    "dev",
+    "eth0",
+  ]);
+  await guest.exec(["ip", "route", "replace", "default", "via", router.address, "dev", "eth0"]);
+  const count = 10;
+  await guest.exec(
+    ["hping3", "--udp", "-p", "9", "-c", String(count), "-i", "u20000", ADDRESSES.globalHost],
+    {
+      timeoutMs: 15_000,
+    },
+  );
+  await guest.ping(ADDRESSES.globalHost, { count: 3, waitSeconds: 1 });
+  await atRouter.stop();
+  await guest.exec(["ip", "route", "replace", "default", "via", ADDRESSES.gateway, "dev", "eth0"]);
+  return {
+    guest,
+    lease,
+    router,
+    atRouter: await atRouter.count(`dst host ${ADDRESSES.globalHost}`),
+    sent: count + 3,
+    reachedBefore,
+    reachedAfter: await guest.ping(ADDRESSES.globalHost),
+  };
+}
+
+export interface ReleaseOutcome {
+  first: Guest;
+  firstLease: GuestLease;
+  /** dnsmasq's lease for the first VM's MAC while its softnet ran, and after it stopped. */
+  leaseWhileRunning?: DnsmasqLease;
+  leaseAfterStop?: DnsmasqLease;
+  firstLog: string;
+  second: Guest;
+  secondLease?: GuestLease;
+  secondError?: string;
+}
+
+/**
+ * A VM gets the only address of a one-address pool; its DHCP client stops without releasing it
+ * (as a VM that is switched off), then its softnet stops (`stop`: SIGINT as Tart does, or the VM
+ * end closing). Then a VM with another MAC asks for an address.
+ */
+export async function leaseAfterStop(
+  topology: Topology,
+  softnet: SoftnetFactory,
+  stop: "signal" | "vm-closed",
+): Promise<ReleaseOutcome> {
+  const { guest: first, lease: firstLease } = await guestBehind(topology, softnet);
+  const leaseWhileRunning = topology.dhcpServerLeases().find((lease) => lease.mac === first.mac);
+  // busybox udhcpc releases nothing on SIGTERM unless run with -R.
+  await first.stopDhcp();
+  const forwarder = first.forwarder;
+  if (stop === "signal") await first.detach();
+  else {
+    await first.closeVmEnd();
+    await forwarder?.exited;
+    await first.detach();
+  }
+  // dnsmasq rewrites its lease file as soon as it handled the release: give it a moment only.
+  let leaseAfterStop: DnsmasqLease | undefined;
+  await waitFor(
+    "dnsmasq to forget the stopped VM's lease",
+    () => {
+      leaseAfterStop = topology.dhcpServerLeases().find((lease) => lease.mac === first.mac);
+      return leaseAfterStop === undefined;
+    },
+    { timeoutMs: 5_000 },
+  ).catch(() => {});
+  const second = await topology.addGuest();
+  await second.attach(softnet(DEBUG));
+  let secondLease: GuestLease | undefined;
+  let secondError: string | undefined;
+  try {
+    secondLease = await second.dhcp(15_000);
+  } catch (error) {
+    secondError = error instanceof Error ? error.message : String(error);
+  }
+  return {
+    first,
+    firstLease,
+    leaseWhileRunning,
+    leaseAfterStop,
+    firstLog: forwarder?.log ?? "",
+    second,
+    secondLease,
+    secondError,
+  };
+}
+
+export interface RestartOutcome {
+  guest: Guest;
+  lease: GuestLease;
+  renewed?: GuestLease;
+  /** The guest's DHCP requests on the bridge after the restart, by IP source. */
+  requestsOnBridgeFromAddress: number;
+  requestsOnBridgeFromUnspecified: number;
+}
+
+/**
+ * softnet dies (SIGKILL: no release) under a guest that keeps its address and its DHCP client;
+ * a new softnet starts knowing no lease, and the client renews (busybox udhcpc: SIGUSR1, a unicast
+ * DHCPREQUEST from its address to the server, RFC 2131 4.4.5).
+ */
+export async function restartUnderLiveClient(
+  topology: Topology,
+  softnet: SoftnetFactory,
+): Promise<RestartOutcome> {
+  const { guest, lease } = await guestBehind(topology, softnet);
+  await guest.ping(ADDRESSES.gateway);
+  await guest.forwarder?.stop("SIGKILL");
+  guest.forwarder = undefined;
+  await guest.closeVmEnd();
+  await guest.attach(softnet(DEBUG));
+  const onBridge = await topology.startCapture();
+  let renewed: GuestLease | undefined;
+  try {
+    renewed = await guest.renewLease(15_000);
+  } catch {
+    renewed = undefined;
+  }
+  await onBridge.stop();
+  const requests = `ether src ${guest.mac} and udp dst port 67`;
+  return {
+    guest,
+    lease,
+    renewed,
+    requestsOnBridgeFromAddress: await onBridge.count(`${requests} and src host ${lease.address}`),
+    requestsOnBridgeFromUnspecified: await onBridge.count(`${requests} and src host 0.0.0.0`),
+  };
+}
+
+export interface DhcpcdRestartOutcome {
+  guest: Guest;
+  address: string;
+  /** The restarted softnet learned the lease again from the server's ACK. */
+  learned: boolean;
+  requestsOnBridgeFromAddress: number;
+  requestsOnBridgeFromUnspecified: number;
+  dhcpcdLog: string;
+  /** tcpdump's lines for the guest's DHCP on the bridge, for failure messages. */
+  dhcpOnBridge: string[];
+}
+
+/**
+ * As restartUnderLiveClient, with Debian's dhcpcd left to its own timers: at T1 it renews by
+ * unicast from its address, which needs its ARP entry for the gateway (its ARP from that address
+ * does not pass while softnet knows no lease); at T2 it rebinds by broadcast from its address
+ * (RFC 2131 4.4.5), which softnet readdresses, but dnsmasq answers ciaddr, which the host cannot
+ * resolve (the guest's ARP reply for it does not pass either); when the lease ends it starts over
+ * from 0.0.0.0. dnsmasq's shortest lease is 120 s, so this takes about two minutes.
+ */
+export async function restartUnderDhcpcd(
+  topology: Topology,
+  softnet: SoftnetFactory,
+): Promise<DhcpcdRestartOutcome> {
+  const guest = await topology.addGuest();
+  await guest.attach(softnet(DEBUG));
+  const dhcpcd = guest.spawn("dhcpcd", [
+    "sh",
+    "-c",
+    "mount -t tmpfs tmpfs /run && mkdir /run/dhcpcd && mount -t tmpfs tmpfs /var/lib/dhcpcd && " +
+      "exec dhcpcd --nobackground --ipv4only --noipv4ll --debug eth0",
+  ]);
+  const address = await waitFor(
+    "dhcpcd to configure an address on eth0",
+    async () => {
+      if (!dhcpcd.running) throw new Error(`dhcpcd exited ${dhcpcd.exitCode}: ${dhcpcd.log}`);
+      return (await guest.addresses())[0];
+    },
+    { timeoutMs: 30_000 },
+  );
+  await guest.ping(ADDRESSES.gateway);
+  await guest.forwarder?.stop("SIGKILL");
+  guest.forwarder = undefined;
+  await guest.closeVmEnd();
+  await guest.attach(softnet(DEBUG));
+  const onBridge = await topology.startCapture();
+  const restarted = guest.forwarder as { log: string } | undefined;
+  const learned = await waitFor(
+    "the restarted softnet to learn dhcpcd's lease",
+    () => (restarted?.log.includes(`lease learned: ${address} `) ? true : undefined),
+    { timeoutMs: 150_000 },
+  ).catch(() => false);
+  // dhcpcd probes the address (RFC 5227) before it configures it again.
+  await waitFor("dhcpcd to configure its address again", async () => (await guest.addresses())[0], {
+    timeoutMs: 20_000,
+  }).catch(() => undefined);
+  await onBridge.stop();
+  const requests = `ether src ${guest.mac} and udp dst port 67`;
+  return {
+    guest,
+    address,
+    learned,
+    requestsOnBridgeFromAddress: await onBridge.count(`${requests} and src host ${address}`),
+    requestsOnBridgeFromUnspecified: await onBridge.count(`${requests} and src host 0.0.0.0`),
+    dhcpcdLog: dhcpcd.log,
+    dhcpOnBridge: await onBridge.lines(`udp port 67 or udp port 68`, { verbose: true }),
+  };
 }

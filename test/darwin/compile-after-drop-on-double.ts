@@ -4,7 +4,7 @@
 // library. Test code only. Usage: bun test/darwin/compile-after-drop-on-double.ts UID GID
 // Prints one JSON line: { mode, offset, answer } or { error }.
 import { FFIType } from "bun:ffi";
-import { readFileSync, statSync } from "node:fs";
+import { readFileSync, statSync, writeSync } from "node:fs";
 import { describeError } from "../../src/errors.ts";
 import { darwinIdentityCalls } from "../../src/platform/darwin/identity.ts";
 import { openDarwinSystem, sourceFileCalls } from "../../src/platform/darwin/system.ts";
@@ -26,9 +26,12 @@ const mode = statSync(source.path).mode & 0o777;
 const offset = Number(/^pos:\s+(\d+)$/m.exec(readFileSync(`/proc/self/fdinfo/${source.fd}`, "utf8"))?.[1]);
 try {
   const target = { uid, gid, userName: undefined, groups: [], rootAllowed: false, chosenBy: "the test" };
+  // Markers for an strace of this script (compile-after-drop.test.ts): the compile lies between.
+  writeSync(2, "COMPILE-START\n");
   const compiled = asTargetUser(darwinIdentityCalls(system), target, () =>
     compileSealedSource(source, { answer: { args: [], returns: FFIType.i32 } }),
   );
+  writeSync(2, "COMPILE-END\n");
   console.log(JSON.stringify({ mode, offset, answer: compiled.answer() }));
 } catch (error) {
   console.log(JSON.stringify({ mode, offset, error: describeError(error) }));

@@ -13,17 +13,38 @@
  *    file that has no name anybody can open and that nobody can change afterwards:
  *    - Linux: a memfd (memfd_create(2) with MFD_ALLOW_SEALING), sealed with F_SEAL_WRITE |
  *      F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL (fcntl(2) "File seals"; values from
- *      include/uapi/linux/fcntl.h and memfd.h). TinyCC gets /proc/self/fd/N. Nobody else can name
- *      it: another process reaches it only through /proc/<pid>/fd, which needs ptrace access, and a
+ *      include/uapi/linux/fcntl.h and memfd.h). TinyCC gets /proc/self/fd/N, a "symbolic link to
+ *      the actual file" (proc(5), /proc/pid/fd/): opening it opens the memfd's inode anew, a new
+ *      open file description with its own offset 0 and the inode's own permission check (proc(5):
+ *      "those inodes still have permission bits and ownership information distinct from those of
+ *      the /proc/pid/fd entry"), which passes after the drop: memfd_create makes the inode
+ *      S_IRWXUGO (mm/shmem.c __shmem_file_setup) and the seals, not the mode, stop writes.
+ *      Nobody else can name it: another process reaches it only through /proc/<pid>/fd, which needs ptrace access, and a
  *      process that changed its uids from root is not dumpable (proc(5), PR_SET_DUMPABLE).
  *    - macOS (no memfd): mkstemp in /tmp, a constant (TMPDIR comes from the environment), creates
  *      the file with O_EXCL, mode 0600, owned by root; it is opened once more read-only by that
  *      name, which nobody else can replace (the file is root's and /tmp is sticky: sticky(7)/
- *      chmod(2) "S_ISVTX"), unlinked, written through the first descriptor, made 0400 and that
- *      descriptor closed. TinyCC gets /dev/fd/N of the read-only descriptor: on macOS opening
- *      /dev/fd/N duplicates N and refuses a mode N was not opened with (xnu
- *      bsd/miscfs/devfs/devfs_fdesc_support.c fdesc_open -> dupfdopen in bsd/kern/kern_descrip.c),
- *      so what TinyCC holds is read-only too.
+ *      chmod(2) "S_ISVTX"), unlinked, written through the first descriptor, made 0444 and that
+ *      descriptor closed. TinyCC gets /dev/fd/N of the read-only descriptor. What xnu does with
+ *      open("/dev/fd/N", O_RDONLY) (read in apple-oss-distributions/xnu, tag xnu-11417.101.15):
+ *      open1() in bsd/vfs/vfs_syscalls.c calls vn_open_auth() (bsd/vfs/vfs_vnops.c) on the devfs
+ *      node /dev/fd/N, which first authorizes the open like any existing file
+ *      (vn_authorize_open_existing() -> vnode_authorize(KAUTH_VNODE_READ_DATA), bsd/vfs/
+ *      vfs_subr.c vnode_authorize_callback_int(): for a non-root euid it checks the mode, owner
+ *      and group that VNOP_GETATTR reports, and the node's getattr, fdesc_getattr() -> fdesc_attr()
+ *      in bsd/miscfs/devfs/devfs_fdesc_support.c, reports those of the file behind descriptor N).
+ *      Only then fdesc_open() sets uu_dupfd = N and fails with ENODEV, upon which open1() calls
+ *      dupfdopen() (bsd/kern/kern_descrip.c): it refuses (EACCES) a mode N was not opened with
+ *      ("a subset of the mode of the existing descriptor") and otherwise makes the new descriptor
+ *      share N's open file (fg_ref of the same fileglob: same offset), it does not reopen it.
+ *      Hence: the file is 0444, not 0400, since the compile runs after the drop (as the target
+ *      user) and an owner-only root file would be refused (the Linux reopen through
+ *      /proc/self/fd refuses it the same way, test/darwin/compile-after-drop.test.ts); readable
+ *      by everyone is harmless, as the file has no name by then, its text is the program's own,
+ *      and only root, its owner, may chmod it. What TinyCC holds is read-only, like N. And the
+ *      offset TinyCC starts from is N's: 0, because N is never read or written (the bytes go
+ *      through the other descriptor) and a source compiles once (compileSealedSource refuses a
+ *      closed one, whose number may name another file by then).
  * 2. compileSealedSource(), after the drop (on macOS the blocks: as the target user): bun:ffi `cc`
  *    hands the path unchanged to TinyCC (oven-sh/bun src/bun.js/api/ffi/compile.zig, CompileC
  *    Source.add -> TCC.State.addFile), whose tcc_add_file treats a name without extension as C and
@@ -62,6 +83,11 @@ export const ALL_SEALS = F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRIT
 const O_RDONLY = 0;
 /** The constant place of the macOS strategy's file; see the module comment. */
 export const TEMP_SOURCE_TEMPLATE = "/tmp/softnet-source.XXXXXX";
+/**
+ * The macOS strategy's file once written: read-only for everyone, so the compile after the drop
+ * may open it through /dev/fd (see the module comment).
+ */
+export const READABLE_BY_ALL = 0o444;
 
 /**
  * How the source reaches TinyCC: "memfd" on Linux, "unlinked-temp-file" on macOS (also run on
@@ -104,6 +130,8 @@ export interface SealedSource {
   readonly strategy: SourceStrategy;
   /** Closes the descriptor (compileSealedSource does it); idempotent. */
   close(): void;
+  /** False once closed: a source compiles once. */
+  isOpen(): boolean;
 }
 
 export const defaultStrategy = (calls: SourceFileCalls): SourceStrategy =>
@@ -171,7 +199,7 @@ function readOnlyUnlinkedFile(calls: SourceFileCalls, what: string, bytes: Buffe
     if (readOnly < 0) throw calls.lastError("open(O_RDONLY)");
     if (file.unlink(template) < 0) throw calls.lastError("unlink");
     writeAll(calls, writable, bytes);
-    if (file.fchmod(writable, 0o400) < 0) throw calls.lastError("fchmod");
+    if (file.fchmod(writable, READABLE_BY_ALL) < 0) throw calls.lastError("fchmod");
   } catch (error) {
     if (readOnly >= 0) calls.close(readOnly);
     file.unlink(template); // already gone unless unlink itself failed
@@ -208,6 +236,7 @@ function source(
       if (open) calls.close(fd);
       open = false;
     },
+    isOpen: () => open,
   };
 }
 
@@ -219,6 +248,10 @@ export function compileSealedSource<Symbols extends Record<string, FFIFunction>>
   source: SealedSource,
   symbols: Symbols,
 ) {
+  if (!source.isOpen()) {
+    // Its number may name another file by now (see the module comment).
+    throw new SoftnetError(`cannot compile ${source.what}`, { cause: new Error("its descriptor is closed") });
+  }
   try {
     return cc({ source: source.path, flags: [...RUNTIME_C_FLAGS], symbols }).symbols;
   } catch (error) {

@@ -7,7 +7,8 @@
 //
 // What runs there, each file in its own `bun test`:
 // - test/arm64/native-code.arm64.ts: every C file under src/ compiled by softnet's own code (same
-//   source, flags, symbols) and executed, and its TinyCC machine code checked for x18;
+//   source, flags, symbols) and executed, and its TinyCC machine code checked for x18, as is the
+//   trampoline Bun compiles with TinyCC for each signature softnet binds through dlopen or cc;
 // - every test/darwin/*.test.ts: the blocks called from the double's threads, the poll reactor, the
 //   vmnet link against the double cross-compiled for AArch64, and runOnDarwin end to end (e2e.test.ts:
 //   a real guest, dnsmasq, tcpdump; softnet itself runs on the AArch64 Bun);

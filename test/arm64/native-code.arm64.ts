@@ -10,6 +10,9 @@
 //   and stops, a block's invoke runs on a thread of its own;
 // - each compiled source is compiled once more with the same flags, between two marker functions,
 //   and the machine code between them is disassembled: no instruction may touch x18 (x18.ts).
+// - bun:ffi's dlopen is wrapped too: every symbols table softnet binds (and every dlopen/cc line in
+//   src/ must have been seen) gives the signatures whose per-symbol trampolines, the C Bun compiles
+//   with TinyCC to call each bound function, are checked the same way.
 
 import * as ffi from "bun:ffi";
 import { dlopen, FFIType, type Pointer, toArrayBuffer } from "bun:ffi";
@@ -18,7 +21,7 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "n
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { bunCommand } from "../support/emulation.ts";
-import { branchesOutside, X18, x18Uses } from "./x18.ts";
+import { branchesOutside, disassembleAarch64, X18, x18Uses } from "./x18.ts";
 
 const REPO = join(import.meta.dir, "../..");
 
@@ -29,10 +32,35 @@ interface Compile {
 }
 const compiles: Compile[] = [];
 
+/** A symbols table softnet gave bun:ffi (dlopen or cc), and the src/ line that gave it. */
+interface Binding {
+  site: string;
+  symbols: Record<string, ffi.FFIFunction>;
+}
+const bindings: Binding[] = [];
+
+/** "src/…/file.ts:line" of the innermost stack frame in src/, where a dlopen or cc call is. */
+function callSite(): string {
+  const frame = new Error().stack?.split("\n").find((line) => line.includes(`${REPO}/src/`));
+  const match = frame === undefined ? null : /\((.*):(\d+):\d+\)$|at (.*):(\d+):\d+$/.exec(frame.trim());
+  if (match === null) return `unknown (${frame})`;
+  return `${relative(REPO, match[1] ?? match[3]!)}:${match[2] ?? match[4]}`;
+}
+
+/** macOS frameworks (CoreFoundation, SystemConfiguration): absent here; only their tables are wanted. */
+const MACOS_FRAMEWORKS = "/System/Library/";
+
 const realCc = ffi.cc;
+const realDlopen = ffi.dlopen;
 mock.module("bun:ffi", () => ({
   ...ffi,
+  dlopen: (path: Parameters<typeof ffi.dlopen>[0], symbols: Record<string, ffi.FFIFunction>) => {
+    bindings.push({ site: callSite(), symbols });
+    if (String(path).startsWith(MACOS_FRAMEWORKS)) return { symbols: {}, close() {} };
+    return realDlopen(path, symbols);
+  },
   cc: (options: Parameters<typeof ffi.cc>[0]) => {
+    bindings.push({ site: callSite(), symbols: options.symbols as Record<string, ffi.FFIFunction> });
     const paths = Array.isArray(options.source) ? options.source : [options.source];
     compiles.push({
       // Read now: production passes a memfd or an unlinked file that is closed right after.
@@ -51,6 +79,10 @@ const { pollReactorBackend } = await import("../../src/platform/darwin/poll-reac
 const { BlockKind, VmnetBlocks } = await import("../../src/platform/darwin/blocks.ts");
 const { address0, openDarwinSystem } = await import("../../src/platform/darwin/system.ts");
 const { EFD_CLOEXEC, EFD_NONBLOCK, libc } = await import("../../src/platform/libc.ts");
+const { openBootpdSymbols } = await import("../../src/platform/darwin/bootpd.ts");
+const { macosProductVersion, openBootpdReadSymbols } = await import(
+  "../../src/platform/darwin/doctor-probes.ts"
+);
 const { buildDouble, doubleLibraries } = await import("../darwin/support.ts");
 type ReactorBackend = import("../../src/platform/reactor.ts").ReactorBackend;
 
@@ -152,6 +184,42 @@ function exerciseBlocks(): void {
   }
 }
 
+/**
+ * The bindings that only macOS makes (CoreFoundation and SystemConfiguration at their framework
+ * paths, sysctlbyname in libSystem): called here only so that their symbols tables are recorded.
+ */
+function recordMacosOnlyBindings(): void {
+  const system = openDarwinSystem(doubleLibraries(buildDouble()));
+  for (const bind of [
+    () => openBootpdSymbols(system),
+    () => openBootpdReadSymbols(),
+    () => macosProductVersion({ ...system, kernel: { ...system.kernel, name: "darwin" } } as typeof system),
+  ]) {
+    try {
+      bind();
+    } catch {
+      // The table is recorded before anything is looked up; what follows needs a Mac.
+    }
+  }
+}
+
+/** Each line of src/ (not a comment) that calls bun:ffi's dlopen or cc: "src/…/file.ts:line". */
+function bindingSites(directory = join(REPO, "src")): string[] {
+  return readdirSync(directory, { withFileTypes: true }).flatMap((entry) => {
+    const path = join(directory, entry.name);
+    if (entry.isDirectory()) return bindingSites(path);
+    if (!entry.name.endsWith(".ts")) return [];
+    return readFileSync(path, "utf8")
+      .split("\n")
+      .flatMap((line, index) =>
+        /^\s*(\/\/|\*|\/\*)/.test(line) || !/(?<![.\w`"'])(dlopen|cc)\(/.test(line)
+          ? []
+          : [`${relative(REPO, path)}:${index + 1}`],
+      );
+  });
+}
+
+let markedFiles = 0;
 const BEGIN = "softnet_arm64_code_begin";
 const END = "softnet_arm64_code_end";
 
@@ -160,15 +228,18 @@ const END = "softnet_arm64_code_end";
  * functions (TinyCC emits functions in source order, in one pass), and read from memory between
  * their addresses. Every exported symbol must lie in that range.
  */
-function generatedCode(compile: Compile): {
+function generatedCode(
+  compile: Compile,
+  after = "",
+): {
   code: Uint8Array;
   exported: Record<string, number>;
   begin: number;
 } {
-  const path = join(work, `marked-${compiles.indexOf(compile)}.c`);
+  const path = join(work, `marked-${markedFiles++}.c`);
   writeFileSync(
     path,
-    `void *${BEGIN}(void) { return (void *)${BEGIN}; }\n${compile.source}\nvoid *${END}(void) { return (void *)${END}; }\n`,
+    `void *${BEGIN}(void) { return (void *)${BEGIN}; }\n${compile.source}\nvoid *${END}(void) { return (void *)${END}; }\n${after}`,
   );
   const marker = { args: [], returns: FFIType.ptr } as const;
   const compiled = realCc({
@@ -269,5 +340,105 @@ describe("no code TinyCC generates for them on arm64 uses x18 (Apple's reserved 
     const uses = x18Uses(generatedCode(compile).code);
     expect(uses.length).toBeGreaterThan(0);
     expect(uses.every((line) => X18.test(line))).toBe(true);
+  });
+});
+
+/**
+ * Bun calls every function bound through dlopen or cc (FFI) through a trampoline it generates in C
+ * per symbol and compiles with TinyCC: FFI.h followed by a `JSFunctionCall` that converts the
+ * arguments and calls the symbol (oven-sh/bun src/bun.js/api/ffi/function.zig, Function.compile
+ * and printSourceCode; options "-std=c11 -nostdlib -Wl,--export-all-symbols"; FFI.h's macros
+ * Bun_FFI_PointerOffsetToArgumentsList, JSCell__offsetOfType, … come from CompilerRT.define, which
+ * cc() applies too, with the running Bun's values). bun:ffi's viewSource returns that C for a
+ * symbols table. The trampoline's code depends on the signature only, so each distinct signature
+ * softnet binds is compiled once, through cc() between the markers, and checked like run-time C.
+ * The symbol it calls is defined after the end marker; the slow conversions Bun provides
+ * (JSVALUE_TO_SLOT_SLOW, …: Bun's own code, built by clang for Apple's ABI) are reached through
+ * the PLT entries TinyCC makes for symbols given by address; both are the only branches allowed out.
+ */
+const TRAMPOLINE_TARGET = "softnet_trampoline_target";
+const TRAMPOLINE_FLAGS = ["-std=c11", "-nostdlib", "-Wl,--export-all-symbols"];
+
+function signatureOf(fn: ffi.FFIFunction): string {
+  return JSON.stringify({ args: (fn.args ?? []).map(String), returns: String(fn.returns ?? "void") });
+}
+
+/** The address a `b`/`bl` line from branchesOutside goes to. */
+function branchTarget(line: string, begin: number): number {
+  const [, offset, immediate] = /^\+([0-9a-f]+): bl?\s+#(-?(?:0x[0-9a-f]+|\d+))$/.exec(line)!;
+  return begin + Number.parseInt(offset!, 16) + Number(immediate);
+}
+
+/** A PLT entry: loads an address into x16/x17 and jumps there (no x18). */
+function isPltEntry(address: number): boolean {
+  const instructions = disassembleAarch64(new Uint8Array(toArrayBuffer(address as Pointer, 0, 16)).slice());
+  return instructions.at(-1) === "br\tx17" && !instructions.some((line) => X18.test(line));
+}
+
+/** `extraC` is added to Bun's source, inside the checked range: only the self-test uses it. */
+function checkTrampoline(
+  symbol: ffi.FFIFunction,
+  extraC = "",
+): { x18: string[]; unexplainedBranches: string[] } {
+  const source = ffi.viewSource({ [TRAMPOLINE_TARGET]: symbol }, false)[0]! + extraC;
+  // "/* --- The Function To Call */" is followed by the symbol's prototype: made a definition.
+  const prototype = source
+    .split("\n")
+    .find((line) => line.includes(` ${TRAMPOLINE_TARGET}(`) && line.endsWith(");"));
+  if (prototype === undefined) throw new Error(`no prototype of ${TRAMPOLINE_TARGET} in:\n${source}`);
+  const { code, exported, begin } = generatedCode(
+    {
+      source,
+      flags: TRAMPOLINE_FLAGS,
+      symbols: {
+        JSFunctionCall: { args: [FFIType.ptr, FFIType.ptr], returns: FFIType.i64 },
+        [TRAMPOLINE_TARGET]: symbol,
+      },
+    },
+    `${prototype.slice(0, -1)} { ${/^void\s/.test(prototype) ? "" : "return 0;"} }\n`,
+  );
+  const inside = exported.JSFunctionCall! > begin && exported.JSFunctionCall! < begin + code.length;
+  if (!inside) throw new Error("JSFunctionCall is not between the markers");
+  const unexplainedBranches = branchesOutside(code).filter((line) => {
+    const target = branchTarget(line, begin);
+    return target !== exported[TRAMPOLINE_TARGET] && !isPltEntry(target);
+  });
+  return { x18: x18Uses(code), unexplainedBranches };
+}
+
+describe("nor does the trampoline Bun compiles for each function softnet binds (dlopen, cc)", () => {
+  test("every dlopen and cc call in src/ was recorded, macOS-only ones included", () => {
+    recordMacosOnlyBindings();
+    const sites = bindingSites();
+    expect(sites.length).toBeGreaterThan(0);
+    const recorded = new Set(bindings.map((binding) => binding.site));
+    expect(sites.filter((site) => !recorded.has(site))).toEqual([]);
+  });
+
+  test("no signature's trampoline uses x18 or branches anywhere but to the symbol and Bun's helpers", () => {
+    const signatures = new Map<string, ffi.FFIFunction>();
+    for (const { symbols } of bindings) {
+      for (const fn of Object.values(symbols)) signatures.set(signatureOf(fn), fn);
+    }
+    expect(signatures.size).toBeGreaterThan(10);
+    const findings = [...signatures].flatMap(([signature, fn]) => {
+      const { x18, unexplainedBranches } = checkTrampoline(fn);
+      return x18.length === 0 && unexplainedBranches.length === 0
+        ? []
+        : [{ signature, x18, unexplainedBranches }];
+    });
+    expect(findings).toEqual([]);
+  });
+
+  test("the check sees x18 in a trampoline's code (Bun's source plus a function keeping 22 values alive)", () => {
+    // Bun's trampolines for softnet's signatures do not reach x18 (30 pointer arguments do not
+    // either: TinyCC passes what does not fit in x0-x7 on the stack), so the pressure comes from
+    // C added to the trampoline's source, compiled and read back by the same steps.
+    let expression = "p[21]";
+    for (let i = 20; i >= 0; i--) expression = `p[${i}] * (${expression})`;
+    const pressure = `\nlong softnet_pressure(const long *p) { return ${expression}; }\n`;
+    const symbol = { args: [FFIType.ptr], returns: FFIType.i32 };
+    expect(checkTrampoline(symbol).x18).toEqual([]);
+    expect(checkTrampoline(symbol, pressure).x18.length).toBeGreaterThan(0);
   });
 });

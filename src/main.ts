@@ -8,7 +8,7 @@ import type { SoftnetOptions } from "./cli.ts";
 import { parseCommandLine } from "./cli.ts";
 import { describeError, exitCodeFor } from "./errors.ts";
 import { fatalLine } from "./log.ts";
-import { enableErrorReports, errorReportsWanted, reportFatal } from "./sentry.ts";
+import { enableErrorReports, errorReportsWanted, loadErrorReporter, reportFatal } from "./sentry.ts";
 import { writeStderr, writeStdout } from "./stdio.ts";
 
 export async function main(args: readonly string[]): Promise<number> {
@@ -33,7 +33,9 @@ export async function main(args: readonly string[]): Promise<number> {
     }
   }
   try {
-    // Sentry starts inside the runtime, after the privilege drop (sentry.ts enableErrorReports).
+    // Sentry starts inside the runtime, after the privilege drop (sentry.ts enableErrorReports);
+    // its code is loaded now, with the rest of the program's.
+    loadErrorReporter(process.env);
     const { runSoftnet } = await import("./runtime.ts");
     return await runSoftnet(parsed.options);
   } catch (error) {

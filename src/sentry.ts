@@ -24,6 +24,17 @@ export function errorReportsWanted(env: Record<string, string | undefined>): boo
 }
 
 let enabled: Promise<boolean> | undefined;
+let sdkCode: Promise<SentryModule> | undefined;
+
+/**
+ * Loads the SDK's code without starting it, when SENTRY_DSN asks for reports: part of loading the
+ * program, so it happens before the privilege drop like the rest of softnet's own code (the
+ * release binary embeds it; a checkout may be readable by root alone, and the drop target could
+ * not read node_modules there). Loading opens no connection and reads nothing from the caller.
+ */
+export function loadErrorReporter(env: Record<string, string | undefined>): void {
+  if (errorReportsWanted(env)) sdkCode ??= import("@sentry/bun");
+}
 
 /**
  * Starts Sentry, once, and only after the privilege drop: the DSN (where reports go) and the tags
@@ -39,7 +50,8 @@ export function enableErrorReports(env: Record<string, string | undefined>): Pro
 async function initSentry(env: Record<string, string | undefined>): Promise<boolean> {
   const dsn = env.SENTRY_DSN;
   if (dsn === undefined || !errorReportsWanted(env)) return false;
-  sentry = await import("@sentry/bun");
+  sdkCode ??= import("@sentry/bun");
+  sentry = await sdkCode;
   sentry.init({
     dsn,
     release: `softnet@${VERSION}`,

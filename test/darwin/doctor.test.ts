@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { fallbackMaxPackets, VmnetStatus } from "../../src/platform/darwin/vmnet.ts";
 import { check, Topology } from "../e2e/lib/index.ts";
 import { bunCommand } from "../support/emulation.ts";
+import { checkoutReadableByOthers } from "../support/readable-checkout.ts";
 import { Inject, REPO } from "./support.ts";
 
 const SCRIPT = "test/darwin/doctor-on-double.ts";
@@ -66,7 +67,7 @@ afterAll(async () => {
 let runs = 0;
 /** Runs the doctor on the double in the host namespace; returns its JSON, exit code and stderr. */
 async function doctorOnDouble(
-  options: { double?: string[]; doctor?: string[]; wrap?: string[]; log?: boolean } = {},
+  options: { double?: string[]; doctor?: string[]; wrap?: string[]; log?: boolean; cwd?: string } = {},
 ) {
   const log = join(work, `double-${++runs}.log`);
   const argv = [
@@ -82,7 +83,7 @@ async function doctorOnDouble(
     "5",
     ...(options.doctor ?? []),
   ];
-  const result = await topology.hostExec(argv, { cwd: REPO, timeoutMs: 60_000 });
+  const result = await topology.hostExec(argv, { cwd: options.cwd ?? REPO, timeoutMs: 60_000 });
   let report: { ok: boolean; system: string; checks: Check[] };
   try {
     report = JSON.parse(result.stdout);
@@ -248,6 +249,7 @@ describe("softnet doctor's macOS path against the vmnet double", () => {
       double: ["--double-bridge", topology.bridge],
       wrap: ["setpriv", `--reuid=${NOBODY}`, `--regid=${NOBODY}`, "--clear-groups", "--"],
       log: false,
+      cwd: checkoutReadableByOthers(),
     });
     expect(run.code).toBe(1);
     expect(run.checks["privileges.root"]!.status).toBe("problem");

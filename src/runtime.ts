@@ -130,6 +130,25 @@ interface FilterSetup {
   hostLinkLost: () => SoftnetError | undefined;
   runningAs: string;
   cleanups: Cleanups;
+  modules: FilterModules;
+}
+
+/**
+ * The modules runFilter needs, loaded before the privilege drop with the rest of the program: in a
+ * checkout only root can read (root's home), the user softnet drops to could not load them after.
+ * The release binary embeds them; there this only runs their top level earlier.
+ */
+interface FilterModules {
+  Reactor: typeof import("./platform/reactor.ts").Reactor;
+  /** Only with --capture, so a start without it does not pay for the capture code. */
+  openCapture: typeof import("./capture/capture.ts").openCapture | undefined;
+}
+
+async function loadFilterModules(options: SoftnetOptions): Promise<FilterModules> {
+  const { Reactor } = await import("./platform/reactor.ts");
+  const openCapture =
+    options.capture === undefined ? undefined : (await import("./capture/capture.ts")).openCapture;
+  return { Reactor, openCapture };
 }
 
 async function runOnLinux(options: SoftnetOptions, logger: Logger): Promise<number> {
@@ -222,6 +241,7 @@ async function runOnLinux(options: SoftnetOptions, logger: Logger): Promise<numb
       cleanups.add(() => portWatch.close());
     }
 
+    const modules = await loadFilterModules(options);
     dropPrivileges(target, { keepNetAdmin: forwardBackend !== undefined });
     await enableErrorReports(process.env);
     // Compiled as the user softnet now is (Bun stages its headers in that user's own
@@ -236,6 +256,7 @@ async function runOnLinux(options: SoftnetOptions, logger: Logger): Promise<numb
     }
 
     return await runFilter({
+      modules,
       options,
       logger,
       vm,
@@ -321,11 +342,13 @@ export async function runOnDarwin(
     });
     cleanups.add(() => host.close());
 
+    const modules = await loadFilterModules(options);
     becomeUser(calls, target);
     await enableErrorReports(process.env);
     const reactorBackend = pollReactorBackend(system, reactorSource);
 
     return await runFilter({
+      modules,
       options,
       logger,
       vm,
@@ -384,7 +407,7 @@ const STOP_SIGNALS: readonly NodeJS.Signals[] = [
 /** The part that is the same on every platform: policy, loop, readiness, timers, signals. */
 async function runFilter(setup: FilterSetup): Promise<number> {
   const { options, logger, vm, host, cleanups } = setup;
-  const { Reactor } = await import("./platform/reactor.ts");
+  const { Reactor, openCapture } = setup.modules;
   const policy = new Policy({
     vmMac: options.vmMac,
     gateway: host.gateway,
@@ -400,8 +423,7 @@ async function runFilter(setup: FilterSetup): Promise<number> {
   // --capture (src/capture). runFilter runs after the privilege drop on every platform, so the
   // file is opened as the user softnet now is, never as root.
   let capture: import("./capture/capture.ts").FrameCapture | undefined;
-  if (options.capture !== undefined) {
-    const { openCapture } = await import("./capture/capture.ts");
+  if (options.capture !== undefined && openCapture !== undefined) {
     capture = openCapture(options.capture, {
       logger,
       vmMac: options.vmMac,

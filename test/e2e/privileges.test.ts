@@ -1,6 +1,7 @@
 // Started by an unprivileged user, softnet becomes root through passwordless sudo (replacing
 // itself, the VM's fd kept), sets up, and drops back to that user; without sudo rights it refuses
 // with one line that says how to fix it. A real user, a real sudoers rule, a real guest.
+
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import {
   chmodSync,
@@ -15,6 +16,7 @@ import {
 } from "node:fs";
 import { join } from "node:path";
 import { EtcOverlay } from "../support/etc-overlay.ts";
+import { checkoutReadableByOthers, readableBun } from "../support/readable-checkout.ts";
 import { requireTools } from "../support/tools.ts";
 import {
   closeFd,
@@ -25,6 +27,9 @@ import {
   softnet,
   Topology,
 } from "./lib/index.ts";
+
+/** This Bun, by a path USER can reach. */
+const BUN = readableBun();
 
 const USER = "softnet-e2e";
 const SUDOERS = "/etc/sudoers.d/softnet-e2e";
@@ -71,8 +76,24 @@ afterAll(async () => {
  * Runs argv as USER. setpriv execs in place (runuser and su fork and keep a parent that does not
  * pass SIGINT on), so the pid the test signals is softnet's own, as when Tart runs it.
  */
+/**
+ * argv run as USER, from a copy of the checkout USER can read (the checkout may be root's alone, as
+ * a clone in root's home is), with this Bun by its path there.
+ */
 function asUser(argv: string[]): string[] {
-  return ["setpriv", `--reuid=${USER}`, `--regid=${USER}`, "--init-groups", "--reset-env", "--", ...argv];
+  const readable = argv.map((part) => (part === process.execPath ? BUN : part));
+  return [
+    "setpriv",
+    `--reuid=${USER}`,
+    `--regid=${USER}`,
+    "--init-groups",
+    "--reset-env",
+    "--",
+    "/usr/bin/env",
+    "--chdir",
+    checkoutReadableByOthers(),
+    ...readable,
+  ];
 }
 
 /** softnet started by USER, as a person would type it (with `env` set for it). */
@@ -137,7 +158,7 @@ describe("an unprivileged user", () => {
   let guest: Guest;
 
   test("with passwordless sudo: softnet escalates, forwards, and runs as that user", async () => {
-    writeFileSync(SUDOERS, `${USER} ALL=(root) NOPASSWD: ${process.execPath}\n`, { mode: 0o440 });
+    writeFileSync(SUDOERS, `${USER} ALL=(root) NOPASSWD: ${BUN}\n`, { mode: 0o440 });
     guest = await topology.addGuest();
     const forwarder = await guest.attach(softnetAsUser());
     const lease = await guest.dhcp();
@@ -153,7 +174,7 @@ describe("an unprivileged user", () => {
   });
 
   test("with passwordless sudo, a bridge /etc/softnet/bridge.conf does not allow is refused", async () => {
-    writeFileSync(SUDOERS, `${USER} ALL=(root) NOPASSWD: ${process.execPath}\n`, { mode: 0o440 });
+    writeFileSync(SUDOERS, `${USER} ALL=(root) NOPASSWD: ${BUN}\n`, { mode: 0o440 });
     await topology.hostExec(["ip", "link", "add", "br9", "type", "bridge"]);
     await topology.hostExec(["ip", "addr", "add", "192.0.2.1/24", "dev", "br9"]);
     const result = await topology.hostExec(
@@ -177,7 +198,7 @@ describe("an unprivileged user", () => {
   });
 
   test("its own copy asked for --user root: the sudo re-exec still runs as that user, the capture theirs", async () => {
-    writeFileSync(SUDOERS, `${USER} ALL=(root) NOPASSWD: ${process.execPath}\n`, { mode: 0o440 });
+    writeFileSync(SUDOERS, `${USER} ALL=(root) NOPASSWD: ${BUN}\n`, { mode: 0o440 });
     const capture = join(usersOwn, "reexec.pcap");
     const guest = await topology.addGuest();
     const forwarder = await guest.attach(
@@ -193,7 +214,7 @@ describe("an unprivileged user", () => {
   });
 
   test("with SENTRY_DSN and a sudoers rule that does not let it through: a warning, and softnet runs", async () => {
-    writeFileSync(SUDOERS, `${USER} ALL=(root) NOPASSWD: ${process.execPath}\n`, { mode: 0o440 });
+    writeFileSync(SUDOERS, `${USER} ALL=(root) NOPASSWD: ${BUN}\n`, { mode: 0o440 });
     const guest = await topology.addGuest();
     const forwarder = await guest.attach(softnetAsUser([], { SENTRY_DSN: "http://key@127.0.0.1:9/1" }));
     expect(forwarder.log).toContain(
@@ -234,7 +255,7 @@ describe("a user with the README's sudoers rule (sudo -n softnet ...) cannot cho
   ];
   for (const [what, flags, named] of refusals) {
     test(`${what}: refused with one line, and the --capture file is never created`, async () => {
-      writeFileSync(SUDOERS, `${USER} ALL=(root) NOPASSWD: ${process.execPath}\n`, { mode: 0o440 });
+      writeFileSync(SUDOERS, `${USER} ALL=(root) NOPASSWD: ${BUN}\n`, { mode: 0o440 });
       const capture = join(rootOnly, `${flags.join("-")}.pcap`);
       const result = await sudoSoftnetToExit([...flags, "--capture", capture]);
       expect(result.code, result.stderr).toBe(1);
@@ -247,7 +268,7 @@ describe("a user with the README's sudoers rule (sudo -n softnet ...) cannot cho
   }
 
   test("--user 0 --capture-overwrite leaves a root-owned file as it was", async () => {
-    writeFileSync(SUDOERS, `${USER} ALL=(root) NOPASSWD: ${process.execPath}\n`, { mode: 0o440 });
+    writeFileSync(SUDOERS, `${USER} ALL=(root) NOPASSWD: ${BUN}\n`, { mode: 0o440 });
     const precious = join(rootOnly, "authorized_keys");
     writeFileSync(precious, "ssh-ed25519 AAAA root's own key\n", { mode: 0o600 });
     const result = await sudoSoftnetToExit(["--user", "0", "--capture", precious, "--capture-overwrite"]);

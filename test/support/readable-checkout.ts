@@ -50,3 +50,13 @@ export function checkoutReadableByOthers(): string {
   process.once("exit", () => rmSync(directory, { recursive: true, force: true }));
   return directory;
 }
+
+/**
+ * The Bun that runs these tests, by its path in the readable checkout when it lives in this
+ * checkout's node_modules (the same file, hard-linked), else by its own path.
+ */
+export function readableBun(): string {
+  const checkout = checkoutReadableByOthers();
+  if (checkout === CHECKOUT || !process.execPath.startsWith(`${CHECKOUT}/`)) return process.execPath;
+  return join(checkout, process.execPath.slice(CHECKOUT.length + 1));
+}

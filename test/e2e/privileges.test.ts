@@ -26,6 +26,7 @@ import {
   run,
   softnet,
   Topology,
+  waitFor,
 } from "./lib/index.ts";
 
 /** This Bun, by a path USER can reach. */
@@ -204,7 +205,10 @@ describe("an unprivileged user", () => {
     const forwarder = await guest.attach(
       softnetAsUser(["--user", "root", "--group", "0", "--capture", capture]),
     );
-    expect(forwarder.log).toContain(`running as ${USER} (uid ${uid}, gid `);
+    // The start-up line comes once set-up is done, which may be after the link is up.
+    await waitFor("softnet's start-up line", () =>
+      forwarder.log.includes(`running as ${USER} (uid ${uid}, gid `),
+    );
     const pid = await softnetProcess(forwarder);
     const status = readFileSync(`/proc/${pid}/status`, "utf8");
     expect(status.match(/^Uid:\s*(.*)$/m)?.[1]).toBe(`${uid}\t${uid}\t${uid}\t${uid}`);

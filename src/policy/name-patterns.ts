@@ -19,9 +19,13 @@ export interface NamePattern {
 // Letters, digits, hyphen and underscore (underscore appears in real names: _dmarc, SRV owners).
 const LABEL_CHARACTERS = /^[a-z0-9_-]+$/;
 
-/** True when text can only be a DNS name in a rule list (not an address, CIDR or alias). */
+/**
+ * True when an entry of --allow/--block is meant as a DNS name: it has a letter, "*" or "_" and is
+ * neither an alias (@host) nor a network (a "/" makes it one, so "10.0.0.0/8x" is reported as a
+ * bad network, not as a bad name).
+ */
 export function looksLikeName(text: string): boolean {
-  return /[a-zA-Z*_]/.test(text) && !text.startsWith("@");
+  return /[a-zA-Z*_]/.test(text) && !text.startsWith("@") && !text.includes("/");
 }
 
 /**

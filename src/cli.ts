@@ -6,7 +6,12 @@
 import { Command, CommanderError, Option } from "commander";
 import { type DoctorOptions, parseDoctorCommandLine } from "./doctor/cli.ts";
 import { UsageError } from "./errors.ts";
-import { looksLikeName, type NamePattern, parseNamePattern } from "./policy/name-patterns.ts";
+import {
+  formatNamePattern,
+  looksLikeName,
+  type NamePattern,
+  parseNamePattern,
+} from "./policy/name-patterns.ts";
 import { formatRuleTarget, parseRuleTarget, type Rule } from "./policy/rules.ts";
 import { COMMIT, VERSION } from "./version.ts";
 import { BROADCAST_MAC, formatMac, isMulticastMac, parseMac } from "./wire/bytes.ts";
@@ -402,7 +407,9 @@ export function parseByteSize(flag: string, text: string): number {
   return bytes;
 }
 
-/** For logs: the rules as the user would write them. */
-export function describeRules(rules: readonly Rule[]): string {
-  return rules.map((rule) => `${rule.action} ${formatRuleTarget(rule.target)}`).join(", ") || "none";
+/** For logs: the rules as the user would write them, names in --allow after the networks. */
+export function describeRules(rules: readonly Rule[], names: readonly NamePattern[] = []): string {
+  const parts = rules.map((rule) => `${rule.action} ${formatRuleTarget(rule.target)}`);
+  for (const name of names) parts.push(`allow ${formatNamePattern(name)}`);
+  return parts.join(", ") || "none";
 }

@@ -114,7 +114,7 @@ export class LearnedNames {
    * chain is noted for the report; when the question name is allowed and the address is global,
    * it becomes a learned allow for its TTL (bounded by the limits).
    */
-  learn(message: DnsMessage, nowMs: number, events: LearnEvent[]): void {
+  learn(message: DnsMessage, nowMs: number, events: { push(event: LearnEvent): unknown }): void {
     if (!message.isResponse || message.rcode !== 0 || message.questionName === "") return;
     const answers = addressesForQuestion(message);
     if (answers.length === 0) return;

@@ -472,9 +472,15 @@ describe("what is never answered", () => {
     ]) {
       expect(buildRejectReply(policy, Reason.BLOCKED_BY_RULE, frame, 0, frame.length, T0, out, 0)).toBe(0);
     }
-    // And no reason but the two is ever answered, whatever the frame.
+    // And no reason but those three is ever answered, whatever the frame.
     for (let reason = 0; reason < 64; reason++) {
-      if (reason === Reason.BLOCKED_BY_RULE || reason === Reason.NOT_ALLOWED_DESTINATION) continue;
+      if (
+        reason === Reason.BLOCKED_BY_RULE ||
+        reason === Reason.NOT_ALLOWED_DESTINATION ||
+        reason === Reason.DNS_NAME_NOT_ALLOWED
+      ) {
+        continue;
+      }
       expect(buildRejectReply(policy, reason, SYN, 0, SYN.length, T0, out, 0)).toBe(0);
     }
   });

@@ -4,6 +4,7 @@
  * much at most).
  */
 import { describe, expect, test } from "bun:test";
+import { nameReport } from "../../src/name-report.ts";
 import { DEFAULT_LEARNING_LIMITS, type LearnEvent, LearnedNames } from "../../src/policy/learned-names.ts";
 import { looksLikeName, NamePatterns, parseNamePattern } from "../../src/policy/name-patterns.ts";
 import { parseIpv4 } from "../../src/wire/bytes.ts";
@@ -323,5 +324,45 @@ describe("the report's counters", () => {
     });
     expect([...github.addresses]).toEqual([ip("140.82.112.3")]);
     expect(evil).toMatchObject({ name: "evil.example", allowedBy: "", queriesDropped: 1 });
+  });
+});
+
+describe("the names report", () => {
+  test("lists each name with its counts, and the two --allow lists a person acts on", () => {
+    const learned = learner(["github.com"]);
+    const learn = (name: string, address: string) =>
+      learned.learn(
+        answer({
+          question: { name, type: 1 },
+          answers: [{ owner: name, type: "A", ttl: 60, address: ip(address) }],
+        }),
+        0,
+        [],
+      );
+    learned.countQuery("github.com", true);
+    learn("github.com", "140.82.112.3");
+    learned.countForwarded(ip("140.82.112.3"), 1);
+    learned.countQuery("registry.npmjs.org", true);
+    learn("registry.npmjs.org", "104.16.0.35");
+    learned.countDropped(ip("104.16.0.35"));
+    learned.countQuery("c2VjcmV0.evil.example", false);
+    const report = nameReport(learned);
+    expect(report.lines).toEqual([
+      "  names looked up: 3",
+      "    github.com: allowed by github.com; queries 1 passed, 0 dropped; addresses 140.82.112.3; packets 1 forwarded, 0 dropped",
+      "    registry.npmjs.org: not allowed by name; queries 1 passed, 0 dropped; addresses 104.16.0.35; packets 0 forwarded, 1 dropped",
+      "    c2VjcmV0.evil.example: not allowed by name; queries 0 passed, 1 dropped; addresses none; packets 0 forwarded, 0 dropped",
+      "  to allow what was dropped: --allow registry.npmjs.org,c2VjcmV0.evil.example",
+      "  names whose addresses carried traffic: --allow github.com",
+    ]);
+    expect(report.fields).toMatchObject({
+      allow_to_pass_dropped: ["registry.npmjs.org", "c2VjcmV0.evil.example"],
+      allow_what_was_used: ["github.com"],
+      not_listed: 0,
+    });
+  });
+
+  test("nothing looked up: one line", () => {
+    expect(nameReport(learner([])).lines).toEqual(["  names: none looked up"]);
   });
 });

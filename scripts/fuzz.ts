@@ -20,6 +20,8 @@
  * (test/unit/fuzz.test.ts); the figures of the 10-million run are in the closing notes.
  */
 import { writeEnhancedPacket } from "../src/capture/pcapng.ts";
+import { LearnedNames } from "../src/policy/learned-names.ts";
+import { type NamePattern, NamePatterns, parseNamePattern } from "../src/policy/name-patterns.ts";
 import { Policy } from "../src/policy/policy.ts";
 import { REASON_COUNT, Reason, type ReasonCode, reasonName } from "../src/policy/reasons.ts";
 import { buildRejectReply, REJECT_REPLY_MAX_BYTES } from "../src/policy/reject.ts";
@@ -27,11 +29,14 @@ import { parseRuleTarget, type Rule, RuleTable, type RuleTarget } from "../src/p
 import { parseIpv4, parseMac } from "../src/wire/bytes.ts";
 import { describeFrame } from "../src/wire/describe.ts";
 import { DhcpMessageType } from "../src/wire/dhcp.ts";
+import { emitDnsMessage } from "../src/wire/dns.ts";
+import { TcpFlag } from "../src/wire/tcp.ts";
 import {
   arpFrame,
   dhcpClientFrame,
   dhcpServerFrame,
   GATEWAY,
+  HOST_MAC,
   icmpEchoFrame,
   OTHER_MAC,
   tcpFrame,
@@ -143,7 +148,71 @@ function seedFrames(): Uint8Array[] {
     tcpFrame({ dst: "10.0.0.1", dport: 80, ip: { fragmentOffset: 8 } }),
     icmpEchoFrame({ dst: "8.8.8.8" }),
     icmpEchoFrame({ src: "8.8.8.8", dst: VM_IP, srcMac: OTHER_MAC, dstMac: VM_MAC }),
+    // DNS: queries the VM asks (UDP, and TCP with its length prefix), answers it receives from the
+    // lease's server through the gateway (a CNAME chain, compressed as dnsmasq writes it).
+    udpFrame({ dst: GATEWAY, dport: 53, payload: dnsQuery("api.github.test") }),
+    udpFrame({ dst: GATEWAY, dport: 53, payload: dnsQuery("c2VjcmV0.exfil.test") }),
+    tcpFrame({
+      dst: GATEWAY,
+      dport: 53,
+      flags: TcpFlag.ACK | TcpFlag.PSH,
+      payload: withLengthPrefix(dnsQuery("example.test")),
+    }),
+    dnsAnswer(DNSMASQ_CNAME_ANSWER),
+    // To the address those answers name: allowed by name once learned, where names are allowed.
+    tcpFrame({ dst: "93.184.216.34", dport: 443 }),
+    dnsAnswer(
+      emitDnsMessage({
+        id: 9,
+        response: true,
+        question: { name: "example.test", type: 1 },
+        answers: [{ owner: "example.test", type: "A", ttl: 30, address: parseIpv4("93.184.216.34")! }],
+      }),
+    ),
+    tcpFrame({
+      src: GATEWAY,
+      dst: VM_IP,
+      srcMac: HOST_MAC,
+      dstMac: VM_MAC,
+      sport: 53,
+      dport: 40000,
+      flags: TcpFlag.ACK | TcpFlag.PSH,
+      payload: withLengthPrefix(DNSMASQ_CNAME_ANSWER),
+    }),
   ];
+}
+
+/** dnsmasq 2.90's answer for www.example.test: a CNAME to example.test (pointers), and its A. */
+const DNSMASQ_CNAME_ANSWER = Uint8Array.from(
+  Buffer.from(
+    "12348580000100020000000003777777076578616d706c6504746573740000010001c00c000500010000001e000e07657861" +
+      "6d706c65047465737400c02e000100010000001e00045db8d822",
+    "hex",
+  ),
+);
+
+function dnsQuery(name: string): Uint8Array {
+  return emitDnsMessage({ id: 7, response: false, question: { name, type: 1 } });
+}
+
+function withLengthPrefix(message: Uint8Array): Uint8Array {
+  const framed = new Uint8Array(message.length + 2);
+  framed[0] = message.length >>> 8;
+  framed[1] = message.length & 0xff;
+  framed.set(message, 2);
+  return framed;
+}
+
+function dnsAnswer(message: Uint8Array): Uint8Array {
+  return udpFrame({
+    src: GATEWAY,
+    dst: VM_IP,
+    srcMac: HOST_MAC,
+    dstMac: VM_MAC,
+    sport: 53,
+    dport: 40000,
+    payload: message,
+  });
 }
 
 /** Offsets within a frame where a length or type field lives (Ethernet + IPv4 + UDP + BOOTP). */
@@ -219,16 +288,21 @@ const RULE_SETS: Rule[][] = [
   [rule("allow", "0.0.0.0/0")],
 ];
 
-/** A fresh policy with the next rule set in turn (so even a short run sees every one). */
+/** Names in --allow for the rounds that have them (every other four rounds). */
+const ALLOWED_NAMES = ["example.test", "*.github.test"].map((text) => parseNamePattern(text) as NamePattern);
+
+/** A fresh policy with the next rule set in turn (so even a short run sees every one), names or not. */
 function newPolicy(round: number): Policy {
   const gateway = parseIpv4(GATEWAY)!;
   const rules = RULE_SETS[round % RULE_SETS.length]!;
+  const names = new LearnedNames(new NamePatterns((round >> 2) & 1 ? ALLOWED_NAMES : []));
   return new Policy({
     vmMac: parseMac(VM_MAC)!,
     gateway,
     prefixLength: 24,
-    rules: RuleTable.compile(rules, gateway),
+    rules: RuleTable.compile(rules, gateway, names),
     isolated: rules.length !== 1 || rules[0]!.action !== "allow",
+    names,
   });
 }
 

@@ -6,6 +6,12 @@
 import { Command, CommanderError, Option } from "commander";
 import { type DoctorOptions, parseDoctorCommandLine } from "./doctor/cli.ts";
 import { UsageError } from "./errors.ts";
+import {
+  formatNamePattern,
+  looksLikeName,
+  type NamePattern,
+  parseNamePattern,
+} from "./policy/name-patterns.ts";
 import { formatRuleTarget, parseRuleTarget, type Rule } from "./policy/rules.ts";
 import { COMMIT, VERSION } from "./version.ts";
 import { BROADCAST_MAC, formatMac, isMulticastMac, parseMac } from "./wire/bytes.ts";
@@ -45,6 +51,8 @@ export interface SoftnetOptions {
   group: string | undefined;
   /** --allow and --block in the order given; RuleTable resolves ties (block wins). */
   rules: Rule[];
+  /** DNS names in --allow: addresses their answers name become /32 allows (src/policy/learned-names.ts). */
+  allowedNames: NamePattern[];
   exposedPorts: ExposedPort[];
   bridge: string | undefined;
   logLevel: LogLevel;
@@ -119,7 +127,8 @@ function buildProgram(collect: { help: string }): Command {
     .addOption(
       new Option(
         "--allow <cidrs>",
-        "comma-separated IPv4 networks (or @host) the VM may reach even if not global; repeatable",
+        "comma-separated IPv4 networks, @host, or DNS names (example.com, *.example.com) the VM may reach " +
+          "even if not global; a name allows the addresses the VM's own DNS answers give it; repeatable",
       ).argParser(accumulate),
     )
     .addOption(
@@ -226,6 +235,7 @@ function validate(raw: Record<string, unknown>): SoftnetOptions {
       ...parseRules("--allow", "allow", raw.allow as string[] | undefined),
       ...parseRules("--block", "block", raw.block as string[] | undefined),
     ],
+    allowedNames: parseAllowedNames(raw.allow as string[] | undefined),
     exposedPorts: parseExposedPorts(raw.expose as string[] | undefined),
     bridge: parseInterfaceName(raw.bridge as string | undefined),
     logLevel: raw.logLevel as LogLevel,
@@ -278,18 +288,51 @@ function nonEmpty(flag: string, value: string | undefined): string | undefined {
   return value;
 }
 
-function parseRules(flag: string, action: "allow" | "block", values: string[] | undefined): Rule[] {
-  const rules: Rule[] = [];
+/** The comma-separated entries of a repeatable list flag, trimmed; an empty one is a usage error. */
+function listEntries(flag: string, values: string[] | undefined): string[] {
+  const entries: string[] = [];
   for (const value of values ?? []) {
     for (const item of value.split(",")) {
       const text = item.trim();
       if (text === "") throw invalid(flag, value, "empty entry in the comma-separated list");
-      const target = parseRuleTarget(text);
-      if (typeof target === "string") throw invalid(flag, text, `${target}; expected A.B.C.D/N or @host`);
-      rules.push({ action, target });
+      entries.push(text);
     }
   }
+  return entries;
+}
+
+function parseRules(flag: string, action: "allow" | "block", values: string[] | undefined): Rule[] {
+  const rules: Rule[] = [];
+  for (const text of listEntries(flag, values)) {
+    if (looksLikeName(text)) {
+      if (action === "block") {
+        throw invalid(
+          flag,
+          text,
+          "names cannot be blocked: an address serves many names (CDNs, virtual hosting), so blocking " +
+            "a name would block whatever else lives there; block its addresses (A.B.C.D/N) instead",
+        );
+      }
+      continue; // a name: parseAllowedNames
+    }
+    const target = parseRuleTarget(text);
+    if (typeof target === "string") throw invalid(flag, text, `${target}; expected A.B.C.D/N or @host`);
+    rules.push({ action, target });
+  }
   return rules;
+}
+
+function parseAllowedNames(values: string[] | undefined): NamePattern[] {
+  const names: NamePattern[] = [];
+  for (const text of listEntries("--allow", values)) {
+    if (!looksLikeName(text)) continue;
+    const pattern = parseNamePattern(text);
+    if (typeof pattern === "string") {
+      throw invalid("--allow", text, `${pattern}; expected a DNS name such as example.com or *.example.com`);
+    }
+    names.push(pattern);
+  }
+  return names;
 }
 
 function parsePort(flag: string, whole: string, text: string, which: string): number {
@@ -364,7 +407,9 @@ export function parseByteSize(flag: string, text: string): number {
   return bytes;
 }
 
-/** For logs: the rules as the user would write them. */
-export function describeRules(rules: readonly Rule[]): string {
-  return rules.map((rule) => `${rule.action} ${formatRuleTarget(rule.target)}`).join(", ") || "none";
+/** For logs: the rules as the user would write them, names in --allow after the networks. */
+export function describeRules(rules: readonly Rule[], names: readonly NamePattern[] = []): string {
+  const parts = rules.map((rule) => `${rule.action} ${formatRuleTarget(rule.target)}`);
+  for (const name of names) parts.push(`allow ${formatNamePattern(name)}`);
+  return parts.join(", ") || "none";
 }

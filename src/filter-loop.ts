@@ -14,8 +14,9 @@
 import type { Logger } from "./log.ts";
 import { RateLimiter } from "./log.ts";
 import { FrameBatch, type FrameLink } from "./platform/link.ts";
-import { type Policy, SnoopEvent } from "./policy/policy.ts";
-import { isPass, REASON_COUNT, REASON_EXPLANATIONS, Reason, reasonName } from "./policy/reasons.ts";
+import type { LearnEvent } from "./policy/learned-names.ts";
+import type { Policy } from "./policy/policy.ts";
+import { isPass, REASON_COUNT, REASON_EXPLANATIONS, reasonName, SPOOF_REASONS } from "./policy/reasons.ts";
 import { isRejectReason, RATE_LIMITED, REJECT_REPLY_MAX_BYTES, type Rejecter } from "./policy/reject.ts";
 import { buildLeaseRelease, LEASE_RELEASE_FRAME_BYTES } from "./policy/release.ts";
 import { reportWarningOnce } from "./sentry.ts";
@@ -27,8 +28,10 @@ import {
   type TrafficDirectionCode,
   UNSENT,
 } from "./stats.ts";
-import { formatIpv4, formatMac } from "./wire/bytes.ts";
+import { formatIpv4, formatMac, readU16 } from "./wire/bytes.ts";
 import { describeFrame } from "./wire/describe.ts";
+import { Ethernet, EtherType } from "./wire/ethernet.ts";
+import { Ipv4, ipv4Destination } from "./wire/ipv4.ts";
 
 /** Why the loop stopped. */
 export type StopCause =
@@ -64,12 +67,7 @@ export interface FrameRecorder {
 }
 
 /** Reasons that mean a guest tried to impersonate someone: logged at warn, others at debug. */
-const SPOOF_REASONS = new Set<number>([
-  Reason.MAC_SPOOF,
-  Reason.ARP_SPOOF,
-  Reason.IP_SPOOF,
-  Reason.DHCP_SPOOF,
-]);
+const SPOOFS = new Set<number>(SPOOF_REASONS);
 
 export class FilterLoop {
   /** Frames accepted but not delivered because the receiving side had no room (ENOBUFS/EAGAIN). */
@@ -88,7 +86,6 @@ export class FilterLoop {
   private readonly debugEnabled: boolean;
   private stopped = false;
   private leaseWasValid = false;
-  private gatewayMacChangesSeen = 0;
   private readonly countersAtLastSummary = new Float64Array(REASON_COUNT);
   private readonly unsentAtLastSummary = new Float64Array(2);
   /** --reject: the answers to one batch from the VM, made in place and sent to the VM together. */
@@ -169,8 +166,7 @@ export class FilterLoop {
         if (isPass(reason)) slots[accepted++] = slot;
         else this.logDrop("to VM", reason, batch, slot, now);
       }
-      if (policy.lastSnoopEvent !== SnoopEvent.NONE) this.leaseEvent(now);
-      if (policy.gatewayMacChanges !== this.gatewayMacChangesSeen) this.gatewayMacEvent();
+      if (policy.events.size > 0) this.handleSnoopEvents(now);
       let sent = 0;
       if (accepted > 0) {
         sent = vm.send(batch, slots, accepted);
@@ -195,6 +191,8 @@ export class FilterLoop {
   /** Once a second: notice lease expiry, and summarise drops at info level once a minute. */
   tick(): void {
     const now = this.options.clock();
+    // Addresses learned from DNS answers whose time is over are forgotten (learned-names.ts).
+    this.options.policy.dns.names.expire(now);
     const valid = this.options.policy.lease.isValidAt(now);
     if (this.leaseWasValid && !valid) {
       this.leaseWasValid = false;
@@ -345,10 +343,27 @@ export class FilterLoop {
     return received;
   }
 
-  private leaseEvent(now: number): void {
+  /** What the snoopers learned from the last batch from the host: logged, and passed on. */
+  private handleSnoopEvents(now: number): void {
+    this.options.policy.events.drain((event) => {
+      switch (event.kind) {
+        case "lease-granted":
+        case "lease-refused":
+          this.leaseEvent(event.kind === "lease-granted", now);
+          break;
+        case "gateway-mac":
+          this.gatewayMacEvent(event.mac, event.first);
+          break;
+        default:
+          this.nameEvent(event);
+      }
+    });
+  }
+
+  private leaseEvent(granted: boolean, now: number): void {
     const { policy, logger } = this.options;
     const lease = policy.lease;
-    if (policy.lastSnoopEvent === SnoopEvent.LEASE_GRANTED) {
+    if (granted) {
       const seconds = Number.isFinite(lease.expiresAtMs)
         ? `${Math.round((lease.expiresAtMs - now) / 1000)} s`
         : "ever";
@@ -367,33 +382,88 @@ export class FilterLoop {
       );
       this.leaseWasValid = false;
     }
-    policy.lastSnoopEvent = SnoopEvent.NONE;
     this.options.onLeaseChange?.();
   }
 
   /** The gateway's MAC was learned or changed: an isolated VM now takes routed traffic only from it. */
-  private gatewayMacEvent(): void {
-    const { policy, logger } = this.options;
-    const first = this.gatewayMacChangesSeen === 0;
-    this.gatewayMacChangesSeen = policy.gatewayMacChanges;
-    const mac = formatMac(policy.gatewayMac);
-    logger.info(`gateway MAC ${first ? "is" : "changed to"} ${mac}`, "gateway-mac", { mac, changed: !first });
+  private gatewayMacEvent(gatewayMac: number, first: boolean): void {
+    const mac = formatMac(gatewayMac);
+    this.options.logger.info(`gateway MAC ${first ? "is" : "changed to"} ${mac}`, "gateway-mac", {
+      mac,
+      changed: !first,
+    });
+  }
+
+  /** What a DNS answer taught about a name in --allow (or why it taught nothing). */
+  private nameEvent(event: LearnEvent): void {
+    const { logger } = this.options;
+    switch (event.kind) {
+      case "learned":
+        logger.debug(
+          `learned ${formatIpv4(event.address)} for ${event.name} (--allow ${event.allowedBy}) for at least ${event.seconds} s`,
+          "name-learned",
+          {
+            name: event.name,
+            allowed_by: event.allowedBy,
+            address: formatIpv4(event.address),
+            ttl_s: event.seconds,
+          },
+        );
+        break;
+      case "not-global":
+        logger.warn(
+          `${event.name} (--allow ${event.allowedBy}) answered with ${formatIpv4(event.address)}, which is not a global address: ` +
+            "names allow global addresses only (a private answer may be DNS rebinding); allow the network with --allow A.B.C.D/N if you mean it. Said once per name",
+          "name-not-global",
+          { name: event.name, allowed_by: event.allowedBy, address: formatIpv4(event.address) },
+        );
+        break;
+      case "name-cap":
+        logger.warn(
+          `${event.name} answered with more than ${event.cap} addresses: the stalest are forgotten as new ones arrive. Said once per name`,
+          "name-cap",
+          { name: event.name, cap: event.cap },
+        );
+        break;
+      case "total-cap":
+        logger.warn(
+          `${event.cap} addresses learned from DNS answers are kept already: nothing new is learned until some expire`,
+          "names-cap",
+          { cap: event.cap },
+        );
+        break;
+    }
+  }
+
+  /** The name a DNS answer gave an IPv4 frame's destination, if any (for a drop's log line). */
+  private destinationName(bytes: Uint8Array, offset: number, length: number): string | undefined {
+    const ip = offset + Ethernet.HEADER_LENGTH;
+    if (length < Ethernet.HEADER_LENGTH + Ipv4.MINIMUM_HEADER_LENGTH) return undefined;
+    if (readU16(bytes, offset + Ethernet.ETHER_TYPE) !== EtherType.IPV4) return undefined;
+    return this.options.policy.dns.names.nameOf(ipv4Destination(bytes, ip));
   }
 
   /** Logs a dropped frame: spoofing by the VM at warn, anything else at debug, rate-limited per reason. */
   private logDrop(direction: string, reason: number, batch: FrameBatch, slot: number, now: number): void {
-    const spoof = SPOOF_REASONS.has(reason);
+    const spoof = SPOOFS.has(reason);
     if (!spoof && !this.debugEnabled) return;
     const suppressed = this.dropLog.take(reason, now);
     if (suppressed < 0) return;
     const frame = describeFrame(batch.bytes, slot * batch.slotSize, batch.lengths[slot]);
     const more = suppressed > 0 ? ` (${suppressed} more like it not logged)` : "";
-    const line = `dropped ${direction}: ${reasonName(reason)}: ${REASON_EXPLANATIONS[reason]}: ${frame}${more}`;
+    // The name a DNS answer gave the destination, so a drop says what the VM was trying to reach.
+    const name =
+      direction === "from VM"
+        ? this.destinationName(batch.bytes, slot * batch.slotSize, batch.lengths[slot])
+        : undefined;
+    const named = name === undefined ? "" : ` (the address of ${name})`;
+    const line = `dropped ${direction}: ${reasonName(reason)}: ${REASON_EXPLANATIONS[reason]}: ${frame}${named}${more}`;
     const fields = {
       direction: direction === "from VM" ? "from-vm" : "to-vm",
       reason: reasonName(reason),
       explanation: REASON_EXPLANATIONS[reason],
       frame,
+      destination_name: name ?? null,
       suppressed_before: suppressed,
     };
     if (spoof) this.options.logger.warn(line, "drop", fields);

@@ -16,6 +16,8 @@ import type { DarwinLibraries } from "./platform/darwin/system.ts";
 import { FrameBatch, type FrameLink } from "./platform/link.ts";
 import type { BridgePortWatch } from "./platform/linux/port-watch.ts";
 import type { ReactorBackend } from "./platform/reactor.ts";
+import { LearnedNames } from "./policy/learned-names.ts";
+import { NamePatterns } from "./policy/name-patterns.ts";
 import { Policy } from "./policy/policy.ts";
 import { Rejecter } from "./policy/reject.ts";
 import { allowsEverything, RuleTable } from "./policy/rules.ts";
@@ -408,13 +410,16 @@ const STOP_SIGNALS: readonly NodeJS.Signals[] = [
 async function runFilter(setup: FilterSetup): Promise<number> {
   const { options, logger, vm, host, cleanups } = setup;
   const { Reactor, openCapture } = setup.modules;
+  // Names in --allow, and what the VM's DNS answers teach about every name it looks up.
+  const names = new LearnedNames(new NamePatterns(options.allowedNames));
   const policy = new Policy({
     vmMac: options.vmMac,
     gateway: host.gateway,
     // The VM's network and whether it is isolated: what it may receive depends on both.
     prefixLength: host.prefixLength,
     isolated: setup.isolate,
-    rules: RuleTable.compile(options.rules, host.gateway),
+    rules: RuleTable.compile(options.rules, host.gateway, names),
+    names,
   });
   const clock = () => performance.now();
   const startedAtMs = clock();
@@ -512,6 +517,7 @@ async function runFilter(setup: FilterSetup): Promise<number> {
       forwardsInstalledFor: forwards?.installedAddress ?? -1,
       capture: capture?.status,
       reject: options.reject,
+      names,
     });
     logger.report("info", report.lines, "counters", report.fields, force);
   };
@@ -526,7 +532,7 @@ async function runFilter(setup: FilterSetup): Promise<number> {
     `forwarding for VM ${formatMac(options.vmMac)} on fd ${options.vmFd} through ${host.description} ` +
       `(gateway ${formatIpv4(host.gateway)}/${host.prefixLength}, MTU ${host.mtu}, ` +
       `${setup.isolate ? "isolated from other VMs" : "not isolated: --allow 0.0.0.0/0"}); ` +
-      `rules: ${describeRules(options.rules)}${options.reject ? " (dropped destinations answered: --reject)" : ""}; ` +
+      `rules: ${describeRules(options.rules, options.allowedNames)}${options.reject ? " (dropped destinations answered: --reject)" : ""}; ` +
       `running as ${setup.runningAs}` +
       (options.capture === undefined ? "" : `; capturing to ${options.capture.path}`),
     "startup",
@@ -538,7 +544,7 @@ async function runFilter(setup: FilterSetup): Promise<number> {
       prefix_length: host.prefixLength,
       mtu: host.mtu,
       isolated: setup.isolate,
-      rules: describeRules(options.rules),
+      rules: describeRules(options.rules, options.allowedNames),
       reject: options.reject,
       exposed: exposed === "" ? null : exposed,
       running_as: setup.runningAs,

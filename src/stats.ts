@@ -6,7 +6,10 @@
  * The loop marks each frame of a batch with a verdict byte: the policy's reason, with UNSENT added
  * when the reason let it pass but the receiving side had no buffer space for it.
  */
+
+import { nameReport } from "./name-report.ts";
 import type { FrameBatch } from "./platform/link.ts";
+import type { LearnedNames } from "./policy/learned-names.ts";
 import type { Lease } from "./policy/lease.ts";
 import { isPass, REASON_COUNT, reasonName } from "./policy/reasons.ts";
 import { formatIpv4 } from "./wire/bytes.ts";
@@ -117,6 +120,8 @@ export interface CounterSources {
   capture: CaptureStatus | undefined;
   /** --reject is on: report the answers made. */
   reject?: boolean;
+  /** What the VM looked up, and the allow lists that follow (name-report.ts). */
+  names?: LearnedNames;
 }
 
 /** The report: lines for the text log, and the same as structured fields for JSON logs. */
@@ -219,6 +224,12 @@ export function counterReport(sources: CounterSources): CounterReport {
     const address = formatIpv4(sources.forwardsInstalledFor);
     lines.push(`  port forwards: TCP ${sources.exposed} to ${address}`);
     fields.forwards = { installed: true, ports: sources.exposed, address };
+  }
+
+  if (sources.names !== undefined) {
+    const names = nameReport(sources.names);
+    lines.push(...names.lines);
+    fields.names = names.fields;
   }
 
   const capture = sources.capture;

@@ -11,9 +11,18 @@
 import { chownSync, existsSync, mkdtempSync, rmSync, truncateSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { parseIpv4 } from "../../src/wire/bytes.ts";
 import { DhcpMessageType } from "../../src/wire/dhcp.ts";
+import { emitDnsMessage } from "../../src/wire/dns.ts";
 import { closeFd, datagramSocketPair } from "../../test/e2e/lib/socketpair.ts";
-import { dhcpClientFrame, dhcpServerFrame, GATEWAY, VM_IP, VM_MAC } from "../../test/support/frames.ts";
+import {
+  dhcpClientFrame,
+  dhcpServerFrame,
+  GATEWAY,
+  udpFrame,
+  VM_IP,
+  VM_MAC,
+} from "../../test/support/frames.ts";
 import {
   cpuSeconds,
   lastJson,
@@ -42,10 +51,24 @@ const GLOBAL_DESTINATION = "8.8.8.8";
 export type Direction = "vm-to-host" | "host-to-vm";
 export const DIRECTIONS: Direction[] = ["vm-to-host", "host-to-vm"];
 export const SIZES = [64, 1500] as const;
-export type ForwarderName = "C relay" | "softnet" | "softnet --capture" | "null forwarder";
-type RealForwarder = "C relay" | "softnet" | "softnet --capture";
+export type ForwarderName =
+  | "C relay"
+  | "softnet"
+  | "softnet --capture"
+  | "softnet, 1000 names learned"
+  | "null forwarder";
+type RealForwarder = "C relay" | "softnet" | "softnet --capture" | "softnet, 1000 names learned";
 /** softnet with --capture into a file on tmpfs: what capturing every frame costs. */
 export const CAPTURING = "softnet --capture";
+/**
+ * softnet with --block 0.0.0.0/0 --allow *.bench.test, after DNS answers taught it 1000 addresses
+ * for names below bench.test, 8.8.8.8 among them: every frame to or from 8.8.8.8 passes on a
+ * learned address. What matching against learned addresses costs.
+ */
+export const NAMED = "softnet, 1000 names learned";
+/** Learned addresses: 25 answers of 40 A records (an answer stays well inside one 1500-byte frame). */
+const NAMED_ANSWERS = 25;
+const RECORDS_PER_ANSWER = 40;
 
 export interface Timing {
   warmupSeconds: number;
@@ -264,6 +287,47 @@ export class FrameBench {
     return join(directory, "bench.pcapng");
   }
 
+  /**
+   * DNS answers from the gateway (the lease's DNS server) to the VM, injected on the host side like
+   * the ACK: 1000 global addresses for 25 names below bench.test, the first of them 8.8.8.8. Then
+   * the counters (SIGUSR2) must list the 25 names, or the cell would measure something else.
+   */
+  private async teachNames(forwarder: Forwarder): Promise<void> {
+    for (let answer = 0; answer < NAMED_ANSWERS; answer++) {
+      const name = `n${answer}.bench.test`;
+      const addresses = Array.from({ length: RECORDS_PER_ANSWER }, (_, record) => {
+        const index = answer * RECORDS_PER_ANSWER + record;
+        // 8.8.8.8 first, then 20.0.0.1 and up (global, RFC 6890 has no special block there).
+        return index === 0 ? parseIpv4(GLOBAL_DESTINATION)! : parseIpv4("20.0.0.0")! + index;
+      });
+      const frame = udpFrame({
+        srcMac: GENERATOR_MAC,
+        dstMac: VM_MAC,
+        src: GATEWAY,
+        dst: VM_IP,
+        sport: 53,
+        dport: 33333,
+        payload: emitDnsMessage({
+          id: answer,
+          response: true,
+          question: { name, type: 1 },
+          answers: addresses.map((address) => ({ owner: name, type: "A" as const, ttl: 3600, address })),
+        }),
+      });
+      const injected = await runTool(
+        this.resources,
+        this.ns([this.programs.tools, "inject", GEN_TAP, "1", "0", hex(frame)]),
+      );
+      if (injected.code !== 0) throw new Error(`cannot inject a DNS answer: ${injected.stderr.trim()}`);
+    }
+    process.kill(forwarder.pid, "SIGUSR2");
+    await forwarder.output.waitFor(
+      new RegExp(`names looked up: ${NAMED_ANSWERS}\\b`),
+      5_000,
+      forwarder.running,
+    );
+  }
+
   private async startForwarder(name: RealForwarder): Promise<Forwarder> {
     const capturePath = name === CAPTURING ? this.captureFile() : undefined;
     const argv =
@@ -278,6 +342,7 @@ export class FrameBench {
             "--bridge",
             BRIDGE,
             ...(capturePath === undefined ? [] : ["--capture", capturePath, "--capture-limit", "1T"]),
+            ...(name === NAMED ? ["--block", "0.0.0.0/0", "--allow", "*.bench.test"] : []),
           ]);
     const pair = datagramSocketPair();
     const before = new Set(this.portsWithCarrier());
@@ -337,6 +402,7 @@ export class FrameBench {
       );
       if (injected.code !== 0) throw new Error(`cannot inject the DHCP ACK: ${injected.stderr.trim()}`);
       if (name !== "C relay") await output.waitFor(/lease learned/, 5_000, running);
+      if (name === NAMED) await this.teachNames(forwarder);
     } catch (error) {
       await forwarder.stop();
       throw new Error(`${describeError(error)}\n${output.text.trim()}`);
@@ -510,8 +576,8 @@ export class FrameBench {
     // pin of the softnet started before it is taken off first (each host→VM run pins VM_MAC to the
     // port under test again with `fdb replace`); the relay's port gets VM_MAC pinned once it is up.
     const names: RealForwarder[] = this.timing.capture
-      ? ["softnet", CAPTURING, "C relay"]
-      : ["softnet", "C relay"];
+      ? ["softnet", CAPTURING, NAMED, "C relay"]
+      : ["softnet", NAMED, "C relay"];
     for (const name of names) {
       for (const started of forwarders) {
         shMaybe(["bridge", "-n", this.namespace, "fdb", "del", VM_MAC, "dev", started.port, "master"]);

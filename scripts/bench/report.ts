@@ -214,6 +214,36 @@ function renderCaptureCost(report: Report): string[] {
   return lines;
 }
 
+/** softnet matching 1000 learned addresses against softnet without names: the price of --allow <name>. */
+function renderNamesCost(report: Report): string[] {
+  const { frames } = report;
+  const lines = [
+    "",
+    "The cost of names in --allow (--block 0.0.0.0/0 --allow *.bench.test, 1000 addresses learned from DNS answers; every frame passes on one)",
+  ];
+  const rows: string[][] = [
+    ["cell", "softnet frames/s", "with 1000 names", "names / softnet", "CPU without → with"],
+  ];
+  for (const direction of ["vm-to-host", "host-to-vm"] as Direction[]) {
+    for (const size of [64, 1500]) {
+      const plain = findCell(frames, "softnet", direction, size);
+      const named = findCell(frames, "softnet, 1000 names learned", direction, size);
+      rows.push([
+        `${ARROW[direction]} ${size} B`,
+        plain ? integer(plain.framesPerSecond) : "not measured",
+        named ? integer(named.framesPerSecond) : "not measured",
+        plain && named && plain.framesPerSecond > 0
+          ? percent(named.framesPerSecond / plain.framesPerSecond)
+          : "n/a",
+        plain && named ? `${percent(plain.forwarderCpu, 0)} → ${percent(named.forwarderCpu, 0)}` : "",
+      ]);
+    }
+  }
+  lines.push(...table(rows, [false, true, true, true, true]).map((line) => `  ${line}`));
+  lines.push("  (figures, not judgements: timings are never asserted; the ratio is of the median runs)");
+  return lines;
+}
+
 export function render(report: Report): string[] {
   const { frames } = report;
   const lines: string[] = [];
@@ -243,7 +273,13 @@ export function render(report: Report): string[] {
   const kilo = (value: number) => `${Math.round(value / 1000)}k`;
   for (const direction of ["vm-to-host", "host-to-vm"] as Direction[]) {
     for (const size of [64, 1500]) {
-      for (const forwarder of ["C relay", "softnet", "softnet --capture", "null forwarder"]) {
+      for (const forwarder of [
+        "C relay",
+        "softnet",
+        "softnet --capture",
+        "softnet, 1000 names learned",
+        "null forwarder",
+      ]) {
         if (forwarder === "softnet --capture" && !report.config.capture) continue;
         const cell = findCell(frames, forwarder, direction, size);
         const name = forwarder === "null forwarder" ? "(generator alone)" : forwarder;
@@ -324,6 +360,7 @@ export function render(report: Report): string[] {
   }
 
   if (report.config.capture) lines.push(...renderCaptureCost(report));
+  lines.push(...renderNamesCost(report));
 
   lines.push("", "softnet process");
   const softnet = frames.process.softnet;

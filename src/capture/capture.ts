@@ -22,8 +22,7 @@ import type { CaptureOptions } from "../cli.ts";
 import { SoftnetError } from "../errors.ts";
 import type { Logger } from "../log.ts";
 import type { FrameBatch } from "../platform/link.ts";
-import { isPass, REASON_COUNT, REASON_EXPLANATIONS, reasonName } from "../policy/reasons.ts";
-import { REJECT_REASONS } from "../policy/reject.ts";
+import { isPass, REASON_COUNT, REASON_EXPLANATIONS, REJECT_REASONS, reasonName } from "../policy/reasons.ts";
 import {
   type CaptureStatus,
   formatSize,

@@ -1,6 +1,8 @@
 /**
- * softnet's filter: what a VM may send (decideFromVm) and what it may receive (observeFromHost),
- * plus DHCP snooping, which feeds the lease that the VM-side decisions depend on.
+ * softnet's filter: what a VM may send (decideFromVm) and what it may receive (observeFromHost).
+ * Beside the decisions sit the snoopers, which learn from what passes: the DHCP snooper owns the
+ * lease the VM-side decisions depend on (dhcp-snooper.ts), the DNS snooper the addresses that names
+ * in --allow stand for (dns-snooper.ts). What they learn reaches the loop as events (events).
  *
  * Pure: no I/O, no clock of its own. Every call reads a frame in place (bytes[offset, offset+length))
  * and returns a Reason; nothing is allocated per frame. The one write: decideFromVm clears, in
@@ -46,9 +48,14 @@ import {
   updateUdpChecksumAfterClearing,
 } from "../wire/udp.ts";
 import { isGlobal, LIMITED_BROADCAST, networkContains, UNSPECIFIED } from "./address.ts";
-import { Lease } from "./lease.ts";
+import { DhcpSnooper } from "./dhcp-snooper.ts";
+import { DnsSnooper, UNDECIDED } from "./dns-snooper.ts";
+import { LearnedNames } from "./learned-names.ts";
+import type { Lease } from "./lease.ts";
+import { NamePatterns } from "./name-patterns.ts";
 import { isPass, REASON_COUNT, Reason, type ReasonCode } from "./reasons.ts";
 import { RuleAction, type RuleTable } from "./rules.ts";
+import { SnoopEvents } from "./snoop-events.ts";
 
 const DNS_PORT = 53;
 const ETHERNET_HARDWARE_TYPE = 1;
@@ -70,11 +77,11 @@ export interface PolicyConfig {
    * from other VMs, only from the host, and the host link isolates it too where it can.
    */
   isolated: boolean;
+  /** Compiled with `names` as its learned addresses, when names are given. */
   rules: RuleTable;
+  /** What DNS answers taught (names in --allow, and the report); none when left out. */
+  names?: LearnedNames;
 }
-
-/** What the last observeFromHost() learned from DHCP, for the loop to log. */
-export const SnoopEvent = { NONE: 0, LEASE_GRANTED: 1, LEASE_REFUSED: 2 } as const;
 
 export class Policy {
   readonly vmMac: number;
@@ -82,18 +89,18 @@ export class Policy {
   readonly prefixLength: number;
   readonly isolated: boolean;
   readonly rules: RuleTable;
-  readonly lease = new Lease();
   /** Frames per reason, both directions. */
   readonly counters = new Float64Array(REASON_COUNT);
-  /** Set by observeFromHost when it snooped a DHCP ACK or NAK; the caller resets it. */
-  lastSnoopEvent: number = SnoopEvent.NONE;
-  /**
-   * The MAC that frames from the gateway's own address come from, -1 until one arrived; with
-   * `gatewayMacChanges` bumped each time it is learned or changes, for the loop to log.
-   */
+  /** What the snoopers (and the gateway's MAC) taught since the loop last drained it. */
+  readonly events = new SnoopEvents();
+  readonly dhcp: DhcpSnooper;
+  readonly dns: DnsSnooper;
+  /** The lease the DHCP snooper learned. */
+  readonly lease: Lease;
+  /** The MAC that frames from the gateway's own address come from, -1 until one arrived. */
   gatewayMac = UNKNOWN_MAC;
-  gatewayMacChanges = 0;
-  private readonly dhcp = new DhcpMessage();
+  /** The VM's own DHCP messages are read into this (the snooper has its own for the host's). */
+  private readonly clientMessage = new DhcpMessage();
 
   constructor(config: PolicyConfig) {
     if (!Number.isInteger(config.prefixLength) || config.prefixLength < 1 || config.prefixLength > 32) {
@@ -104,6 +111,10 @@ export class Policy {
     this.prefixLength = config.prefixLength;
     this.isolated = config.isolated;
     this.rules = config.rules;
+    this.dhcp = new DhcpSnooper(this.vmMac, this.gateway, this.events);
+    this.lease = this.dhcp.lease;
+    const names = config.names ?? new LearnedNames(new NamePatterns([]));
+    this.dns = new DnsSnooper(names, this.events, config.rules.deniesByDefault);
   }
 
   /** Decides whether a frame the VM sent may go to the host. */
@@ -172,14 +183,51 @@ export class Policy {
 
     const udpValid = isFirstUdp && isValidUdp(bytes, udp, udpAvailable);
     if (this.lease.isValidSource(source, nowMs)) {
-      const permitted = this.permittedDestination(bytes, udp, udpValid, destination);
-      if (isPass(permitted)) return this.checkNextHop(bytes, ip, permitted);
-      if (permitted !== Reason.NOT_ALLOWED_DESTINATION) return permitted;
-      if (isFirstUdp && !udpValid) return Reason.MALFORMED_UDP;
-      return Reason.NOT_ALLOWED_DESTINATION;
+      const verdict = this.classifyFromLeasedAddress(
+        bytes,
+        ip,
+        headerLength,
+        udp,
+        isFirstUdp,
+        udpValid,
+        destination,
+        nowMs,
+      );
+      // For the report: which name's addresses carried traffic, and which were refused.
+      const names = this.dns.names;
+      if (isPass(verdict)) names.countForwarded(destination, nowMs);
+      else if (verdict === Reason.BLOCKED_BY_RULE || verdict === Reason.NOT_ALLOWED_DESTINATION) {
+        names.countDropped(destination);
+      }
+      return verdict;
     }
     if (!this.lease.isValidAt(nowMs)) return Reason.NO_LEASE;
     return Reason.IP_SPOOF;
+  }
+
+  /** A packet from the VM's own leased address: where may it go? */
+  private classifyFromLeasedAddress(
+    bytes: Uint8Array,
+    ip: number,
+    headerLength: number,
+    udp: number,
+    isFirstUdp: boolean,
+    udpValid: boolean,
+    destination: number,
+    nowMs: number,
+  ): ReasonCode {
+    // DNS to a server of the lease is decided by the question's name when names are in play.
+    const isDnsServer = this.lease.isDnsServer(destination);
+    if (isDnsServer) {
+      const byName = this.dns.decideQuery(bytes, ip, headerLength);
+      if (byName !== UNDECIDED) return isPass(byName) ? this.checkNextHop(bytes, ip, byName) : byName;
+    }
+    let verdict = this.permittedDestination(bytes, udp, udpValid, destination, nowMs);
+    if (isPass(verdict)) verdict = this.checkNextHop(bytes, ip, verdict);
+    else if (verdict === Reason.NOT_ALLOWED_DESTINATION && isFirstUdp && !udpValid)
+      verdict = Reason.MALFORMED_UDP;
+    if (isDnsServer) this.dns.countUndecidedQuery(isPass(verdict));
+    return verdict;
   }
 
   /**
@@ -221,9 +269,11 @@ export class Policy {
     udp: number,
     udpValid: boolean,
     destination: number,
+    nowMs: number,
   ): ReasonCode {
-    const action = this.rules.lookup(destination);
+    const action = this.rules.lookup(destination, nowMs);
     if (action === RuleAction.ALLOW) return Reason.PASS_ALLOWED_BY_RULE;
+    if (action === RuleAction.ALLOW_BY_NAME) return Reason.PASS_ALLOWED_BY_NAME;
     if (action === RuleAction.BLOCK) return Reason.BLOCKED_BY_RULE;
     if (isGlobal(destination)) return Reason.PASS_GLOBAL;
     if (destination === this.gateway) return Reason.PASS_GATEWAY;
@@ -269,7 +319,7 @@ export class Policy {
     if (!isValidUdp(bytes, udp, udpAvailable)) return Reason.MALFORMED_UDP;
     const dhcp = udp + Udp.HEADER_LENGTH;
     const dhcpLength = udpLength(bytes, udp) - Udp.HEADER_LENGTH;
-    const message = this.dhcp;
+    const message = this.clientMessage;
     if (!readDhcp(bytes, dhcp, dhcpLength, message)) return Reason.MALFORMED_DHCP;
     if (
       message.op !== BootpOp.REQUEST ||
@@ -292,7 +342,7 @@ export class Policy {
       verdict = Reason.PASS_DHCP;
     } else if (leaseValid) {
       if (source !== this.lease.address) return Reason.IP_SPOOF;
-      verdict = toServer ? Reason.PASS_DHCP : this.permittedDestination(bytes, udp, true, destination);
+      verdict = toServer ? Reason.PASS_DHCP : this.permittedDestination(bytes, udp, true, destination, nowMs);
     } else {
       // No lease known: only a renewal of the address the client says it holds, to the server.
       if (source === this.gateway || source >= FIRST_MULTICAST || message.clientAddress !== source) {
@@ -326,11 +376,27 @@ export class Policy {
       return this.classifyHostSource(arpSenderIp(bytes, payload), sourceMac, Reason.PASS_HOST_ARP);
     }
     if (etherType !== EtherType.IPV4) return Reason.NON_IP_ETHERTYPE;
-    if (checkIpv4(bytes, payload, payloadLength) === 0) return Reason.MALFORMED_IPV4;
+    const headerLength = checkIpv4(bytes, payload, payloadLength);
+    if (headerLength === 0) return Reason.MALFORMED_IPV4;
     if (destinationMac === this.vmMac || destinationMac === BROADCAST_MAC) {
-      this.snoopDhcpReply(bytes, payload, payloadLength, nowMs);
+      this.dhcp.observe(bytes, payload, payloadLength, nowMs);
     }
-    return this.classifyHostSource(ipv4Source(bytes, payload), sourceMac, Reason.PASS_HOST_IPV4);
+    const source = ipv4Source(bytes, payload);
+    const verdict = this.classifyHostSource(source, sourceMac, Reason.PASS_HOST_IPV4);
+    if (verdict === Reason.PASS_HOST_IPV4) {
+      this.dns.names.countForwarded(source, nowMs);
+      // Answers teach only from a server of the lease, to the leased address, through the gateway.
+      if (
+        destinationMac === this.vmMac &&
+        sourceMac === this.gatewayMac &&
+        this.lease.isDnsServer(source) &&
+        ipv4Destination(bytes, payload) === this.lease.address &&
+        this.lease.isValidAt(nowMs)
+      ) {
+        this.dns.observeResponse(bytes, payload, headerLength, nowMs);
+      }
+    }
+    return verdict;
   }
 
   /**
@@ -353,8 +419,8 @@ export class Policy {
   private classifyHostSource(source: number, sourceMac: number, pass: ReasonCode): ReasonCode {
     if (source === this.gateway) {
       if (sourceMac !== this.gatewayMac && !isMulticastMac(sourceMac)) {
+        this.events.push({ kind: "gateway-mac", mac: sourceMac, first: this.gatewayMac === UNKNOWN_MAC });
         this.gatewayMac = sourceMac;
-        this.gatewayMacChanges++;
       }
       return pass;
     }
@@ -364,41 +430,6 @@ export class Policy {
     }
     if (this.gatewayMac !== UNKNOWN_MAC && sourceMac !== this.gatewayMac) return Reason.NOT_FROM_GATEWAY;
     return pass;
-  }
-
-  /**
-   * Learns the lease from the host DHCP server's ACK (address, lease time, DNS servers) and forgets
-   * it on a NAK. Only replies from the gateway, about this VM's MAC, count; a malformed reply is
-   * ignored (it still reaches the VM, whose own client judges it, as in the original).
-   */
-  private snoopDhcpReply(bytes: Uint8Array, ip: number, available: number, nowMs: number): void {
-    const headerLength = checkIpv4(bytes, ip, available);
-    if (headerLength === 0) return;
-    if (ipv4Source(bytes, ip) !== this.gateway) return;
-    if (ipv4Protocol(bytes, ip) !== IpProtocol.UDP || ipv4FragmentOffset(bytes, ip) !== 0) return;
-    const udp = ip + headerLength;
-    if (!isValidUdp(bytes, udp, ipv4TotalLength(bytes, ip) - headerLength)) return;
-    if (udpSourcePort(bytes, udp) !== DhcpPort.SERVER && udpDestinationPort(bytes, udp) !== DhcpPort.CLIENT)
-      return;
-    const message = this.dhcp;
-    if (!readDhcp(bytes, udp + Udp.HEADER_LENGTH, udpLength(bytes, udp) - Udp.HEADER_LENGTH, message)) return;
-    if (message.op !== BootpOp.REPLY || message.clientMac !== this.vmMac) return;
-    if (message.messageType === DhcpMessageType.ACK) {
-      // An ACK without a lease time answers DHCPINFORM and grants nothing.
-      if (message.leaseTimeSeconds === -1 || message.yourAddress === UNSPECIFIED) return;
-      this.lease.grant(
-        message.yourAddress,
-        message.leaseTimeSeconds,
-        nowMs,
-        message.dnsServers,
-        message.dnsServerCount,
-        message.serverIdentifier,
-      );
-      this.lastSnoopEvent = SnoopEvent.LEASE_GRANTED;
-    } else if (message.messageType === DhcpMessageType.NAK) {
-      this.lease.clear();
-      this.lastSnoopEvent = SnoopEvent.LEASE_REFUSED;
-    }
   }
 }
 

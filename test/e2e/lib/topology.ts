@@ -53,6 +53,12 @@ export const DNS_NAMES = {
   example: "example.test",
   /** Resolves to the answering server's own address: tells which server replied. */
   whoami: "whoami.test",
+  /** On br0's server only: a host record for ADDRESSES.globalHost. */
+  target: "target.test",
+  /** On br0's server only: a CNAME to `target`, a name no --allow needs to list. */
+  alias: "alias.test",
+  /** On br0's server only: a global-looking name that answers with ADDRESSES.privateServer. */
+  rebind: "rebind.test",
 } as const;
 
 /** Port of the banner TCP servers on the global host and the private server. */
@@ -313,6 +319,9 @@ export class Topology {
         "--port=53",
         `--address=/${DNS_NAMES.example}/${A.globalHost}`,
         `--address=/${DNS_NAMES.whoami}/${A.gateway}`,
+        `--host-record=${DNS_NAMES.target},${A.globalHost}`,
+        `--cname=${DNS_NAMES.alias},${DNS_NAMES.target}`,
+        `--host-record=${DNS_NAMES.rebind},${A.privateServer}`,
         `--dhcp-range=${this.dhcpRange.first},${this.dhcpRange.last},${DHCP_LEASE_SECONDS}`,
         `--dhcp-option=option:router,${A.gateway}`,
         `--dhcp-option=option:dns-server,${A.gateway},${A.secondDnsServer}`,

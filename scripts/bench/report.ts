@@ -336,7 +336,7 @@ export function render(report: Report): string[] {
     "  up sharing one CPU); 'VM-end sink' = frames dropped at the VM end; 'generator' = none of these.",
   );
 
-  lines.push("", "softnet / C relay and the goals of issue 3");
+  lines.push("", "softnet / C relay, against the performance goals");
   const goalRows: string[][] = [["figure", "value", "goal", "", ""]];
   for (const goal of report.goals) {
     const value = goal.value === undefined ? "not measured" : `${goal.value.toFixed(1)} ${goal.unit}`;

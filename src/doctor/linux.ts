@@ -27,8 +27,8 @@ export interface LinuxDoctorOptions {
 }
 
 /**
- * Who may use which bridge, as this build of softnet enforces it: the access list
- * /etc/softnet/bridge.conf, other work of issue 9 that is not on this branch yet.
+ * Who may use which bridge, as softnet enforces it for callers who are not root: the access list
+ * /etc/softnet/bridge.conf (src/bridge-acl.ts).
  */
 export interface BridgeAccessList {
   /** The file the list is read from, for messages. */
@@ -307,8 +307,7 @@ async function tapAndDhcp(
   const { bridge } = options;
   const { openTapOnBridge } = await import("../platform/linux/tap.ts");
   const mac = throwawayMac();
-  // vmMac is read by the port-locking work (issue 9, not on main yet), which pins the port to the
-  // VM's MAC: here the throwaway one. A variable, not a literal, so that this compiles before it lands.
+  // The port is locked to the VM's MAC (a static FDB entry): here the throwaway one.
   const tapOptions = { bridge, isolate: true, vmMac: mac };
   let tap: TapOnBridge;
   try {

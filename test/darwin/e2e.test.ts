@@ -202,7 +202,7 @@ describe("--expose of a port in use on the Mac", () => {
   });
 });
 
-describe("as root, nothing is compiled (issue 9: Bun's cc writes into /tmp/bun-cc-<real uid>)", () => {
+describe("as root, nothing is compiled (Bun's cc writes into /tmp/bun-cc-<real uid>)", () => {
   // Bun stages its headers once per process, at the first cc(), in /tmp/bun-cc-<real uid>, and
   // follows a `node` entry there wherever it points. Planted in root's own staging directory (as
   // root: this is the test's doing), a symlink catches any compile that runs with real uid 0:

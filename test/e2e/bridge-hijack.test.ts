@@ -1,4 +1,4 @@
-// The MAC hijack on a shared bridge (issue 9, item 4), end to end: a second softnet started with
+// The MAC hijack on a shared bridge, end to end: a second softnet started with
 // another VM's MAC. Before the fix it started, its guest sent one DHCP DISCOVER, the bridge moved
 // the victim's MAC to the attacker's port, and 20 of 20 pings meant for the victim reached the
 // attacker. Now softnet pins each VM's MAC to its own port and refuses to start when the bridge

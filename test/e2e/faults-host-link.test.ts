@@ -1,4 +1,4 @@
-// softnet when the host takes its link away (issue 11, faults): the TAP port deleted or taken off
+// softnet when the host takes its link away: the TAP port deleted or taken off
 // the bridge, the bridge deleted, all with `ip link` while a guest with a lease and --expose rules
 // runs behind softnet. softnet must not run on cut off from the network: it exits 1 with one line
 // saying what happened, and removes its nft rules on the way out. A file of its own because the

@@ -1,4 +1,4 @@
-// softnet under faults, end to end (issue 11, "Reliability over time and under faults"): what the
+// softnet under faults, end to end: what the
 // host or the VM does to softnet while it runs, and what softnet must do about it. Each test
 // breaks one thing for real: nft refused by the kernel or unable to run while the lease changes,
 // dnsmasq killed and started again, a million forged frames, the VM's end of the socket pair

@@ -1,5 +1,5 @@
 // A VM holds at most one lease and never one the DHCP server associates with another client,
-// whatever it puts in option 61 (issue 9, item 3), against real dnsmasq, which keys leases by
+// whatever it puts in option 61, against real dnsmasq, which keys leases by
 // client identifier when a request carries one. softnet clears the identifier (README "How it
 // works"), so dnsmasq knows each VM by the MAC softnet pins. A guest that sends a DUID-based
 // identifier (dhcpcd, like systemd-networkd and netplan) still gets its lease.

@@ -1,5 +1,5 @@
 // An isolated VM receives nothing from another VM, whatever that VM's flags, and no VM receives
-// unicast frames addressed to another MAC (issue 9, item 5). Bridge port isolation alone does not
+// unicast frames addressed to another MAC. Bridge port isolation alone does not
 // give the first: it only keeps isolated ports apart, and a VM whose softnet runs with
 // --allow 0.0.0.0/0 has a port without it. Witnesses: tcpdump on the guests' own eth0 (in their
 // namespaces, promiscuous), so "0 arrived" means nothing reached the guest's kernel.

@@ -1,7 +1,7 @@
 // openTapOnBridge against real TAP devices and bridges. Needs root. Besides the basics: the port
 // is locked to its VM (learning and unicast flooding off, the VM's MAC pinned by a static sticky
-// FDB entry, a MAC the bridge already has refused; issue 9 item 4), and the bridge's own MAC stays
-// put as softnet's ports come and go (item 6).
+// FDB entry, a MAC the bridge already has refused), and the bridge's own MAC stays
+// put as softnet's ports come and go.
 //
 // Everything happens in a private network namespace: this file, run normally, creates a namespace
 // and runs itself again inside it with `ip netns exec` (which also mounts a /sys that shows the
@@ -412,7 +412,7 @@ function tapTests(namespace: string): void {
     await waitFor(() => sysfs(`${name}/brport/state`) === "3");
   }
 
-  describe("the port is locked to its VM (issue 9, item 4)", () => {
+  describe("the port is locked to its VM", () => {
     test("learning and unicast flooding are off, and the VM's MAC is pinned to the port (static, sticky)", () => {
       const tap = openTap(true);
       expect(sysfs(`${tap.name}/brport/learning`)).toBe("0");
@@ -514,7 +514,7 @@ function tapTests(namespace: string): void {
     });
   });
 
-  describe("the bridge's MAC stays the same as softnet's ports come and go (issue 9, item 6)", () => {
+  describe("the bridge's MAC stays the same as softnet's ports come and go", () => {
     /** A bridge as `ip link add NAME type bridge` makes it (no explicit address), with an IPv4 address. */
     function plainBridge(
       name: string,

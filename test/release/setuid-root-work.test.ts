@@ -1,4 +1,5 @@
-// As root, softnet does only what opening the host link needs (issue 9 items 1, 7, 8). The Linux
+// As root, softnet does only what opening the host link needs: no compiling as root, ports below
+// 1024 only for root, --expose working under setuid. The Linux
 // release binary is installed setuid root and started by an unprivileged user (softnet-attacker)
 // with a real guest behind it:
 // - Bun's cc() stages its headers in /tmp/bun-cc-<real uid>, a directory the caller may own. With

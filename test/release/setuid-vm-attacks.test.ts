@@ -1,4 +1,4 @@
-// The VM-against-VM attacks of issue 9 (items 3 and 5) with softnet as it is deployed on a shared
+// The VM-against-VM attacks (DHCP identities, isolation) with softnet as it is deployed on a shared
 // host: the Linux release binary installed setuid root, started by an unprivileged user
 // (softnet-attacker) for every guest, victims and attackers alike. The scenarios are the e2e
 // suite's own (test/e2e/lib/vm-attacks.ts), against real dnsmasq, dhcpcd, hping3 and tcpdump.

@@ -1,4 +1,4 @@
-// The setuid-root attack suite (issue 5, README "Security model"). The Linux release binary is
+// The setuid-root attack suite (README "Security model"). The Linux release binary is
 // installed setuid root in a root-owned directory and run by an unprivileged user
 // (softnet-attacker) with one attack at a time: Bun's and JavaScriptCore's environment hooks,
 // NODE_OPTIONS, .env and bunfig.toml in the current directory, a planted TMPDIR, LD_PRELOAD,

@@ -1,5 +1,5 @@
 // The bridge access list (/etc/softnet/bridge.conf): its parser, its decision, and whose access it
-// is (issue 9, item 9). Pure: the file checks are in test/platform/bridge-acl-file.test.ts.
+// is. Pure: the file checks are in test/platform/bridge-acl-file.test.ts.
 import { describe, expect, test } from "bun:test";
 import { decideBridge, parseBridgeAcl, vmCapFor } from "../../src/bridge-acl.ts";
 import { expectSoftnetError } from "../support/errors.ts";

@@ -5,13 +5,13 @@
  * becomes the VM's gateway), usually a DHCP server (dnsmasq) and NAT. softnet adds one TAP port per
  * VM, with bridge port isolation on, so VMs reach the host and the outside but not each other.
  *
- * The port is locked to its VM (issue 9, item 4): it does not learn addresses, the VM's MAC is
+ * The port is locked to its VM: it does not learn addresses, the VM's MAC is
  * pinned to it by a static, sticky FDB entry, and unicast frames for addresses the bridge does not
  * know are not flooded to it. softnet refuses to start when the bridge already has the VM's MAC
  * (another VM's port, a learned entry, an interface): a second VM with the same MAC would otherwise
  * take the first one's traffic.
  *
- * The bridge's own MAC (the VM's gateway) must not change as ports come and go (item 6): a bridge
+ * The bridge's own MAC (the VM's gateway) must not change as ports come and go: a bridge
  * whose address nobody set follows the lowest MAC among its ports, and drops to zero when the last
  * one leaves. softnet makes the bridge's current address explicit, once (as libvirt does for the
  * bridges it manages), and gives its TAPs fe:xx:xx:xx:xx:xx addresses, which sort above any

@@ -1,4 +1,4 @@
-// What one VM can try against another on a shared bridge (issue 9, items 3 and 5), as scenarios
+// What one VM can try against another on a shared bridge (DHCP identities, isolation), as scenarios
 // that run against any softnet: the source tree as root (test/e2e) or the setuid release binary
 // started by an unprivileged user (test/release/setuid-vm-attacks.test.ts). Each scenario builds
 // its guests, runs real clients (busybox udhcpc, dhcpcd, hping3, ping), and returns what the

@@ -3,6 +3,7 @@
  * rules) and the reason softnet must give. Reasons, not booleans, are asserted, so a frame dropped
  * for the wrong reason fails too.
  */
+import { heapStats } from "bun:jsc";
 import { describe, expect, test } from "bun:test";
 import { LearnedNames } from "../../src/policy/learned-names.ts";
 import { type NamePattern, NamePatterns, parseNamePattern } from "../../src/policy/name-patterns.ts";
@@ -1173,5 +1174,53 @@ describe("frames inside a larger buffer (as the loop hands them over)", () => {
     expect(reasonName(policy.decideFromVm(arena, 2048, frame.length, T0 + 1))).toBe("global-destination");
     // One byte short: the IPv4 total length no longer fits what arrived.
     expect(reasonName(policy.decideFromVm(arena, 2048, frame.length - 1, T0 + 1))).toBe("malformed-ipv4");
+  });
+});
+
+describe("deciding on learned addresses", () => {
+  test("with 1000 addresses learned, frames to and from them allocate nothing", () => {
+    const policy = newPolicy({ block: ["0.0.0.0/0"], names: ["*.bench.test"] });
+    const base = parseIpv4("20.0.0.0")!;
+    for (let answer = 0; answer < 25; answer++) {
+      const name = `n${answer}.bench.test`;
+      const frame = udpFrame({
+        srcMac: HOST_MAC,
+        dstMac: VM_MAC,
+        src: GATEWAY,
+        dst: VM_IP,
+        sport: 53,
+        dport: 40000,
+        payload: emitDnsMessage({
+          id: answer,
+          response: true,
+          question: { name, type: 1 },
+          answers: Array.from({ length: 40 }, (_, record) => ({
+            owner: name,
+            type: "A" as const,
+            ttl: 3600,
+            address: base + answer * 40 + record + 1,
+          })),
+        }),
+      });
+      policy.observeFromHost(frame, 0, frame.length, T0);
+    }
+    expect(policy.dns.names.size).toBe(1000);
+    const out = tcpFrame({ dst: "20.0.2.1", dport: 443, dstMac: HOST_MAC });
+    const back = tcpFrame({ srcMac: HOST_MAC, dstMac: VM_MAC, src: "20.0.2.1", dst: VM_IP, dport: 40000 });
+    const decide = (rounds: number) => {
+      for (let round = 0; round < rounds; round++) {
+        if (policy.decideFromVm(out, 0, out.length, T0 + 1000) !== Reason.PASS_ALLOWED_BY_NAME)
+          throw new Error("not by name");
+        policy.observeFromHost(back, 0, back.length, T0 + 1000);
+      }
+    };
+    decide(1000);
+    Bun.gc(true);
+    const before = heapStats().objectCount;
+    decide(20_000);
+    expect(heapStats().objectCount - before).toBeLessThan(10);
+    expect(
+      policy.dns.names.records().find((record) => record.name === "n12.bench.test")?.packetsForwarded,
+    ).toBe(42_000);
   });
 });

@@ -11,8 +11,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fallbackMaxPackets, VmnetStatus } from "../../src/platform/darwin/vmnet.ts";
 import { check, Topology } from "../e2e/lib/index.ts";
-import { bunCommand } from "../support/emulation.ts";
-import { checkoutReadableByOthers } from "../support/readable-checkout.ts";
+import { bunCommand, emulator } from "../support/emulation.ts";
+import { checkoutReadableByOthers, readableBun } from "../support/readable-checkout.ts";
 import { Inject, REPO } from "./support.ts";
 
 const SCRIPT = "test/darwin/doctor-on-double.ts";
@@ -72,7 +72,9 @@ async function doctorOnDouble(
   const log = join(work, `double-${++runs}.log`);
   const argv = [
     ...(options.wrap ?? []),
-    ...bunCommand(),
+    // From the readable copy, by the Bun there (and the emulator, under the arm64 step): the user
+    // the run is wrapped as may not reach this checkout.
+    ...(options.cwd === undefined ? bunCommand() : [...emulator(), readableBun()]),
     SCRIPT,
     ...(options.log === false ? [] : ["--double-log", log]),
     ...(options.double ?? []),

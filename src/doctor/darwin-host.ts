@@ -93,7 +93,8 @@ export interface DarwinHostReader {
 const MAX_READ_BYTES = 1 << 20;
 const COMMAND_TIMEOUT_MS = 5000;
 
-function readBounded(path: string): FileRead {
+/** Reads at most MAX_READ_BYTES of a file; exported for its test (callers pass constants only). */
+export function readBounded(path: string): FileRead {
   let fd: number;
   try {
     fd = openSync(path, "r");
@@ -132,8 +133,14 @@ async function readStream(stream: ReadableStream<Uint8Array>, onOverflow: () => 
   return Buffer.concat(chunks).toString("utf8");
 }
 
-/** Runs one of HOST_COMMANDS: absolute path, empty environment, no input, bounded output and time. */
-async function runFixed(argv: readonly string[]): Promise<CommandOutput> {
+/**
+ * Runs one of HOST_COMMANDS: absolute path, empty environment, no input, no shell, bounded output
+ * and time (killed on either). Exported for its test; callers pass HOST_COMMANDS only.
+ */
+export async function runFixed(
+  argv: readonly string[],
+  timeoutMs = COMMAND_TIMEOUT_MS,
+): Promise<CommandOutput> {
   let child: ReturnType<typeof Bun.spawn>;
   try {
     child = Bun.spawn([...argv], { stdin: "ignore", stdout: "pipe", stderr: "pipe", env: {} });
@@ -141,7 +148,7 @@ async function runFixed(argv: readonly string[]): Promise<CommandOutput> {
     return { code: 127, stdout: "", stderr: (error as Error).message };
   }
   const kill = () => child.kill("SIGKILL");
-  const timer = setTimeout(kill, COMMAND_TIMEOUT_MS);
+  const timer = setTimeout(kill, timeoutMs);
   const [stdout, stderr, code] = await Promise.all([
     readStream(child.stdout as ReadableStream<Uint8Array>, kill),
     readStream(child.stderr as ReadableStream<Uint8Array>, kill),

@@ -1,9 +1,10 @@
 // The macOS doctor's reasons for "the VM gets no address" (src/doctor/darwin-host.ts), and the pure
 // readers behind them (darwin-host-parse.ts), fed the fixtures in test/darwin/fixtures/host/.
 import { describe, expect, test } from "bun:test";
-import { readFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { HOST_COMMANDS, hostChecks } from "../../src/doctor/darwin-host.ts";
+import { HOST_COMMANDS, hostChecks, readBounded, runFixed } from "../../src/doctor/darwin-host.ts";
 import {
   clashingRoutes,
   leaseCensus,
@@ -268,5 +269,43 @@ describe("each cause is named, with what to do", () => {
       "before macOS 15",
     );
     expect((await run({})).get("darwin.local-network").detail).toContain("not settled");
+  });
+});
+
+describe("how the release reads the Mac: bounded, fixed, no environment", () => {
+  test("a program gets none of the doctor's environment", async () => {
+    process.env.SOFTNET_DOCTOR_LEAK = "leaked";
+    try {
+      const output = await runFixed(["/bin/sh", "-c", 'echo "[$SOFTNET_DOCTOR_LEAK]"']);
+      expect(output).toEqual({ code: 0, stdout: "[]\n", stderr: "" });
+    } finally {
+      delete process.env.SOFTNET_DOCTOR_LEAK;
+    }
+  });
+
+  test("endless output is cut at the bound and the program killed; so is one that never ends", async () => {
+    const endless = await runFixed([
+      "/bin/sh",
+      "-c",
+      "while :; do echo 0123456789abcdef0123456789abcdef; done",
+    ]);
+    expect(endless.code).not.toBe(0);
+    expect(endless.stdout.length).toBeLessThanOrEqual(1 << 20);
+    const stuck = await runFixed(["/bin/sleep", "60"], 200);
+    expect(stuck.code).not.toBe(0);
+  });
+
+  test("files: missing, a directory, too large, and one that reads", () => {
+    const dir = mkdtempSync(join(tmpdir(), "softnet-doctor-host-"));
+    try {
+      expect(readBounded(join(dir, "absent"))).toEqual({ kind: "missing" });
+      expect(readBounded(dir).kind).toBe("unreadable");
+      writeFileSync(join(dir, "big"), Buffer.alloc((1 << 20) + 1, 0x41));
+      expect(readBounded(join(dir, "big"))).toMatchObject({ kind: "unreadable" });
+      writeFileSync(join(dir, "leases"), fixture("leases.healthy"));
+      expect(readBounded(join(dir, "leases"))).toEqual({ kind: "text", text: fixture("leases.healthy") });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -251,11 +251,14 @@ async function rootChecks(
     openVmnet,
   );
   if (shared === undefined) {
+    bootpd.restore();
+    // The host's state is read as the caller, never as root: it needs no privilege, and a setuid
+    // doctor must run no program as root that opening vmnet does not need.
+    becomeUser(calls, target);
     await runHostChecks(list, options, platform, system, systemName, {
       dhcpUnanswered: false,
       vmnetRunning: false,
     });
-    bootpd.restore();
     for (const id of [
       "darwin.dhcp",
       "darwin.privilege-drop",
@@ -293,23 +296,6 @@ async function rootChecks(
       "darwin.dhcp",
     );
     withSystem(list, "darwin.dhcp", systemName);
-    // Why a VM would get no address, read while vmnet's shared network is up and before the drop.
-    const causes = await runHostChecks(list, options, platform, system, systemName, {
-      dhcpUnanswered: offer === undefined,
-      vmnetRunning: true,
-      vmnet: { gateway: shared.gateway, mask: shared.subnetMask },
-    });
-    if (offer === undefined) {
-      list.replace({
-        ...list.get("darwin.dhcp")!,
-        advice:
-          causes.length > 0
-            ? `bootpd did not answer: ${causes.join("; ")} (see the lines below for what to do)`
-            : system.kernel.name === "darwin"
-              ? "bootpd did not answer, and none of the known causes below was found: report this with the JSON output"
-              : "the double's bridge has no DHCP server answering (dnsmasq stands in for bootpd)",
-      });
-    }
     bootpd.restore();
     bootpd.finish(offer);
 
@@ -333,6 +319,28 @@ async function rootChecks(
         values: on,
       });
       list.replace({ ...list.get("darwin.forward")!, detail: "not checked: the drop failed" });
+    }
+
+    // Why a VM would get no address, read while vmnet's shared network is up and after the drop:
+    // as the caller, never as root (it needs no privilege, and a setuid doctor must run no program
+    // as root that opening vmnet does not need). Skipped if the drop failed.
+    if (list.passed("darwin.privilege-drop")) {
+      const causes = await runHostChecks(list, options, platform, system, systemName, {
+        dhcpUnanswered: offer === undefined,
+        vmnetRunning: true,
+        vmnet: { gateway: shared.gateway, mask: shared.subnetMask },
+      });
+      if (offer === undefined) {
+        list.replace({
+          ...list.get("darwin.dhcp")!,
+          advice:
+            causes.length > 0
+              ? `bootpd did not answer: ${causes.join("; ")} (see the lines below for what to do)`
+              : system.kernel.name === "darwin"
+                ? "bootpd did not answer, and none of the known causes below was found: report this with the JSON output"
+                : "the double's bridge has no DHCP server answering (dnsmasq stands in for bootpd)",
+        });
+      }
     }
 
     // --- A port forward, added and removed after the drop.

@@ -7,6 +7,7 @@
 import { Command, CommanderError, Option } from "commander";
 import { parseInterfaceName, parseLeaseTime } from "../cli.ts";
 import { UsageError } from "../errors.ts";
+import { isMulticastMac, parseMac } from "../wire/bytes.ts";
 
 export interface DoctorOptions {
   /** Linux: the bridge VMs join (required there). */
@@ -17,6 +18,8 @@ export interface DoctorOptions {
   /** macOS: what to write for bootpd and read back (softnet's --bootpd-lease-time). */
   bootpdLeaseTimeSeconds: number;
   dhcpTimeoutSeconds: number;
+  /** macOS: the VM whose entries in bootpd's lease file to report (Tart's --vm-mac-address). */
+  vmMac: number | undefined;
 }
 
 export type ParsedDoctorCommandLine =
@@ -53,6 +56,10 @@ function buildDoctorCommand(collect: { help: string }): Command {
         "macOS: lease time to write for bootpd and read back",
       ).default("600"),
     )
+    .option(
+      "--vm-mac-address <mac>",
+      "macOS: a VM's MAC address, to report its leases in bootpd's lease file",
+    )
     .addOption(new Option("--dhcp-timeout <seconds>", "how long to wait for a DHCP OFFER").default("10"))
     .addHelpText("after", DOCTOR_HELP)
     .allowExcessArguments(false)
@@ -88,6 +95,13 @@ export function parseDoctorCommandLine(args: readonly string[]): ParsedDoctorCom
     );
   }
   const path = raw.path as string | undefined;
+  const macText = raw.vmMacAddress as string | undefined;
+  const vmMac = macText === undefined ? undefined : parseMac(macText);
+  if (macText !== undefined && (vmMac === undefined || vmMac === 0 || isMulticastMac(vmMac))) {
+    throw new UsageError(
+      `invalid --vm-mac-address ${JSON.stringify(macText)}: expected a unicast MAC such as 12:34:56:78:9a:bc`,
+    );
+  }
   return {
     kind: "doctor",
     options: {
@@ -96,6 +110,7 @@ export function parseDoctorCommandLine(args: readonly string[]): ParsedDoctorCom
       path: path === "" ? undefined : path,
       bootpdLeaseTimeSeconds: parseLeaseTime(raw.bootpdLeaseTime as string),
       dhcpTimeoutSeconds: Number(timeout),
+      vmMac,
     },
   };
 }

@@ -36,6 +36,7 @@ import type { DarwinPlatform } from "../runtime.ts";
 import { formatIpv4, parseIpv4 } from "../wire/bytes.ts";
 import type { DoctorContext } from "./common.ts";
 import { writeBootpdLeaseTime } from "./darwin-bootpd.ts";
+import { type DarwinHostReader, HOST_CHECK_IDS, type HostCheckInput, hostChecks } from "./darwin-host.ts";
 import { dhcpResult } from "./linux.ts";
 import { LinkProbe, type Offer, throwawayMac } from "./probe.ts";
 import { type Checklist, type CheckValue, NEEDS_ROOT, NEEDS_ROOT_ADVICE } from "./report.ts";
@@ -46,12 +47,20 @@ import { type Checklist, type CheckValue, NEEDS_ROOT, NEEDS_ROOT_ADVICE } from "
  */
 export interface DarwinDoctorPlatform extends DarwinPlatform {
   readonly bootpdSymbols?: { readonly write: BootpdSymbols; readonly read: BootpdReadSymbols };
+  /**
+   * Where the checks of darwin-host.ts read the Mac's files and command outputs. A release leaves
+   * it out: on macOS that is PRODUCTION_HOST_READER (constant paths and argument vectors). Tests
+   * on the double pass fixtures; with neither, those checks say n/a.
+   */
+  readonly hostReader?: DarwinHostReader;
 }
 
 export interface DarwinDoctorOptions {
   /** Written for bootpd and read back, as softnet's --bootpd-lease-time. */
   readonly bootpdLeaseTimeSeconds: number;
   readonly dhcpTimeoutMs: number;
+  /** The VM whose leases to look at (--vm-mac-address), when given. */
+  readonly vmMac?: number;
 }
 
 /** How many ARP probes make the burst: more than one vmnet_read returns on old macOS, fewer than a batch. */
@@ -181,6 +190,10 @@ export async function darwinChecks(
   if (why !== undefined) {
     for (const [id, title] of rootOnly)
       list.skipped(id, title, why, why === NEEDS_ROOT ? NEEDS_ROOT_ADVICE : undefined);
+    await runHostChecks(list, options, platform, system, systemName, {
+      dhcpUnanswered: false,
+      vmnetRunning: false,
+    });
     return;
   }
   // Placeholders keep the lines in this order while later steps fill them in.
@@ -239,6 +252,13 @@ async function rootChecks(
   );
   if (shared === undefined) {
     bootpd.restore();
+    // The host's state is read as the caller, never as root: it needs no privilege, and a setuid
+    // doctor must run no program as root that opening vmnet does not need.
+    becomeUser(calls, target);
+    await runHostChecks(list, options, platform, system, systemName, {
+      dhcpUnanswered: false,
+      vmnetRunning: false,
+    });
     for (const id of [
       "darwin.dhcp",
       "darwin.privilege-drop",
@@ -276,15 +296,6 @@ async function rootChecks(
       "darwin.dhcp",
     );
     withSystem(list, "darwin.dhcp", systemName);
-    if (offer === undefined) {
-      list.replace({
-        ...list.get("darwin.dhcp")!,
-        advice:
-          system.kernel.name === "darwin"
-            ? "bootpd did not answer: check that Internet Sharing/bootpd is not blocked (e.g. by a firewall or MDM profile)"
-            : "the double's bridge has no DHCP server answering (dnsmasq stands in for bootpd)",
-      });
-    }
     bootpd.restore();
     bootpd.finish(offer);
 
@@ -308,6 +319,28 @@ async function rootChecks(
         values: on,
       });
       list.replace({ ...list.get("darwin.forward")!, detail: "not checked: the drop failed" });
+    }
+
+    // Why a VM would get no address, read while vmnet's shared network is up and after the drop:
+    // as the caller, never as root (it needs no privilege, and a setuid doctor must run no program
+    // as root that opening vmnet does not need). Skipped if the drop failed.
+    if (list.passed("darwin.privilege-drop")) {
+      const causes = await runHostChecks(list, options, platform, system, systemName, {
+        dhcpUnanswered: offer === undefined,
+        vmnetRunning: true,
+        vmnet: { gateway: shared.gateway, mask: shared.subnetMask },
+      });
+      if (offer === undefined) {
+        list.replace({
+          ...list.get("darwin.dhcp")!,
+          advice:
+            causes.length > 0
+              ? `bootpd did not answer: ${causes.join("; ")} (see the lines below for what to do)`
+              : system.kernel.name === "darwin"
+                ? "bootpd did not answer, and none of the known causes below was found: report this with the JSON output"
+                : "the double's bridge has no DHCP server answering (dnsmasq stands in for bootpd)",
+        });
+      }
     }
 
     // --- A port forward, added and removed after the drop.
@@ -343,6 +376,35 @@ async function rootChecks(
       });
     }
   }
+}
+
+/** The checks of darwin-host.ts, or their n/a lines when there is nothing to read them from. */
+async function runHostChecks(
+  list: Checklist,
+  options: DarwinDoctorOptions,
+  platform: DarwinDoctorPlatform,
+  system: DarwinSystem,
+  systemName: string,
+  state: Pick<HostCheckInput, "dhcpUnanswered" | "vmnetRunning" | "vmnet">,
+): Promise<string[]> {
+  let reader = platform.hostReader;
+  if (reader === undefined && system.kernel.name === "darwin") {
+    reader = (await import("./darwin-host.ts")).PRODUCTION_HOST_READER;
+  }
+  if (reader === undefined) {
+    for (const id of HOST_CHECK_IDS)
+      list.notApplicable(id, id, `not on ${systemName}: on a Mac this reads the system's state`, {
+        system: systemName,
+      });
+    return [];
+  }
+  const major = /^macOS (\d+)/.exec(systemName)?.[1];
+  return hostChecks(list, reader, {
+    ...state,
+    vmMac: options.vmMac,
+    macosMajor: major === undefined ? undefined : Number(major),
+    systemName,
+  });
 }
 
 function startVmnet(

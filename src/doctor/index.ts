@@ -95,6 +95,7 @@ export async function runDarwinDoctor(
       {
         bootpdLeaseTimeSeconds: options.bootpdLeaseTimeSeconds,
         dhcpTimeoutMs: options.dhcpTimeoutSeconds * 1000,
+        vmMac: options.vmMac,
       },
       platform,
       system,

@@ -4,7 +4,9 @@
 //
 // Usage: bun test/darwin/doctor-on-double.ts [--double-bridge NAME] [--double-log PATH]
 //          [--double-variant current|old-macos] [--inject OPERATION:STATUS]... [--fake-bootpd]
-//          <softnet doctor arguments>
+//          [--host-scenario JSON | --no-host-fixtures] <softnet doctor arguments>
+// The host checks (firewall, leases, routes, bootpd's job) read fixtures (host-fixtures.ts): a
+// healthy Mac unless --host-scenario overrides some answers; --no-host-fixtures gives them none.
 // Prints the doctor's output on stdout, then on stderr "vmnet double: N violations" and, with
 // --fake-bootpd, "fake preferences after: JSON" and "fake objects alive: N". Exit code: the
 // doctor's, or 3 when the double saw a violation.
@@ -12,6 +14,7 @@ import { parseDoctorCommandLine } from "../../src/doctor/cli.ts";
 import { runDarwinDoctor } from "../../src/doctor/index.ts";
 import { describeError, exitCodeFor } from "../../src/errors.ts";
 import { fakePreferences } from "./fake-bootpd.ts";
+import { fixtureReader, type HostScenario } from "./host-fixtures.ts";
 import { buildDouble, type DoubleVariant, doubleControl, doubleLibraries } from "./support.ts";
 
 const args = process.argv.slice(2);
@@ -24,6 +27,9 @@ const bridge = take("--double-bridge")[0] ?? "br0";
 const log = take("--double-log")[0];
 const variant = (take("--double-variant")[0] ?? "current") as DoubleVariant;
 const injections = take("--inject");
+const hostScenario = take("--host-scenario")[0];
+const noFixturesAt = args.indexOf("--no-host-fixtures");
+if (noFixturesAt !== -1) args.splice(noFixturesAt, 1);
 const fakeAt = args.indexOf("--fake-bootpd");
 if (fakeAt !== -1) args.splice(fakeAt, 1);
 // What a Mac's file might hold besides bootpd's key: the doctor must leave it alone.
@@ -44,6 +50,10 @@ try {
     libraries: doubleLibraries(path),
     configureBootpd: fake !== undefined,
     bootpdSymbols: fake === undefined ? undefined : { write: fake.symbols, read: fake.symbols },
+    hostReader:
+      noFixturesAt !== -1
+        ? undefined
+        : fixtureReader(hostScenario === undefined ? {} : (JSON.parse(hostScenario) as HostScenario)),
   });
   const violations = double.violations();
   process.stderr.write(

@@ -13,6 +13,7 @@ import { fallbackMaxPackets, VmnetStatus } from "../../src/platform/darwin/vmnet
 import { check, Topology } from "../e2e/lib/index.ts";
 import { bunCommand, emulator } from "../support/emulation.ts";
 import { checkoutReadableByOthers, readableBun } from "../support/readable-checkout.ts";
+import { fullLeaseFile, type HostScenario } from "./host-fixtures.ts";
 import { Inject, REPO } from "./support.ts";
 
 const SCRIPT = "test/darwin/doctor-on-double.ts";
@@ -36,7 +37,18 @@ const DARWIN_CHECKS = [
   "darwin.events",
   "darwin.callbacks.thread",
   "darwin.stop",
+  "darwin.firewall",
+  "darwin.leases.pool",
+  "darwin.leases.clash",
+  "darwin.subnet.routes",
+  "darwin.bootpd.service",
+  "darwin.local-network",
 ];
+/** The lines that need root (the host checks read what a user may read too). */
+const ROOT_ONLY_CHECKS = DARWIN_CHECKS.slice(
+  DARWIN_CHECKS.indexOf("darwin.bootpd"),
+  DARWIN_CHECKS.indexOf("darwin.stop") + 1,
+);
 
 interface Check {
   id: string;
@@ -63,6 +75,11 @@ afterAll(async () => {
   await topology?.teardown();
   if (work !== undefined) rmSync(work, { recursive: true, force: true });
 });
+
+/** The double script's arguments for a Mac whose answers differ from a healthy one's. */
+function scenario(overrides: HostScenario): string[] {
+  return ["--host-scenario", JSON.stringify(overrides)];
+}
 
 let runs = 0;
 /** Runs the doctor on the double in the host namespace; returns its JSON, exit code and stderr. */
@@ -103,7 +120,7 @@ async function doctorOnDouble(
 }
 
 describe("softnet doctor's macOS path against the vmnet double", () => {
-  test("everything works: every check ok (bootpd n/a), exit 0, each result names the double", async () => {
+  test("everything works: every check ok (bootpd and Local Network n/a), exit 0, each result names the double", async () => {
     const portsBefore = await topology.bridgePorts();
     const run = await doctorOnDouble({ double: ["--double-bridge", topology.bridge] });
     const { checks } = run;
@@ -114,7 +131,8 @@ describe("softnet doctor's macOS path against the vmnet double", () => {
     expect(run.report.system).toMatch(/^vmnet double on Linux /);
     for (const id of DARWIN_CHECKS.filter((id) => id.startsWith("darwin."))) {
       expect([id, checks[id]!.values?.system]).toEqual([id, run.report.system]);
-      if (id !== "darwin.bootpd") expect([id, checks[id]!.status]).toEqual([id, "ok"]);
+      if (id !== "darwin.bootpd" && id !== "darwin.local-network")
+        expect([id, checks[id]!.status]).toEqual([id, "ok"]);
     }
     expect(checks["darwin.system"]!.detail).toContain("not macOS: the results below are the double's");
     expect(checks["darwin.bootpd"]!.status).toBe("n/a");
@@ -203,7 +221,7 @@ describe("softnet doctor's macOS path against the vmnet double", () => {
     await check(["ip", "-n", host, "addr", "add", "10.78.0.1/24", "dev", "brnobootpd"]);
     await check(["ip", "-n", host, "link", "set", "brnobootpd", "up"]);
     const run = await doctorOnDouble({
-      double: ["--double-bridge", "brnobootpd"],
+      double: ["--double-bridge", "brnobootpd", "--no-host-fixtures"],
       doctor: ["--dhcp-timeout", "2"],
     });
     expect(run.code).toBe(1);
@@ -212,9 +230,80 @@ describe("softnet doctor's macOS path against the vmnet double", () => {
     ]);
     expect(run.checks["darwin.dhcp"]!.detail).toMatch(/^no DHCP OFFER within 2 s/);
     expect(run.checks["darwin.dhcp"]!.advice).toContain("no DHCP server answering");
+    expect(run.checks["darwin.firewall"]!.status).toBe("n/a");
+
+    // With a Mac's answers standing in (firewall off, bootpd loaded), the silence is bootpd's own.
+    const wedged = await doctorOnDouble({
+      double: ["--double-bridge", "brnobootpd", ...scenario({ global: "firewall-global.off" })],
+      doctor: ["--dhcp-timeout", "2"],
+    });
+    expect(
+      wedged.report.checks.filter((check) => check.status === "problem").map((check) => check.id),
+    ).toEqual(["darwin.dhcp", "darwin.bootpd.service"]);
+    expect(wedged.checks["darwin.bootpd.service"]!.detail).toContain("bootpd may be wedged");
+    expect(wedged.checks["darwin.bootpd.service"]!.advice).toBe(
+      "sudo launchctl kickstart -kp system/com.apple.bootpd",
+    );
+    expect(wedged.checks["darwin.dhcp"]!.advice).toContain("bootpd is loaded but did not answer");
+    // The subnet the host checks use is the one vmnet reported.
+    expect(wedged.checks["darwin.subnet.routes"]!.values!.subnet).toBe("10.78.0.0/24");
+    // A firewall that blocks bootpd is named in the DHCP line's advice instead.
+    const blocked = await doctorOnDouble({
+      double: ["--double-bridge", "brnobootpd", ...scenario({ bootpd: "firewall-bootpd.blocked" })],
+      doctor: ["--dhcp-timeout", "2"],
+    });
+    expect(blocked.checks["darwin.dhcp"]!.advice).toContain("the firewall blocks bootpd");
+    expect(blocked.checks["darwin.bootpd.service"]!.status).toBe("ok");
     // Without an offer the forward goes to the subnet's second address.
     expect(run.checks["darwin.forward"]!.values!.address).toBe("10.78.0.2");
     expect(run.checks["darwin.forward"]!.status).toBe("ok");
+  });
+
+  test("each reason a VM gets no address is named, with its remedy, from a Mac's answers", async () => {
+    // Firewall blocking bootpd, a full pool, a VPN route over the shared subnet.
+    const first = await doctorOnDouble({
+      double: [
+        "--double-bridge",
+        topology.bridge,
+        ...scenario({
+          bootpd: "firewall-bootpd.blocked",
+          leases: { text: fullLeaseFile(253, 0x685bf986) },
+          routes: "routes.vpn",
+        }),
+      ],
+    });
+    expect(first.code).toBe(1);
+    expect(first.stderr).toContain("vmnet double: 0 violations");
+    const problems = (run: typeof first) =>
+      run.report.checks.filter((check) => check.status === "problem").map((check) => check.id);
+    expect(problems(first)).toEqual(["darwin.firewall", "darwin.leases.pool", "darwin.subnet.routes"]);
+    expect(first.checks["darwin.firewall"]!.advice).toContain(
+      "sudo /usr/libexec/ApplicationFirewall/socketfilterfw --add /usr/libexec/bootpd",
+    );
+    expect(first.checks["darwin.leases.pool"]!.detail).toContain("253 of 253 addresses");
+    expect(first.checks["darwin.leases.pool"]!.advice).toContain("--bootpd-lease-time");
+    expect(first.checks["darwin.subnet.routes"]!.detail).toContain("via utun4");
+
+    // A managed Mac blocking everything, clones sharing an identifier, bootpd's job missing.
+    const second = await doctorOnDouble({
+      double: [
+        "--double-bridge",
+        topology.bridge,
+        ...scenario({
+          managed: true,
+          global: "firewall-global.state2",
+          blockall: "firewall-blockall.on",
+          leases: "leases.clones",
+          service: "missing",
+        }),
+      ],
+      doctor: ["--vm-mac-address", "52:54:00:12:34:01"],
+    });
+    expect(problems(second)).toEqual(["darwin.firewall", "darwin.leases.clash", "darwin.bootpd.service"]);
+    expect(second.checks["darwin.firewall"]!.advice).toContain("managed by a profile");
+    expect(second.checks["darwin.leases.clash"]!.detail).toContain("52:54:00:12:34:01, 52:54:00:12:34:02");
+    expect(second.checks["darwin.leases.clash"]!.values!.vmLeases).toEqual(["192.168.64.5"]);
+    expect(second.checks["darwin.bootpd.service"]!.detail).toContain("Internet Sharing did not start it");
   });
 
   test("bootpd's lease time (stand-in preferences): written, read back, matched by the OFFER, put back", async () => {
@@ -257,7 +346,7 @@ describe("softnet doctor's macOS path against the vmnet double", () => {
     expect(run.checks["privileges.root"]!.status).toBe("problem");
     expect(run.checks["darwin.symbols"]!.status).toBe("ok");
     expect(run.checks["darwin.callbacks.compile"]!.status).toBe("ok");
-    for (const id of DARWIN_CHECKS.slice(DARWIN_CHECKS.indexOf("darwin.bootpd"))) {
+    for (const id of ROOT_ONLY_CHECKS) {
       expect([id, run.checks[id]!.status, run.checks[id]!.detail]).toEqual([
         id,
         "skipped",

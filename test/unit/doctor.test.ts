@@ -343,6 +343,7 @@ describe("softnet doctor's command line", () => {
       path: undefined,
       bootpdLeaseTimeSeconds: 600,
       dhcpTimeoutSeconds: 10,
+      vmMac: undefined,
     });
     expect(
       doctor([
@@ -355,6 +356,8 @@ describe("softnet doctor's command line", () => {
         "120",
         "--dhcp-timeout",
         "3",
+        "--vm-mac-address",
+        "12:34:56:78:9a:bc",
       ]),
     ).toEqual({
       bridge: "br0",
@@ -362,6 +365,7 @@ describe("softnet doctor's command line", () => {
       path: "/a:/b",
       bootpdLeaseTimeSeconds: 120,
       dhcpTimeoutSeconds: 3,
+      vmMac: 0x123456789abc,
     });
   });
 
@@ -371,6 +375,8 @@ describe("softnet doctor's command line", () => {
     [["--dhcp-timeout", "61"], /invalid --dhcp-timeout "61"/],
     [["--bootpd-lease-time", "0"], /invalid --bootpd-lease-time "0"/],
     [["--vm-fd", "0"], /unknown option '--vm-fd'/],
+    [["--vm-mac-address", "01:00:5e:00:00:01"], /invalid --vm-mac-address "01:00:5e:00:00:01"/],
+    [["--vm-mac-address", "nope"], /invalid --vm-mac-address "nope"/],
     [["extra"], /too many arguments/],
   ])("%p is refused", (args, message) => {
     expect(usageError(args)).toMatch(message);

@@ -518,6 +518,7 @@ async function runFilter(setup: FilterSetup): Promise<number> {
       capture: capture?.status,
       reject: options.reject,
       names,
+      truncatedFrames: [vm.truncatedFrames ?? 0, host.truncatedFrames ?? 0],
     });
     logger.report("info", report.lines, "counters", report.fields, force);
   };

@@ -157,6 +157,11 @@ export interface CounterSources {
   reject?: boolean;
   /** What the VM looked up, and the allow lists that follow (name-report.ts). */
   names?: LearnedNames;
+  /**
+   * Per direction, frames the receiving link cut short because they were longer than a batch slot
+   * (FrameLink.truncatedFrames; the policy counted them as malformed-ethernet).
+   */
+  truncatedFrames?: readonly [number, number];
 }
 
 /** The report: lines for the text log, and the same as structured fields for JSON logs. */
@@ -205,6 +210,12 @@ export function counterReport(sources: CounterSources): CounterReport {
         .join(", ") || "none";
     lines.push(`    passed: ${list(passed)}`, `    dropped: ${list(drops)}`);
     if (Object.keys(refused).length > 0) lines.push(`    refused: ${list(refused)}`);
+    const truncated = sources.truncatedFrames?.[direction] ?? 0;
+    if (truncated > 0) {
+      lines.push(
+        `    truncated: ${truncated} longer than softnet's frame slots (counted as malformed-ethernet)`,
+      );
+    }
     fields[DIRECTION_NAMES[direction]] = {
       frames: traffic.receivedFrames[direction],
       bytes: traffic.receivedBytes[direction],
@@ -214,6 +225,7 @@ export function counterReport(sources: CounterSources): CounterReport {
       unsent_frames: traffic.unsentFrames[direction],
       refused_frames: traffic.refusedTotal(direction),
       refused,
+      truncated_frames: sources.truncatedFrames?.[direction] ?? 0,
       passed,
       dropped: drops,
     };

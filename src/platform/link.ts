@@ -62,6 +62,11 @@ export interface FrameLink {
    * sent, or -1 when the peer is gone (outcomes are then meaningless). Allocates nothing.
    */
   send(batch: FrameBatch, slots: Uint16Array, count: number, outcomes?: Uint8Array): number;
+  /**
+   * Datagrams longer than a batch slot, cut short by the kernel and handed on with length 0 (the
+   * policy then drops them as malformed): links that can see it count them, the report shows them.
+   */
+  readonly truncatedFrames?: number;
   close(): void;
 }
 

@@ -515,6 +515,27 @@ describe("the counters", () => {
     expect(report.fields.from_vm).toMatchObject({ delivered_frames: 3, unsent_frames: 0, refused_frames: 1 });
   });
 
+  test("frames a link cut short (longer than a slot) are reported with their direction", () => {
+    const { policy, loop, now } = loopWith(new Logger("error", () => {}));
+    const report = counterReport({
+      trigger: "exit",
+      traffic: loop.traffic,
+      lease: policy.lease,
+      nowMs: now(),
+      startedAtMs: now(),
+      exposed: "",
+      forwardsInstalledFor: -1,
+      capture: undefined,
+      truncatedFrames: [2, 0],
+    });
+    expect(report.lines[4]).toBe(
+      "    truncated: 2 longer than softnet's frame slots (counted as malformed-ethernet)",
+    );
+    expect(report.lines.filter((line) => line.includes("truncated")).length).toBe(1);
+    expect(report.fields.from_vm).toMatchObject({ truncated_frames: 2 });
+    expect(report.fields.from_host).toMatchObject({ truncated_frames: 0 });
+  });
+
   test("the lease as the report shows it while it is valid", () => {
     const { host, loop, ack, policy, now } = loopWith(new Logger("error", () => {}));
     host.incoming.push(ack);

@@ -13,7 +13,13 @@
 
 import type { Logger } from "./log.ts";
 import { RateLimiter } from "./log.ts";
-import { FrameBatch, type FrameLink } from "./platform/link.ts";
+import {
+  FrameBatch,
+  type FrameLink,
+  SEND_OUTCOME_COUNT,
+  SEND_OUTCOME_NAMES,
+  SendOutcome,
+} from "./platform/link.ts";
 import type { LearnEvent } from "./policy/learned-names.ts";
 import type { Policy } from "./policy/policy.ts";
 import { isPass, REASON_COUNT, REASON_EXPLANATIONS, reasonName, SPOOF_REASONS } from "./policy/reasons.ts";
@@ -62,54 +68,75 @@ export interface FilterLoopOptions {
 
 /** What the loop hands each batch to, besides its own counters. */
 export interface FrameRecorder {
-  /** Slots 0..count of batch; verdicts[slot] is the policy's reason, plus UNSENT if it did not fit. */
-  recordBatch(direction: TrafficDirectionCode, batch: FrameBatch, verdicts: Uint8Array, count: number): void;
+  /**
+   * Slots 0..count of batch; verdicts[slot] is the policy's reason, plus UNSENT if the other side
+   * did not take it, and then outcomes[slot] (a SendOutcome) says why.
+   */
+  recordBatch(
+    direction: TrafficDirectionCode,
+    batch: FrameBatch,
+    verdicts: Uint8Array,
+    outcomes: Uint8Array,
+    count: number,
+  ): void;
 }
 
 /** Reasons that mean a guest tried to impersonate someone: logged at warn, others at debug. */
 const SPOOFS = new Set<number>(SPOOF_REASONS);
 
 export class FilterLoop {
-  /** Frames accepted but not delivered because the receiving side had no room (ENOBUFS/EAGAIN). */
-  droppedToHost = 0;
-  droppedToVm = 0;
-  forwardedToHost = 0;
-  forwardedToVm = 0;
-  /** Frames and bytes each way, per reason (the counters softnet prints on SIGUSR2 and at exit). */
+  /**
+   * Frames and bytes each way, per reason and send outcome: softnet's only counters (the drop
+   * summary, the SIGUSR2/exit report and the stop line read them).
+   */
   readonly traffic = new TrafficCounters();
   /** Per direction, the verdict of every slot of the last batch (see record()). */
   private readonly vmVerdicts: Uint8Array;
   private readonly hostVerdicts: Uint8Array;
+  /** Per direction, the send outcome of every accepted slot of the last batch, written by the link. */
+  private readonly vmOutcomes: Uint8Array;
+  private readonly hostOutcomes: Uint8Array;
   private readonly vmSlots: Uint16Array;
   private readonly hostSlots: Uint16Array;
   private readonly dropLog = new RateLimiter(REASON_COUNT, 5, 1);
   private readonly debugEnabled: boolean;
   private stopped = false;
   private leaseWasValid = false;
-  private readonly countersAtLastSummary = new Float64Array(REASON_COUNT);
+  /** The counters as the last drop summary saw them (reasons of both directions, unsent, refused). */
+  private readonly reasonsAtLastSummary = new Float64Array(2 * REASON_COUNT);
   private readonly unsentAtLastSummary = new Float64Array(2);
+  private readonly refusedAtLastSummary = new Float64Array(2 * SEND_OUTCOME_COUNT);
   /** --reject: the answers to one batch from the VM, made in place and sent to the VM together. */
   private readonly replyBatch: FrameBatch | undefined;
   private readonly replySlots: Uint16Array | undefined;
   private readonly replyVerdicts: Uint8Array | undefined;
+  private readonly replyOutcomes: Uint8Array | undefined;
 
   constructor(private readonly options: FilterLoopOptions) {
     this.vmSlots = new Uint16Array(options.vmBatch.capacity);
     this.hostSlots = new Uint16Array(options.hostBatch.capacity);
     this.vmVerdicts = new Uint8Array(options.vmBatch.capacity);
     this.hostVerdicts = new Uint8Array(options.hostBatch.capacity);
+    this.vmOutcomes = new Uint8Array(options.vmBatch.capacity);
+    this.hostOutcomes = new Uint8Array(options.hostBatch.capacity);
     this.debugEnabled = options.logger.enabled("debug");
     if (options.reject !== undefined) {
       const capacity = options.vmBatch.capacity; // at most one answer per frame of a batch
       this.replyBatch = new FrameBatch(capacity, Math.max(64, REJECT_REPLY_MAX_BYTES));
       this.replySlots = Uint16Array.from({ length: capacity }, (_, slot) => slot);
       this.replyVerdicts = new Uint8Array(capacity);
+      this.replyOutcomes = new Uint8Array(capacity);
     }
   }
 
   /**
-   * Moves up to `budget` frames from the VM to the host. Returns true when the budget ran out
-   * before the VM socket was empty (call again soon), false when it is drained.
+   * Moves up to `budget` frames from the VM to the host. Returns true when frames came (the budget
+   * ran out, or the socket emptied while traffic flowed): call again soon, after the event loop's
+   * other work. Returns false only when a receive found nothing: the link is drained and quiet, and
+   * its readiness may be re-armed. So a busy link is read again straight from the event loop
+   * instead of through a readiness wake-up per burst (the reactor thread's hand-off is what lost
+   * frames at the TAP's queue), at the cost of one empty receive when a burst ends; an idle link
+   * costs nothing.
    */
   drainFromVm(budget: number): boolean {
     const { vm, host, vmBatch: batch, policy, clock } = this.options;
@@ -117,7 +144,7 @@ export class FilterLoop {
     let handled = 0;
     while (handled < budget && !this.stopped) {
       const received = this.receive(vm, batch);
-      if (received <= 0) return false;
+      if (received <= 0) return handled > 0 && !this.stopped;
       const now = clock();
       let accepted = 0;
       let replies = 0;
@@ -131,32 +158,26 @@ export class FilterLoop {
           if (isRejectReason(reason)) replies = this.answer(reason, batch, slot, now, replies);
         }
       }
-      let sent = 0;
-      if (accepted > 0) {
-        sent = host.send(batch, slots, accepted);
-        if (sent < 0) {
-          this.stop({ kind: "fatal", error: new Error(`${host.description} went away`) });
-          return false;
-        }
-        this.forwardedToHost += sent;
-        this.droppedToHost += accepted - sent;
+      if (accepted > 0 && this.send(host, batch, slots, accepted, this.vmOutcomes) < 0) {
+        this.stop({ kind: "fatal", error: new Error(`${host.description} went away`) });
+        return false;
       }
-      this.record(TrafficDirection.FROM_VM, batch, received, slots, accepted, sent);
+      this.record(TrafficDirection.FROM_VM, batch, received, slots, accepted);
       if (replies > 0 && !this.sendReplies(replies)) return false;
       handled += received;
-      if (received < batch.capacity) return false;
+      if (received < batch.capacity) return !this.stopped; // emptied while traffic flows: look again
     }
     return !this.stopped;
   }
 
-  /** Moves up to `budget` frames from the host to the VM, snooping DHCP on the way. */
+  /** Moves up to `budget` frames from the host to the VM, snooping DHCP on the way (see drainFromVm). */
   drainFromHost(budget: number): boolean {
     const { vm, host, hostBatch: batch, policy, clock } = this.options;
     const slots = this.hostSlots;
     let handled = 0;
     while (handled < budget && !this.stopped) {
       const received = this.receive(host, batch);
-      if (received <= 0) return false;
+      if (received <= 0) return handled > 0 && !this.stopped;
       const now = clock();
       let accepted = 0;
       for (let slot = 0; slot < received; slot++) {
@@ -167,23 +188,13 @@ export class FilterLoop {
         else this.logDrop("to VM", reason, batch, slot, now);
       }
       if (policy.events.size > 0) this.handleSnoopEvents(now);
-      let sent = 0;
-      if (accepted > 0) {
-        sent = vm.send(batch, slots, accepted);
-        if (sent < 0) {
-          this.stop({ kind: "vm-closed" });
-          return false;
-        }
-        this.forwardedToVm += sent;
-        if (sent < accepted) {
-          this.droppedToVm += accepted - sent;
-          // The VM is not reading fast enough; the original tolerates this the same way.
-          reportWarningOnce("enobufs-to-vm", "frames to the VM dropped: its socket buffer is full (ENOBUFS)");
-        }
+      if (accepted > 0 && this.send(vm, batch, slots, accepted, this.hostOutcomes) < 0) {
+        this.stop({ kind: "vm-closed" });
+        return false;
       }
-      this.record(TrafficDirection.FROM_HOST, batch, received, slots, accepted, sent);
+      this.record(TrafficDirection.FROM_HOST, batch, received, slots, accepted);
       handled += received;
-      if (received < batch.capacity) return false;
+      if (received < batch.capacity) return !this.stopped; // emptied while traffic flows: look again
     }
     return !this.stopped;
   }
@@ -209,20 +220,42 @@ export class FilterLoop {
    * `counts`, when given, receives the same per reason (for JSON logs).
    */
   dropSummary(counts?: Record<string, number>): string {
-    const counters = this.options.policy.counters;
+    const traffic = this.traffic;
     const parts: string[] = [];
     for (let reason = 0; reason < REASON_COUNT; reason++) {
       if (isPass(reason as never)) continue;
-      const delta = counters[reason] - this.countersAtLastSummary[reason];
+      let delta = 0;
+      for (let direction = 0; direction < 2; direction++) {
+        const index = direction * REASON_COUNT + reason;
+        delta += traffic.reasonFrames[index] - this.reasonsAtLastSummary[index];
+        this.reasonsAtLastSummary[index] = traffic.reasonFrames[index];
+      }
       if (delta > 0) parts.push(`${delta} ${reasonName(reason)}`);
       if (delta > 0 && counts !== undefined) counts[reasonName(reason)] = delta;
-      this.countersAtLastSummary[reason] = counters[reason];
     }
-    const toHost = this.droppedToHost - this.unsentAtLastSummary[0];
-    const toVm = this.droppedToVm - this.unsentAtLastSummary[1];
+    const toHost = traffic.unsentFrames[TrafficDirection.FROM_VM] - this.unsentAtLastSummary[0];
+    const toVm = traffic.unsentFrames[TrafficDirection.FROM_HOST] - this.unsentAtLastSummary[1];
     if (toHost + toVm > 0) parts.push(`${toHost} to the host and ${toVm} to the VM for lack of buffer space`);
-    this.unsentAtLastSummary[0] = this.droppedToHost;
-    this.unsentAtLastSummary[1] = this.droppedToVm;
+    if (counts !== undefined && toHost + toVm > 0) counts["no-buffer-space"] = toHost + toVm;
+    this.unsentAtLastSummary[0] = traffic.unsentFrames[TrafficDirection.FROM_VM];
+    this.unsentAtLastSummary[1] = traffic.unsentFrames[TrafficDirection.FROM_HOST];
+    const receivers = ["the host", "the VM"];
+    for (let direction = 0; direction < 2; direction++) {
+      const refusals: string[] = [];
+      for (let outcome = 0; outcome < SEND_OUTCOME_COUNT; outcome++) {
+        const index = direction * SEND_OUTCOME_COUNT + outcome;
+        const delta = traffic.refusedFrames[index] - this.refusedAtLastSummary[index];
+        this.refusedAtLastSummary[index] = traffic.refusedFrames[index];
+        if (delta <= 0) continue;
+        refusals.push(`${delta} ${SEND_OUTCOME_NAMES[outcome]}`);
+        if (counts !== undefined) {
+          const key = `refused-to-${direction === 0 ? "host" : "vm"}-${SEND_OUTCOME_NAMES[outcome]}`;
+          counts[key] = delta;
+        }
+      }
+      if (refusals.length > 0)
+        parts.push(`refused by ${receivers[direction]}'s kernel: ${refusals.join(", ")}`);
+    }
     return parts.join(", ");
   }
 
@@ -270,8 +303,24 @@ export class FilterLoop {
   }
 
   /**
-   * After a batch was sent on: marks the accepted slots that did not fit (slots[sent..accepted))
-   * UNSENT, then counts the batch and hands it to the capture. Allocates nothing.
+   * Sends the accepted slots, each slot's outcome written by the link into `outcomes`. Every listed
+   * slot starts as NO_ROOM, so a slot the link did not get to counts as unsent, never as sent.
+   * Returns the link's answer (-1: peer gone).
+   */
+  private send(
+    link: FrameLink,
+    batch: FrameBatch,
+    slots: Uint16Array,
+    accepted: number,
+    outcomes: Uint8Array,
+  ): number {
+    for (let i = 0; i < accepted; i++) outcomes[slots[i]] = SendOutcome.NO_ROOM;
+    return link.send(batch, slots, accepted, outcomes);
+  }
+
+  /**
+   * After a batch was sent on: marks each accepted slot the link did not send UNSENT (its outcome
+   * says why), then counts the batch and hands it to the capture. Allocates nothing.
    */
   private record(
     direction: TrafficDirectionCode,
@@ -279,12 +328,23 @@ export class FilterLoop {
     received: number,
     slots: Uint16Array,
     accepted: number,
-    sent: number,
   ): void {
-    const verdicts = direction === TrafficDirection.FROM_VM ? this.vmVerdicts : this.hostVerdicts;
-    for (let i = sent; i < accepted; i++) verdicts[slots[i]] |= UNSENT;
-    this.traffic.recordBatch(direction, batch, verdicts, received);
-    this.options.capture?.recordBatch(direction, batch, verdicts, received);
+    const fromVm = direction === TrafficDirection.FROM_VM;
+    const verdicts = fromVm ? this.vmVerdicts : this.hostVerdicts;
+    const outcomes = fromVm ? this.vmOutcomes : this.hostOutcomes;
+    let noRoom = 0;
+    for (let i = 0; i < accepted; i++) {
+      const outcome = outcomes[slots[i]];
+      if (outcome === SendOutcome.SENT) continue;
+      verdicts[slots[i]] |= UNSENT;
+      if (outcome === SendOutcome.NO_ROOM) noRoom++;
+    }
+    // The VM is not reading fast enough; the original tolerates this the same way.
+    if (noRoom > 0 && !fromVm) {
+      reportWarningOnce("enobufs-to-vm", "frames to the VM dropped: its socket buffer is full (ENOBUFS)");
+    }
+    this.traffic.recordBatch(direction, batch, verdicts, outcomes, received);
+    this.options.capture?.recordBatch(direction, batch, verdicts, outcomes, received);
   }
 
   /**
@@ -313,17 +373,29 @@ export class FilterLoop {
 
   /** Sends the batch's replies to the VM, then counts and records them. False when the VM is gone. */
   private sendReplies(count: number): boolean {
-    const { replyBatch, replySlots, replyVerdicts } = this;
-    if (replyBatch === undefined || replySlots === undefined || replyVerdicts === undefined) return true;
+    const { replyBatch, replySlots, replyVerdicts, replyOutcomes } = this;
+    if (
+      replyBatch === undefined ||
+      replySlots === undefined ||
+      replyVerdicts === undefined ||
+      replyOutcomes === undefined
+    ) {
+      return true;
+    }
     replyBatch.count = count;
-    const sent = this.options.vm.send(replyBatch, replySlots, count);
-    if (sent < 0) {
+    if (this.send(this.options.vm, replyBatch, replySlots, count, replyOutcomes) < 0) {
       this.stop({ kind: "vm-closed" });
       return false;
     }
-    for (let i = sent; i < count; i++) replyVerdicts[i] |= UNSENT;
+    for (let i = 0; i < count; i++) if (replyOutcomes[i] !== SendOutcome.SENT) replyVerdicts[i] |= UNSENT;
     this.traffic.recordRejects(replyVerdicts, count);
-    this.options.capture?.recordBatch(TrafficDirection.FROM_HOST, replyBatch, replyVerdicts, count);
+    this.options.capture?.recordBatch(
+      TrafficDirection.FROM_HOST,
+      replyBatch,
+      replyVerdicts,
+      replyOutcomes,
+      count,
+    );
     return true;
   }
 

@@ -23,7 +23,7 @@ import { Rejecter } from "./policy/reject.ts";
 import { allowsEverything, RuleTable } from "./policy/rules.ts";
 import { checkExposedPortsAllowed, type PortForwardBackend, PortForwards } from "./port-forwards.ts";
 import { enableErrorReports } from "./sentry.ts";
-import { counterReport } from "./stats.ts";
+import { counterReport, TrafficDirection } from "./stats.ts";
 import { formatIpv4, formatMac } from "./wire/bytes.ts";
 
 /** Frames per receive call, per direction: enough to amortise a syscall, small enough to stay in cache. */
@@ -518,6 +518,7 @@ async function runFilter(setup: FilterSetup): Promise<number> {
       capture: capture?.status,
       reject: options.reject,
       names,
+      truncatedFrames: [vm.truncatedFrames ?? 0, host.truncatedFrames ?? 0],
     });
     logger.report("info", report.lines, "counters", report.fields, force);
   };
@@ -559,11 +560,13 @@ async function runFilter(setup: FilterSetup): Promise<number> {
   const summary = loop.dropSummary(dropped);
   const why =
     cause.kind === "fatal" ? "failure" : cause.kind === "signal" ? cause.signal : "the VM closed its end";
+  const toHost = loop.traffic.deliveredFrames[TrafficDirection.FROM_VM];
+  const toVm = loop.traffic.deliveredFrames[TrafficDirection.FROM_HOST];
   logger.info(
-    `stopped (${why}): forwarded ${loop.forwardedToHost} frames to the host and ${loop.forwardedToVm} to the VM` +
+    `stopped (${why}): forwarded ${toHost} frames to the host and ${toVm} to the VM` +
       `${summary === "" ? "" : `; dropped: ${summary}`}`,
     "stop",
-    { cause: why, forwarded_to_host: loop.forwardedToHost, forwarded_to_vm: loop.forwardedToVm, dropped },
+    { cause: why, forwarded_to_host: toHost, forwarded_to_vm: toVm, dropped },
   );
   printCounters("exit", false);
   if (cause.kind === "fatal") {

@@ -4,11 +4,15 @@
  * macOS) and at exit.
  *
  * The loop marks each frame of a batch with a verdict byte: the policy's reason, with UNSENT added
- * when the reason let it pass but the receiving side had no buffer space for it.
+ * when the reason let it pass but the receiving side did not take it. Why not is the frame's send
+ * outcome (SendOutcome in src/platform/link.ts, one byte per slot written by the link): no buffer
+ * space, or refused by the kernel (too short, too long, link down). These counters are the only
+ * ones softnet keeps: the once-a-minute drop summary, the SIGUSR2/exit report and the stop line
+ * all read them, and the capture sees the same verdicts and outcomes.
  */
 
 import { nameReport } from "./name-report.ts";
-import type { FrameBatch } from "./platform/link.ts";
+import { type FrameBatch, SEND_OUTCOME_COUNT, SEND_OUTCOME_NAMES, SendOutcome } from "./platform/link.ts";
 import type { LearnedNames } from "./policy/learned-names.ts";
 import type { Lease } from "./policy/lease.ts";
 import { isPass, REASON_COUNT, reasonName } from "./policy/reasons.ts";
@@ -18,7 +22,10 @@ import { formatIpv4 } from "./wire/bytes.ts";
 export const TrafficDirection = { FROM_VM: 0, FROM_HOST: 1 } as const;
 export type TrafficDirectionCode = (typeof TrafficDirection)[keyof typeof TrafficDirection];
 
-/** Added to a verdict when a frame the policy passed could not be handed on (ENOBUFS/EAGAIN). */
+/**
+ * Added to a verdict when a frame the policy passed was not handed on: the receiver had no buffer
+ * space, or its kernel refused the frame; the slot's send outcome says which.
+ */
 export const UNSENT = 0x80;
 /**
  * Added to a verdict for a frame softnet made itself: a --reject answer to the VM, whose reason
@@ -40,6 +47,11 @@ export class TrafficCounters {
   readonly deliveredBytes = new Float64Array(2);
   /** Per direction: frames the policy passed that the other side had no buffer space for. */
   readonly unsentFrames = new Float64Array(2);
+  /**
+   * Per direction and send outcome: frames the policy passed that the other side's kernel refused,
+   * index direction * SEND_OUTCOME_COUNT + outcome (only the REFUSED_* outcomes are used).
+   */
+  readonly refusedFrames = new Float64Array(2 * SEND_OUTCOME_COUNT);
   /** Frames per reason, per direction: index direction * REASON_COUNT + reason. */
   readonly reasonFrames = new Float64Array(2 * REASON_COUNT);
   /** --reject: answers sent to the VM, per reason of the drop they answer. */
@@ -49,8 +61,17 @@ export class TrafficCounters {
   /** --reject: answers that were due but not made, the reason's rate limit being used up. */
   readonly rejectsRateLimited = new Float64Array(REASON_COUNT);
 
-  /** Counts slots 0..count of batch with their verdicts. Allocates nothing. */
-  recordBatch(direction: TrafficDirectionCode, batch: FrameBatch, verdicts: Uint8Array, count: number): void {
+  /**
+   * Counts slots 0..count of batch with their verdicts; outcomes[slot] says why an UNSENT one was
+   * not handed on. Allocates nothing.
+   */
+  recordBatch(
+    direction: TrafficDirectionCode,
+    batch: FrameBatch,
+    verdicts: Uint8Array,
+    outcomes: Uint8Array,
+    count: number,
+  ): void {
     const lengths = batch.lengths;
     const reasonBase = direction * REASON_COUNT;
     let bytes = 0;
@@ -63,8 +84,11 @@ export class TrafficCounters {
       const reason = verdict & REASON_MASK;
       bytes += length;
       this.reasonFrames[reasonBase + reason]++;
-      if (verdict & UNSENT) unsent++;
-      else if (isPass(reason as never)) {
+      if (verdict & UNSENT) {
+        const outcome = outcomes[slot];
+        if (outcome === SendOutcome.NO_ROOM || outcome >= SEND_OUTCOME_COUNT) unsent++;
+        else this.refusedFrames[direction * SEND_OUTCOME_COUNT + outcome]++;
+      } else if (isPass(reason as never)) {
         delivered++;
         deliveredBytes += length;
       }
@@ -78,12 +102,23 @@ export class TrafficCounters {
 
   /** Counts the --reject answers in slots 0..count, each verdict SYNTHESISED + reason (+ UNSENT). */
   recordRejects(verdicts: Uint8Array, count: number): void {
+    // Answers are tiny and well-formed: one the VM's socket did not take is counted as unsent,
+    // whatever the send outcome.
     for (let slot = 0; slot < count; slot++) {
       const verdict = verdicts[slot];
       const reason = verdict & REASON_MASK;
       if (verdict & UNSENT) this.rejectsUnsent[reason]++;
       else this.rejectsSent[reason]++;
     }
+  }
+
+  /** Frames the other side's kernel refused in one direction, all refusals together. */
+  refusedTotal(direction: TrafficDirectionCode): number {
+    let refused = 0;
+    for (let outcome = 0; outcome < SEND_OUTCOME_COUNT; outcome++) {
+      refused += this.refusedFrames[direction * SEND_OUTCOME_COUNT + outcome];
+    }
+    return refused;
   }
 
   /** Frames dropped by the policy (not counting unsent ones) in one direction. */
@@ -122,6 +157,11 @@ export interface CounterSources {
   reject?: boolean;
   /** What the VM looked up, and the allow lists that follow (name-report.ts). */
   names?: LearnedNames;
+  /**
+   * Per direction, frames the receiving link cut short because they were longer than a batch slot
+   * (FrameLink.truncatedFrames; the policy counted them as malformed-ethernet).
+   */
+  truncatedFrames?: readonly [number, number];
 }
 
 /** The report: lines for the text log, and the same as structured fields for JSON logs. */
@@ -149,8 +189,14 @@ export function counterReport(sources: CounterSources): CounterReport {
     lines.push(
       `  from ${side.from}: ${traffic.receivedFrames[direction]} frames, ${traffic.receivedBytes[direction]} bytes; ` +
         `to ${side.to}: ${traffic.deliveredFrames[direction]} frames, ${traffic.deliveredBytes[direction]} bytes; ` +
-        `dropped ${dropped}; unsent for lack of buffer space ${traffic.unsentFrames[direction]}`,
+        `dropped ${dropped}; unsent for lack of buffer space ${traffic.unsentFrames[direction]}; ` +
+        `refused by ${side.to}'s kernel ${traffic.refusedTotal(direction)}`,
     );
+    const refused: Record<string, number> = {};
+    for (let outcome = 0; outcome < SEND_OUTCOME_COUNT; outcome++) {
+      const count = traffic.refusedFrames[direction * SEND_OUTCOME_COUNT + outcome];
+      if (count > 0) refused[SEND_OUTCOME_NAMES[outcome]] = count;
+    }
     const passed: Record<string, number> = {};
     const drops: Record<string, number> = {};
     for (let reason = 0; reason < REASON_COUNT; reason++) {
@@ -163,6 +209,13 @@ export function counterReport(sources: CounterSources): CounterReport {
         .map(([name, count]) => `${count} ${name}`)
         .join(", ") || "none";
     lines.push(`    passed: ${list(passed)}`, `    dropped: ${list(drops)}`);
+    if (Object.keys(refused).length > 0) lines.push(`    refused: ${list(refused)}`);
+    const truncated = sources.truncatedFrames?.[direction] ?? 0;
+    if (truncated > 0) {
+      lines.push(
+        `    truncated: ${truncated} longer than softnet's frame slots (counted as malformed-ethernet)`,
+      );
+    }
     fields[DIRECTION_NAMES[direction]] = {
       frames: traffic.receivedFrames[direction],
       bytes: traffic.receivedBytes[direction],
@@ -170,6 +223,9 @@ export function counterReport(sources: CounterSources): CounterReport {
       delivered_bytes: traffic.deliveredBytes[direction],
       dropped_frames: dropped,
       unsent_frames: traffic.unsentFrames[direction],
+      refused_frames: traffic.refusedTotal(direction),
+      refused,
+      truncated_frames: sources.truncatedFrames?.[direction] ?? 0,
       passed,
       dropped: drops,
     };

@@ -7,7 +7,8 @@
  * VM's point of view, as a capture inside the guest would: frames the VM sent are outbound, frames
  * from the host on their way to the VM are inbound (pcapng.ts PacketDirection). Dropped frames
  * carry `dropped: <reason>: <what it means>` (the names and words of src/policy/reasons.ts);
- * frames the policy passed that the receiving side had no buffer space for carry `unsent: ...`;
+ * frames the policy passed that the receiving side had no buffer space for carry `unsent: ...`, and
+ * those its kernel refused (the link's send outcome: too short, too long, link down) `refused: ...`;
  * answers softnet made itself for the VM (--reject) are inbound and carry `synthesised: ...`.
  *
  * Per frame nothing is allocated: blocks are written into one preallocated buffer (comments are
@@ -21,7 +22,12 @@ import { release } from "node:os";
 import type { CaptureOptions } from "../cli.ts";
 import { SoftnetError } from "../errors.ts";
 import type { Logger } from "../log.ts";
-import type { FrameBatch } from "../platform/link.ts";
+import {
+  type FrameBatch,
+  SEND_OUTCOME_COUNT,
+  SEND_OUTCOME_EXPLANATIONS,
+  SendOutcome,
+} from "../platform/link.ts";
 import { isPass, REASON_COUNT, REASON_EXPLANATIONS, REJECT_REASONS, reasonName } from "../policy/reasons.ts";
 import {
   type CaptureStatus,
@@ -87,7 +93,10 @@ export class FrameCapture {
   private state: number = State.WRITING;
   private closed = false;
   private failure = "";
-  /** [direction][verdict] → the packet comment's UTF-8 bytes, or undefined for none. */
+  /**
+   * [direction][outcome * 256 + verdict] → the packet comment's UTF-8 bytes, or undefined for none.
+   * The outcome part counts only for UNSENT verdicts (commentIndex).
+   */
   private readonly comments: Array<Array<Uint8Array | undefined>>;
   private readonly flagsByDirection = [PacketDirection.OUTBOUND, PacketDirection.INBOUND];
   /** Per batch (there are two), one view per slot, made on first use: see writeEnhancedPacket. */
@@ -128,11 +137,18 @@ export class FrameCapture {
   }
 
   /**
-   * Appends slots 0..count of batch, each with its verdict (a reason, plus UNSENT), as Enhanced
-   * Packet Blocks. Writes to the file only when the buffer is full; flush() writes the rest.
-   * The frames of one batch arrived in one receive call and share its timestamp.
+   * Appends slots 0..count of batch, each with its verdict (a reason, plus UNSENT with the send
+   * outcome saying why), as Enhanced Packet Blocks. Writes to the file only when the buffer is full;
+   * flush() writes the rest. The frames of one batch arrived in one receive call and share its
+   * timestamp.
    */
-  recordBatch(direction: TrafficDirectionCode, batch: FrameBatch, verdicts: Uint8Array, count: number): void {
+  recordBatch(
+    direction: TrafficDirectionCode,
+    batch: FrameBatch,
+    verdicts: Uint8Array,
+    outcomes: Uint8Array,
+    count: number,
+  ): void {
     if (this.state !== State.WRITING || this.closed || count === 0) return;
     const timestamp = this.options.wallClockMicros();
     const comments = this.comments[direction];
@@ -141,7 +157,7 @@ export class FrameCapture {
     const reserve = EPB_HEADER + batch.slotSize; // writeEnhancedPacket copies whole slots
     for (let slot = 0; slot < count; slot++) {
       const length = batch.lengths[slot];
-      const comment = comments[verdicts[slot]];
+      const comment = comments[commentIndex(verdicts[slot], outcomes[slot])];
       const blockLength = enhancedPacketLength(length, comment === undefined ? 0 : comment.length);
       if (this.written + this.filled + blockLength > this.options.limitBytes) {
         this.stopAtLimit();
@@ -249,16 +265,32 @@ export class FrameCapture {
   }
 }
 
-/** Comments per verdict byte for one direction: drops say why, unsent frames say where they stuck. */
+/** Where a frame's comment is in buildComments' table: the outcome matters for UNSENT frames only. */
+function commentIndex(verdict: number, outcome: number): number {
+  if ((verdict & UNSENT) === 0 || outcome >= SEND_OUTCOME_COUNT) return verdict;
+  return outcome * 256 + verdict;
+}
+
+/**
+ * Comments per verdict byte and send outcome for one direction: drops say why, unsent frames say
+ * where they stuck, refused ones what the receiving kernel refused.
+ */
 function buildComments(direction: TrafficDirectionCode): Array<Uint8Array | undefined> {
   const utf8 = new TextEncoder();
   const receiver = direction === TrafficDirection.FROM_VM ? "the host link" : "the VM's socket";
-  const comments: Array<Uint8Array | undefined> = new Array(256).fill(undefined);
+  const comments: Array<Uint8Array | undefined> = new Array(256 * SEND_OUTCOME_COUNT).fill(undefined);
+  /** Why a frame marked UNSENT with this outcome was not handed on. */
+  const notSent = (outcome: number, what: string) =>
+    outcome === SendOutcome.NO_ROOM || outcome === SendOutcome.SENT
+      ? `unsent: ${receiver} had no buffer space (${what})`
+      : `refused: ${receiver}: ${SEND_OUTCOME_EXPLANATIONS[outcome]} (${what})`;
   for (let reason = 0; reason < REASON_COUNT; reason++) {
     if (isPass(reason as never)) {
-      comments[reason | UNSENT] = utf8.encode(
-        `unsent: ${receiver} had no buffer space (passed as ${reasonName(reason)})`,
-      );
+      for (let outcome = 0; outcome < SEND_OUTCOME_COUNT; outcome++) {
+        comments[outcome * 256 + (reason | UNSENT)] = utf8.encode(
+          notSent(outcome, `passed as ${reasonName(reason)}`),
+        );
+      }
     } else {
       comments[reason] = utf8.encode(`dropped: ${reasonName(reason)}: ${REASON_EXPLANATIONS[reason]}`);
     }
@@ -268,9 +300,9 @@ function buildComments(direction: TrafficDirectionCode): Array<Uint8Array | unde
     for (const reason of REJECT_REASONS) {
       const made = `synthesised: reject for ${reasonName(reason)}`;
       comments[SYNTHESISED | reason] = utf8.encode(made);
-      comments[SYNTHESISED | UNSENT | reason] = utf8.encode(
-        `unsent: ${receiver} had no buffer space (${made})`,
-      );
+      for (let outcome = 0; outcome < SEND_OUTCOME_COUNT; outcome++) {
+        comments[outcome * 256 + (SYNTHESISED | UNSENT | reason)] = utf8.encode(notSent(outcome, made));
+      }
     }
   }
   return comments;

@@ -55,10 +55,64 @@ export interface FrameLink {
    */
   receive(batch: FrameBatch): number;
   /**
-   * Sends the frames in the slots listed in slots[0..count) of `batch`, in that order.
-   * Returns how many were sent; the rest were dropped because the receiver had no room
-   * (ENOBUFS/EAGAIN) and the caller counts them. Returns -1 when the peer is gone.
+   * Sends the frames in the slots listed in slots[0..count) of `batch`, in that order, and writes
+   * what became of each into outcomes[slot] (a SendOutcome) when `outcomes` is given. A frame the
+   * kernel refuses on its own (too short, too long, link down) does not stop the rest of the batch;
+   * once the receiver has no room, that frame and all after it are NO_ROOM. Returns how many were
+   * sent, or -1 when the peer is gone (outcomes are then meaningless). Allocates nothing.
    */
-  send(batch: FrameBatch, slots: Uint16Array, count: number): number;
+  send(batch: FrameBatch, slots: Uint16Array, count: number, outcomes?: Uint8Array): number;
+  /**
+   * Datagrams longer than a batch slot, cut short by the kernel and handed on with length 0 (the
+   * policy then drops them as malformed): links that can see it count them, the report shows them.
+   */
+  readonly truncatedFrames?: number;
   close(): void;
+}
+
+/**
+ * What became of one frame handed to FrameLink.send: one byte per slot, written by the link into
+ * the caller's array, so the loop, the counters and the capture know which frame went where.
+ */
+export const SendOutcome = {
+  /** Handed to the kernel (or vmnet). */
+  SENT: 0,
+  /** The receiver had no buffer space (EAGAIN/ENOBUFS, vmnet BUFFER_EXHAUSTED/MEM_FAILURE). */
+  NO_ROOM: 1,
+  /** Refused: shorter than an Ethernet header (TAP write: EINVAL; vmnet: checked before writing). */
+  REFUSED_TOO_SHORT: 2,
+  /** Refused: larger than the link carries (EMSGSIZE; vmnet: VMNET_PACKET_TOO_BIG). */
+  REFUSED_TOO_LONG: 3,
+  /** Refused: the link is down (TAP write: EIO while the interface is not up). */
+  REFUSED_LINK_DOWN: 4,
+} as const;
+export type SendOutcomeCode = (typeof SendOutcome)[keyof typeof SendOutcome];
+export const SEND_OUTCOME_COUNT = 5;
+/** Short names for reports and logs, indexed by SendOutcome. */
+export const SEND_OUTCOME_NAMES: readonly string[] = [
+  "sent",
+  "no-buffer-space",
+  "too-short",
+  "too-long",
+  "link-down",
+];
+/** What each outcome means, for capture comments, indexed by SendOutcome. */
+export const SEND_OUTCOME_EXPLANATIONS: readonly string[] = [
+  "sent",
+  "no buffer space",
+  "shorter than an Ethernet header",
+  "too long for the link (EMSGSIZE)",
+  "the link is down (EIO)",
+];
+
+/** Marks slots[from..count) with `outcome` in `outcomes`, if given: the frames a send did not reach. */
+export function markUnsent(
+  outcomes: Uint8Array | undefined,
+  slots: Uint16Array,
+  from: number,
+  count: number,
+  outcome: SendOutcomeCode,
+): void {
+  if (outcomes === undefined) return;
+  for (let j = from; j < count; j++) outcomes[slots[j]!] = outcome;
 }

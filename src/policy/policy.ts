@@ -53,7 +53,7 @@ import { DnsSnooper, UNDECIDED } from "./dns-snooper.ts";
 import { LearnedNames } from "./learned-names.ts";
 import type { Lease } from "./lease.ts";
 import { NamePatterns } from "./name-patterns.ts";
-import { isPass, REASON_COUNT, Reason, type ReasonCode } from "./reasons.ts";
+import { isPass, Reason, type ReasonCode } from "./reasons.ts";
 import { RuleAction, type RuleTable } from "./rules.ts";
 import { SnoopEvents } from "./snoop-events.ts";
 
@@ -89,8 +89,6 @@ export class Policy {
   readonly prefixLength: number;
   readonly isolated: boolean;
   readonly rules: RuleTable;
-  /** Frames per reason, both directions. */
-  readonly counters = new Float64Array(REASON_COUNT);
   /** What the snoopers (and the gateway's MAC) taught since the loop last drained it. */
   readonly events = new SnoopEvents();
   readonly dhcp: DhcpSnooper;
@@ -119,16 +117,12 @@ export class Policy {
 
   /** Decides whether a frame the VM sent may go to the host. */
   decideFromVm(bytes: Uint8Array, offset: number, length: number, nowMs: number): ReasonCode {
-    const reason = this.classifyFromVm(bytes, offset, length, nowMs);
-    this.counters[reason]++;
-    return reason;
+    return this.classifyFromVm(bytes, offset, length, nowMs);
   }
 
   /** Decides whether a frame from the host may go to the VM, and snoops DHCP replies addressed to it. */
   observeFromHost(bytes: Uint8Array, offset: number, length: number, nowMs: number): ReasonCode {
-    const reason = this.classifyFromHost(bytes, offset, length, nowMs);
-    this.counters[reason]++;
-    return reason;
+    return this.classifyFromHost(bytes, offset, length, nowMs);
   }
 
   private classifyFromVm(bytes: Uint8Array, offset: number, length: number, nowMs: number): ReasonCode {

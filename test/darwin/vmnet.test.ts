@@ -16,7 +16,7 @@ import {
   type VmnetOptions,
   VmnetStatus,
 } from "../../src/platform/darwin/vmnet.ts";
-import { FrameBatch } from "../../src/platform/link.ts";
+import { FrameBatch, SendOutcome } from "../../src/platform/link.ts";
 import { epollReactorBackend } from "../../src/platform/linux/epoll-reactor.ts";
 import { Reactor } from "../../src/platform/reactor.ts";
 import { thrownBy } from "../support/errors.ts";
@@ -90,13 +90,13 @@ inPrivateNetworkNamespace(import.meta.path, "vmnet host link against the double"
     frame.subarray(28, 32).join(".") === ip;
 
   /** Puts frames in slots 0..n-1 of a batch and sends them all; returns what send() returned. */
-  function sendFrames(link: VmnetLink, frames: Uint8Array[]): number {
+  function sendFrames(link: VmnetLink, frames: Uint8Array[], outcomes?: Uint8Array): number {
     const batch = new FrameBatch(Math.max(frames.length, 1), 2048);
     frames.forEach((frame, slot) => {
       batch.bytes.set(frame, batch.offsetOf(slot));
       batch.lengths[slot] = frame.length;
     });
-    return link.send(batch, Uint16Array.from(frames.keys()), frames.length);
+    return link.send(batch, Uint16Array.from(frames.keys()), frames.length, outcomes);
   }
 
   /** Receives until `count` frames matching `match` arrived or time ran out; returns them. */
@@ -302,9 +302,23 @@ inPrivateNetworkNamespace(import.meta.path, "vmnet host link against the double"
       batch.lengths[0] = 10;
       batch.lengths[1] = 1515;
       batch.lengths[2] = 0;
-      expect(link.send(batch, Uint16Array.of(0, 1, 2), 3)).toBe(0);
-      expect(link.rejectedFrames).toBe(3);
+      const outcomes = new Uint8Array(3).fill(0xff);
+      expect(link.send(batch, Uint16Array.of(0, 1, 2), 3, outcomes)).toBe(0);
+      expect([...outcomes]).toEqual([
+        SendOutcome.REFUSED_TOO_SHORT,
+        SendOutcome.REFUSED_TOO_LONG,
+        SendOutcome.REFUSED_TOO_SHORT,
+      ]);
       expect(double.callCount("vmnet_write")).toBe(writes);
+    });
+
+    test("a refused frame in the middle of a batch is marked; the frames around it are written", async () => {
+      const link = open();
+      const before = arpFrame({ senderIp: "198.18.0.10", targetIp: "198.18.0.1" });
+      const after = arpFrame({ senderIp: "198.18.0.10", targetIp: "198.18.0.2" });
+      const outcomes = new Uint8Array(3).fill(0xff);
+      expect(sendFrames(link, [before, new Uint8Array(10), after], outcomes)).toBe(2);
+      expect([...outcomes]).toEqual([SendOutcome.SENT, SendOutcome.REFUSED_TOO_SHORT, SendOutcome.SENT]);
     });
 
     test("a failed vmnet_write counts nothing as written, whatever it left in *pktcnt", () => {
@@ -315,10 +329,16 @@ inPrivateNetworkNamespace(import.meta.path, "vmnet host link against the double"
         double.inject(Inject.WRITE, status);
         expect(sendFrames(link, [request, request, request])).toBe(0);
       }
+      const outcomes = new Uint8Array(2).fill(0xff);
+      double.inject(Inject.WRITE, VmnetStatus.BUFFER_EXHAUSTED);
+      expect(sendFrames(link, [request, request], outcomes)).toBe(0);
+      expect([...outcomes]).toEqual([SendOutcome.NO_ROOM, SendOutcome.NO_ROOM]);
       double.inject(Inject.WRITE, VmnetStatus.PACKET_TOO_BIG);
-      expect(sendFrames(link, [request, request])).toBe(0);
-      expect(link.rejectedFrames).toBe(2); // the whole chunk: vmnet did not say which
-      expect(sendFrames(link, [request, request])).toBe(2); // and the next write counts again
+      expect(sendFrames(link, [request, request], outcomes)).toBe(0);
+      // The whole chunk: vmnet did not say which.
+      expect([...outcomes]).toEqual([SendOutcome.REFUSED_TOO_LONG, SendOutcome.REFUSED_TOO_LONG]);
+      expect(sendFrames(link, [request, request], outcomes)).toBe(2); // and the next write counts again
+      expect([...outcomes]).toEqual([SendOutcome.SENT, SendOutcome.SENT]);
     });
 
     test("refuses batches whose slots could truncate a packet", () => {
@@ -332,8 +352,11 @@ inPrivateNetworkNamespace(import.meta.path, "vmnet host link against the double"
       double.inject(Inject.WRITE, VmnetStatus.BUFFER_EXHAUSTED);
       expect(sendFrames(link, [arpFrame({ senderIp: "198.18.0.10", targetIp: "198.18.0.1" })])).toBe(0);
       double.inject(Inject.WRITE, VmnetStatus.PACKET_TOO_BIG);
-      expect(sendFrames(link, [arpFrame({ senderIp: "198.18.0.10", targetIp: "198.18.0.1" })])).toBe(0);
-      expect(link.rejectedFrames).toBe(1);
+      const outcomes = new Uint8Array(1);
+      expect(
+        sendFrames(link, [arpFrame({ senderIp: "198.18.0.10", targetIp: "198.18.0.1" })], outcomes),
+      ).toBe(0);
+      expect(outcomes[0]).toBe(SendOutcome.REFUSED_TOO_LONG);
       double.inject(Inject.WRITE, VmnetStatus.INVALID_ACCESS);
       expect(() => sendFrames(link, [arpFrame({ senderIp: "198.18.0.10", targetIp: "198.18.0.1" })])).toThrow(
         "cannot write packets to vmnet",

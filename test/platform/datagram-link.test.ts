@@ -18,7 +18,7 @@ import {
   SOCK_STREAM,
   SOL_SOCKET,
 } from "../../src/platform/libc.ts";
-import { FrameBatch } from "../../src/platform/link.ts";
+import { FrameBatch, SendOutcome } from "../../src/platform/link.ts";
 import { DatagramLink } from "../../src/platform/linux/datagram-link.ts";
 import { expectSoftnetError } from "../support/errors.ts";
 
@@ -271,7 +271,9 @@ describe("DatagramLink send", () => {
     // The 1 MiB send buffer (2 MiB as the kernel counts it) holds several hundred full frames;
     // the default 208 KiB would hold about 90.
     expect(total).toBeGreaterThan(500);
-    expect(link.send(batch, slots, 4)).toBe(0); // still full: everything dropped, nothing thrown
+    const outcomes = new Uint8Array(256).fill(0xff);
+    expect(link.send(batch, slots, 4, outcomes)).toBe(0); // still full: everything dropped, nothing thrown
+    expect([...outcomes.subarray(0, 5)]).toEqual([...Array(4).fill(SendOutcome.NO_ROOM), 0xff]);
     // The peer reads a few; there is room again, and frames arrive intact and in order.
     for (let i = 0; i < 8; i++) expect(peerReceive(peer)?.length).toBe(1514);
     expect(link.send(batch, slots, 1)).toBe(1);
@@ -285,8 +287,9 @@ describe("DatagramLink send", () => {
     batch.lengths[2] = 61;
     // Shrink the send buffer (to 8 KiB as the kernel counts it) so slot 1 cannot fit in it at all.
     expect(libc.setsockopt(link.pollFd, SOL_SOCKET, SO_SNDBUF, new Int32Array([4096]), 4)).toBe(0);
-    expect(link.send(batch, Uint16Array.of(0, 1, 2), 3)).toBe(2);
-    expect(link.rejectedFrames).toBe(1);
+    const outcomes = new Uint8Array(3).fill(0xff);
+    expect(link.send(batch, Uint16Array.of(0, 1, 2), 3, outcomes)).toBe(2);
+    expect([...outcomes]).toEqual([SendOutcome.SENT, SendOutcome.REFUSED_TOO_LONG, SendOutcome.SENT]);
     expect(peerReceive(peer)?.length).toBe(60);
     expect(peerReceive(peer)?.length).toBe(61);
   });

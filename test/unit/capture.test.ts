@@ -26,7 +26,7 @@ import {
   writeEnhancedPacket,
 } from "../../src/capture/pcapng.ts";
 import { Logger } from "../../src/log.ts";
-import { FrameBatch } from "../../src/platform/link.ts";
+import { FrameBatch, SendOutcome } from "../../src/platform/link.ts";
 import { Reason } from "../../src/policy/reasons.ts";
 import { TrafficDirection, type TrafficDirectionCode, UNSENT } from "../../src/stats.ts";
 import { parseMac } from "../../src/wire/bytes.ts";
@@ -318,18 +318,55 @@ describe("a capture read back by tshark and tcpdump", () => {
       dstMac: VM_MAC,
     }),
     etherFrame(0x86dd, 80, "5e:00:00:00:00:01"),
+    // Passed, then refused by the VM socket's kernel (EMSGSIZE) while the frames around it went on.
+    udpFrame({
+      src: "8.8.8.8",
+      dst: VM_IP,
+      sport: 53,
+      dport: 40001,
+      srcMac: "5e:00:00:00:00:01",
+      dstMac: VM_MAC,
+    }),
+    udpFrame({
+      src: "8.8.8.8",
+      dst: VM_IP,
+      sport: 53,
+      dport: 40002,
+      srcMac: "5e:00:00:00:00:01",
+      dstMac: VM_MAC,
+    }),
   ];
-  const fromHostVerdicts = [Reason.PASS_HOST_IPV4, Reason.NON_IP_ETHERTYPE];
+  const fromHostVerdicts = [
+    Reason.PASS_HOST_IPV4,
+    Reason.NON_IP_ETHERTYPE,
+    Reason.PASS_HOST_IPV4 | UNSENT,
+    Reason.PASS_HOST_IPV4,
+  ];
+  const fromHostOutcomes = [
+    SendOutcome.SENT,
+    SendOutcome.SENT,
+    SendOutcome.REFUSED_TOO_LONG,
+    SendOutcome.SENT,
+  ];
 
   function record(
     capture: FrameCapture,
     direction: TrafficDirectionCode,
     frames: Uint8Array[],
     verdicts: number[],
+    outcomes: number[] = verdicts.map((verdict) =>
+      verdict & UNSENT ? SendOutcome.NO_ROOM : SendOutcome.SENT,
+    ),
   ) {
     const batch = new FrameBatch(8, 1518);
     fill(batch, frames);
-    capture.recordBatch(direction, batch, Uint8Array.from(verdicts), frames.length);
+    capture.recordBatch(
+      direction,
+      batch,
+      Uint8Array.from(verdicts),
+      Uint8Array.from(outcomes),
+      frames.length,
+    );
   }
 
   withReaders("directions, reasons as comments, and the very bytes handed in", async () => {
@@ -337,7 +374,7 @@ describe("a capture read back by tshark and tcpdump", () => {
     const capture = newCapture(sink);
     capture.start();
     record(capture, TrafficDirection.FROM_VM, fromVm, fromVmVerdicts);
-    record(capture, TrafficDirection.FROM_HOST, fromHost, fromHostVerdicts);
+    record(capture, TrafficDirection.FROM_HOST, fromHost, fromHostVerdicts, fromHostOutcomes);
     capture.close();
     expect(sink.closed).toBe(true);
     const path = save(sink.bytes());
@@ -357,6 +394,8 @@ describe("a capture read back by tshark and tcpdump", () => {
       ["dropped: mac-spoof: source MAC is not the VM's --vm-mac-address"],
       [],
       ["dropped: non-ip-ethertype: only IPv4 and ARP are forwarded (IPv6, VLAN tags and others are not)"],
+      ["refused: the VM's socket: too long for the link (EMSGSIZE) (passed as host-ipv4)"],
+      [],
     ]);
     for (const frame of frames) {
       expect(frame.interfaceName).toBe(`vm ${VM_MAC} via tap sn0200 on br0`);
@@ -448,6 +487,7 @@ describe("the cost", () => {
     );
     fill(batch, frames);
     const verdicts = Uint8Array.from(frames, (_, i) => (i % 2 === 0 ? Reason.PASS_GLOBAL : Reason.IP_SPOOF));
+    const outcomes = new Uint8Array(64);
     // A sink that counts writes but keeps nothing, so only the capture's own allocations show.
     let writes = 0;
     (sink as { write: CaptureSink["write"] }).write = () => {
@@ -455,7 +495,7 @@ describe("the cost", () => {
     };
     const rounds = (n: number) => {
       for (let i = 0; i < n; i++) {
-        capture.recordBatch(TrafficDirection.FROM_VM, batch, verdicts, 64);
+        capture.recordBatch(TrafficDirection.FROM_VM, batch, verdicts, outcomes, 64);
         if (i % 4 === 3) capture.flush();
       }
     };

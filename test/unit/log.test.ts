@@ -10,7 +10,13 @@ import { describe, expect, test } from "bun:test";
 import { describeError, SoftnetError } from "../../src/errors.ts";
 import { FilterLoop, type FrameRecorder } from "../../src/filter-loop.ts";
 import { fatalLine, type LogFields, Logger } from "../../src/log.ts";
-import { FrameBatch, type FrameLink } from "../../src/platform/link.ts";
+import {
+  FrameBatch,
+  type FrameLink,
+  SEND_OUTCOME_COUNT,
+  SendOutcome,
+  type SendOutcomeCode,
+} from "../../src/platform/link.ts";
 import { Policy } from "../../src/policy/policy.ts";
 import { Reason } from "../../src/policy/reasons.ts";
 import { RuleTable } from "../../src/policy/rules.ts";
@@ -208,25 +214,55 @@ class MemoryLink implements FrameLink {
     batch.count = count;
     return count;
   }
-  send(batch: FrameBatch, slots: Uint16Array, count: number): number {
+  /** Frames of these lengths are refused one by one with the given outcome, as a kernel would. */
+  refuse = new Map<number, SendOutcomeCode>();
+  send(batch: FrameBatch, slots: Uint16Array, count: number, outcomes?: Uint8Array): number {
     let sent = 0;
-    for (; sent < count && this.room > 0; sent++, this.room--) {
-      const offset = batch.offsetOf(slots[sent]);
-      this.sent.push(batch.bytes.slice(offset, offset + batch.lengths[slots[sent]]));
+    for (let j = 0; j < count; j++) {
+      const slot = slots[j];
+      const refusal = this.refuse.get(batch.lengths[slot]);
+      if (refusal !== undefined) {
+        if (outcomes !== undefined) outcomes[slot] = refusal;
+        continue; // this frame only: the rest of the batch goes on
+      }
+      if (this.room <= 0) {
+        if (outcomes !== undefined) for (let k = j; k < count; k++) outcomes[slots[k]] = SendOutcome.NO_ROOM;
+        break;
+      }
+      this.room--;
+      sent++;
+      if (outcomes !== undefined) outcomes[slot] = SendOutcome.SENT;
+      const offset = batch.offsetOf(slot);
+      this.sent.push(batch.bytes.slice(offset, offset + batch.lengths[slot]));
     }
     return sent;
   }
   close(): void {}
 }
 
-/** A FrameRecorder that remembers each batch's verdicts. */
+/** A FrameRecorder that remembers each batch's verdicts, and the send outcomes of unsent frames. */
 class VerdictRecorder implements FrameRecorder {
-  readonly batches: Array<{ direction: TrafficDirectionCode; verdicts: number[]; lengths: number[] }> = [];
-  recordBatch(direction: TrafficDirectionCode, batch: FrameBatch, verdicts: Uint8Array, count: number): void {
+  readonly batches: Array<{
+    direction: TrafficDirectionCode;
+    verdicts: number[];
+    lengths: number[];
+    unsentOutcomes: Array<number | null>;
+  }> = [];
+  recordBatch(
+    direction: TrafficDirectionCode,
+    batch: FrameBatch,
+    verdicts: Uint8Array,
+    outcomes: Uint8Array,
+    count: number,
+  ): void {
+    const unsentOutcomes = Array.from(verdicts.subarray(0, count), (verdict, slot) =>
+      verdict & UNSENT ? outcomes[slot] : null,
+    );
     this.batches.push({
       direction,
       verdicts: Array.from(verdicts.subarray(0, count)),
       lengths: Array.from(batch.lengths.subarray(0, count)),
+      unsentOutcomes,
     });
   }
 }
@@ -388,6 +424,7 @@ describe("the counters", () => {
         Reason.PASS_GLOBAL | UNSENT,
       ],
       lengths: [good.length, spoofed.length, good.length, ipv6.length, good.length],
+      unsentOutcomes: [null, null, null, null, SendOutcome.NO_ROOM],
     });
 
     const report = counterReport({
@@ -402,10 +439,10 @@ describe("the counters", () => {
     });
     expect(report.lines).toEqual([
       "counters (SIGUSR2) after 1 h 2 min 3 s:",
-      `  from the VM: 5 frames, ${traffic.receivedBytes[FROM_VM]} bytes; to the host: 2 frames, ${2 * good.length} bytes; dropped 2; unsent for lack of buffer space 1`,
+      `  from the VM: 5 frames, ${traffic.receivedBytes[FROM_VM]} bytes; to the host: 2 frames, ${2 * good.length} bytes; dropped 2; unsent for lack of buffer space 1; refused by the host's kernel 0`,
       "    passed: 3 global-destination",
       "    dropped: 1 non-ip-ethertype, 1 ip-spoof",
-      `  from the host: 1 frames, ${ack.length} bytes; to the VM: 1 frames, ${ack.length} bytes; dropped 0; unsent for lack of buffer space 0`,
+      `  from the host: 1 frames, ${ack.length} bytes; to the VM: 1 frames, ${ack.length} bytes; dropped 0; unsent for lack of buffer space 0; refused by the VM's kernel 0`,
       "    passed: 1 host-ipv4",
       "    dropped: none",
       "  lease: none (192.168.64.5 expired)",
@@ -428,6 +465,75 @@ describe("the counters", () => {
       forwards: { installed: true, ports: "2222→22", address: VM_IP },
       capture: { path: "vm.pcapng", frames: 6, bytes: 999, limit_bytes: 4096, state: "writing" },
     });
+  });
+
+  test("a frame the receiving kernel refuses mid-batch is counted, summarised and captured as refused, not as unsent", () => {
+    const capture = new VerdictRecorder();
+    const { vm, host, loop, ack, policy, now } = loopWith(new Logger("error", () => {}), capture);
+    host.incoming.push(ack);
+    loop.drainFromHost(1024);
+    const good = tcpFrame({ dst: "1.1.1.1", dport: 443 });
+    const big = tcpFrame({ dst: "1.1.1.1", dport: 443, payload: new Uint8Array(100) });
+    host.refuse.set(big.length, SendOutcome.REFUSED_TOO_LONG);
+    vm.incoming.push(good, big, good, good);
+    loop.drainFromVm(1024);
+
+    // The link took the frames on either side of the refused one.
+    expect(host.sent).toEqual([good, good, good]);
+    const traffic = loop.traffic;
+    const FROM_VM = TrafficDirection.FROM_VM;
+    expect(traffic.deliveredFrames[FROM_VM]).toBe(3);
+    expect(traffic.deliveredBytes[FROM_VM]).toBe(3 * good.length);
+    expect(traffic.unsentFrames[FROM_VM]).toBe(0);
+    expect(traffic.refusedTotal(FROM_VM)).toBe(1);
+    expect(traffic.refusedFrames[FROM_VM * SEND_OUTCOME_COUNT + SendOutcome.REFUSED_TOO_LONG]).toBe(1);
+    // The capture marks the refused frame, the second, and no other.
+    expect(capture.batches[1]).toEqual({
+      direction: FROM_VM,
+      verdicts: [Reason.PASS_GLOBAL, Reason.PASS_GLOBAL | UNSENT, Reason.PASS_GLOBAL, Reason.PASS_GLOBAL],
+      lengths: [good.length, big.length, good.length, good.length],
+      unsentOutcomes: [null, SendOutcome.REFUSED_TOO_LONG, null, null],
+    });
+    // The minute's summary, the report and the stop line read the same counters.
+    const dropped: Record<string, number> = {};
+    expect(loop.dropSummary(dropped)).toBe("refused by the host's kernel: 1 too-long");
+    expect(dropped).toEqual({ "refused-to-host-too-long": 1 });
+    const report = counterReport({
+      trigger: "exit",
+      traffic,
+      lease: policy.lease,
+      nowMs: now(),
+      startedAtMs: now(),
+      exposed: "",
+      forwardsInstalledFor: -1,
+      capture: undefined,
+    });
+    expect(report.lines[1]).toEndWith(
+      "dropped 0; unsent for lack of buffer space 0; refused by the host's kernel 1",
+    );
+    expect(report.lines[4]).toBe("    refused: 1 too-long");
+    expect(report.fields.from_vm).toMatchObject({ delivered_frames: 3, unsent_frames: 0, refused_frames: 1 });
+  });
+
+  test("frames a link cut short (longer than a slot) are reported with their direction", () => {
+    const { policy, loop, now } = loopWith(new Logger("error", () => {}));
+    const report = counterReport({
+      trigger: "exit",
+      traffic: loop.traffic,
+      lease: policy.lease,
+      nowMs: now(),
+      startedAtMs: now(),
+      exposed: "",
+      forwardsInstalledFor: -1,
+      capture: undefined,
+      truncatedFrames: [2, 0],
+    });
+    expect(report.lines[4]).toBe(
+      "    truncated: 2 longer than softnet's frame slots (counted as malformed-ethernet)",
+    );
+    expect(report.lines.filter((line) => line.includes("truncated")).length).toBe(1);
+    expect(report.fields.from_vm).toMatchObject({ truncated_frames: 2 });
+    expect(report.fields.from_host).toMatchObject({ truncated_frames: 0 });
   });
 
   test("the lease as the report shows it while it is valid", () => {

@@ -34,7 +34,7 @@
  */
 import { ptr as ffiPtr, type Pointer } from "bun:ffi";
 import { SoftnetError } from "../../errors.ts";
-import type { FrameBatch, FrameLink } from "../link.ts";
+import { type FrameBatch, type FrameLink, markUnsent, SendOutcome } from "../link.ts";
 import { DarwinSysError, type DarwinSystem } from "./system.ts";
 
 /**
@@ -57,8 +57,6 @@ export class DarwinDatagramLink implements FrameLink {
   readonly pollFd: number;
   /** Datagrams larger than a slot: cut short by the kernel, reported with length 0. */
   truncatedFrames = 0;
-  /** Frames the kernel refused one by one (EMSGSIZE). */
-  rejectedFrames = 0;
   private closed = false;
   /** Set for good once a call saw that the VM closed its end; receive and send then return -1. */
   private gone = false;
@@ -180,7 +178,7 @@ export class DarwinDatagramLink implements FrameLink {
     return count;
   }
 
-  send(batch: FrameBatch, slots: Uint16Array, count: number): number {
+  send(batch: FrameBatch, slots: Uint16Array, count: number, outcomes?: Uint8Array): number {
     if (this.gone) return -1;
     const { libc, kernel } = this.system;
     const base = stable(batch.bytes);
@@ -192,12 +190,16 @@ export class DarwinDatagramLink implements FrameLink {
       const result = libc.send(this.fd, (base + slot * slotSize) as Pointer, lengths[slot]!, this.sendFlags);
       if (result >= 0) {
         sent++;
+        if (outcomes !== undefined) outcomes[slot] = SendOutcome.SENT;
         continue;
       }
       const errno = this.system.errno();
       // The VM is not reading fast enough: drop the rest, as the original does with ENOBUFS. (xnu
       // says ENOBUFS when the VM's receive buffer is full, uipc_send's sbappendaddr; Linux EAGAIN.)
-      if (errno === kernel.errno.EAGAIN || errno === kernel.errno.ENOBUFS) break;
+      if (errno === kernel.errno.EAGAIN || errno === kernel.errno.ENOBUFS) {
+        markUnsent(outcomes, slots, j, count, SendOutcome.NO_ROOM);
+        break;
+      }
       if (errno === kernel.errno.EINTR) {
         j--;
         continue;
@@ -207,7 +209,8 @@ export class DarwinDatagramLink implements FrameLink {
         return -1;
       }
       if (errno === kernel.errno.EMSGSIZE) {
-        this.rejectedFrames++;
+        // This frame only is larger than the socket carries: the others are still sent.
+        if (outcomes !== undefined) outcomes[slot] = SendOutcome.REFUSED_TOO_LONG;
         continue;
       }
       throw new SoftnetError(`cannot send frames to ${this.description}`, {

@@ -27,7 +27,7 @@ import type { ExposedPort } from "../../cli.ts";
 import { SoftnetError } from "../../errors.ts";
 import type { PortForwardBackend } from "../../port-forwards.ts";
 import { formatIpv4, parseIpv4 } from "../../wire/bytes.ts";
-import type { FrameBatch, FrameLink } from "../link.ts";
+import { type FrameBatch, type FrameLink, SendOutcome } from "../link.ts";
 import { BlockKind, VmnetBlocks } from "./blocks.ts";
 import {
   type DarwinLibraries,
@@ -186,8 +186,6 @@ export interface VmnetLink extends FrameLink, PortForwardBackend {
   /** Packets per vmnet_read / vmnet_write call (vmnet's limit, or fallbackMaxPackets). */
   readonly readMaxPackets: number;
   readonly writeMaxPackets: number;
-  /** Frames not handed to vmnet because they were shorter than an Ethernet header or too big. */
-  readonly rejectedFrames: number;
   /** Event callbacks vmnet has made so far. */
   readonly events: number;
   /** External TCP ports with a rule installed now. */
@@ -329,7 +327,6 @@ class Vmnet implements VmnetLink {
   readonly description: string;
   readonly pollFd: number;
   readonly maxFrameSize: number;
-  rejectedFrames = 0;
   private readonly installed: number[] = [];
   private closed = false;
   /** Set when vmnet stopped answering a port-forward request: later requests would be confused. */
@@ -342,6 +339,8 @@ class Vmnet implements VmnetLink {
   /** vmnet_read/vmnet_write's int *pktcnt, at a fixed address. */
   private readonly packetCount = new Int32Array(new ArrayBuffer(4));
   private readonly packetCountAddress: number;
+  /** Which batch slot each packet of the vmnet_write chunk in flight came from (send's outcomes). */
+  private readonly chunkSlots: Uint16Array;
   /**
    * The struct in_addr a forward request points vmnet to: 4 bytes in network order, at a fixed
    * address. Requests are serialised and each waits for its completion, and this memory lives as
@@ -373,6 +372,7 @@ class Vmnet implements VmnetLink {
     this.pollFd = native.wakeRead;
     this.maxFrameSize = maxPacketSize;
     this.packetCountAddress = ptrOf(this.packetCount);
+    this.chunkSlots = new Uint16Array(writeMaxPackets);
     this.forwardAddressPointer = ptrOf(this.forwardAddress);
     this.scratchAddress = ptrOf(this.scratch);
     this.wakeFlags = system.kernel.MSG_DONTWAIT;
@@ -585,7 +585,7 @@ class Vmnet implements VmnetLink {
     return count;
   }
 
-  send(batch: FrameBatch, slots: Uint16Array, count: number): number {
+  send(batch: FrameBatch, slots: Uint16Array, count: number, outcomes?: Uint8Array): number {
     if (count <= 0) return 0;
     if (this.closed) throw new SoftnetError(`${this.description} is closed`);
     const vectors = this.vectorsFor(batch);
@@ -593,6 +593,7 @@ class Vmnet implements VmnetLink {
     const lengths = batch.lengths;
     const limit = this.writeMaxPackets;
     const maxPacketSize = this.maxPacketSize;
+    const chunkSlots = this.chunkSlots;
     let sent = 0;
     let next = 0;
     while (next < count) {
@@ -601,9 +602,13 @@ class Vmnet implements VmnetLink {
         const slot = slots[next++]!;
         const length = lengths[slot]!;
         if (length < ETHERNET_HEADER_BYTES || length > maxPacketSize) {
-          this.rejectedFrames++;
+          if (outcomes !== undefined) {
+            outcomes[slot] =
+              length < ETHERNET_HEADER_BYTES ? SendOutcome.REFUSED_TOO_SHORT : SendOutcome.REFUSED_TOO_LONG;
+          }
           continue;
         }
+        chunkSlots[packets] = slot;
         const descriptor = vectors.firstWriteDescriptorWord + packets * DESC_WORDS;
         words[descriptor + PKT_SIZE_WORD] = length;
         words[descriptor + PKT_SIZE_WORD + 1] = 0;
@@ -626,16 +631,27 @@ class Vmnet implements VmnetLink {
       const written =
         status === VmnetStatus.SUCCESS ? Math.max(0, Math.min(this.packetCount[0]!, packets)) : 0;
       sent += written;
+      if (outcomes !== undefined) {
+        for (let p = 0; p < written; p++) outcomes[chunkSlots[p]!] = SendOutcome.SENT;
+      }
       if (status === VmnetStatus.SUCCESS && written === packets) continue;
       if (
         status === VmnetStatus.SUCCESS ||
         status === VmnetStatus.BUFFER_EXHAUSTED ||
         status === VmnetStatus.MEM_FAILURE
       ) {
-        break; // no room: the rest is dropped, and the caller counts it
+        // No room: the rest of this chunk and of the batch is dropped.
+        if (outcomes !== undefined) {
+          for (let p = written; p < packets; p++) outcomes[chunkSlots[p]!] = SendOutcome.NO_ROOM;
+          for (let j = next; j < count; j++) outcomes[slots[j]!] = SendOutcome.NO_ROOM;
+        }
+        break;
       }
       if (status === VmnetStatus.PACKET_TOO_BIG) {
-        this.rejectedFrames += packets - written; // cannot tell which: drop this chunk, send the rest
+        // vmnet does not say which packet: the whole chunk is marked, the rest of the batch is sent.
+        if (outcomes !== undefined) {
+          for (let p = written; p < packets; p++) outcomes[chunkSlots[p]!] = SendOutcome.REFUSED_TOO_LONG;
+        }
         continue;
       }
       throw vmnetError(`cannot write packets to ${this.description}`, status);

@@ -31,7 +31,7 @@ import {
   SysError,
   stableAddress,
 } from "../libc.ts";
-import type { FrameBatch, FrameLink } from "../link.ts";
+import { type FrameBatch, type FrameLink, markUnsent, SendOutcome } from "../link.ts";
 
 /**
  * Our send buffer bounds how many frames can wait in the kernel for the VM to read them: Linux
@@ -120,8 +120,6 @@ export class DatagramLink implements FrameLink {
   readonly pollFd: number;
   /** Datagrams larger than a batch slot: the kernel truncated them; they are reported with length 0. */
   truncatedFrames = 0;
-  /** Frames the kernel refused individually (EMSGSIZE: larger than the socket can carry). */
-  rejectedFrames = 0;
 
   private readonly fd: number;
   private closed = false;
@@ -185,7 +183,7 @@ export class DatagramLink implements FrameLink {
     return received;
   }
 
-  send(batch: FrameBatch, slots: Uint16Array, count: number): number {
+  send(batch: FrameBatch, slots: Uint16Array, count: number, outcomes?: Uint8Array): number {
     if (count <= 0) return 0;
     const vectors = this.vectorsFor(batch);
     const words = vectors.words;
@@ -209,18 +207,23 @@ export class DatagramLink implements FrameLink {
       if (result > 0) {
         // A short count means message `next + result` failed; its error is lost, so go round again
         // to learn it (EAGAIN: stop; peer gone: ECONNREFUSED or ENOTCONN).
+        markUnsent(outcomes, slots, next, next + result, SendOutcome.SENT);
         sent += result;
         next += result;
         continue;
       }
-      if (result === 0) break;
-      const errno = lastErrno();
-      if (errno === Errno.EAGAIN || errno === Errno.ENOBUFS) break; // receiver full: drop the rest
+      const errno = result === 0 ? Errno.EAGAIN : lastErrno();
+      if (errno === Errno.EAGAIN || errno === Errno.ENOBUFS) {
+        markUnsent(outcomes, slots, next, count, SendOutcome.NO_ROOM); // receiver full: drop the rest
+        break;
+      }
       if (errno === Errno.EINTR) continue;
       if (isPeerGone(errno)) return -1;
       if (errno === Errno.EMSGSIZE) {
-        this.rejectedFrames++;
-        next++; // only this frame is too large for the socket: skip it, send the others
+        // Only this frame is too large for the socket (net/unix/af_unix.c, unix_dgram_sendmsg:
+        // len > sk_sndbuf - 32): mark it, send the others.
+        if (outcomes !== undefined) outcomes[slots[next]!] = SendOutcome.REFUSED_TOO_LONG;
+        next++;
         continue;
       }
       throw new SoftnetError(`cannot send frames to ${this.description}`, {

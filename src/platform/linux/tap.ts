@@ -39,7 +39,7 @@ import {
   SysError,
   stableAddress,
 } from "../libc.ts";
-import type { FrameBatch, FrameLink } from "../link.ts";
+import { type FrameBatch, type FrameLink, markUnsent, SendOutcome, type SendOutcomeCode } from "../link.ts";
 import {
   addStaticFdbEntry,
   findMacHolder,
@@ -81,8 +81,6 @@ export interface TapOnBridge extends FrameLink {
   readonly tapMac: number;
   /** What softnet changed on the bridge itself, for the log (empty when nothing). */
   readonly bridgeChanges: readonly string[];
-  /** Frames the kernel refused one by one (EINVAL: shorter than an Ethernet header; EIO: TAP down). */
-  readonly rejectedFrames: number;
 }
 
 export interface TapOptions {
@@ -326,11 +324,23 @@ function pinVmMac(netlink: NetlinkSocket, portIndex: number, vmMac: number, brid
   }
 }
 
+/**
+ * Why a TAP refused one frame written to it (Linux drivers/net/tun.c, tun_get_user): EINVAL when it
+ * is shorter than an Ethernet header (len < ETH_HLEN), EIO when the interface is not up (the
+ * IFF_UP check before the frame is handed to the stack), EMSGSIZE when no skb that large can be
+ * allocated (net/core/sock.c, sock_alloc_send_pskb). undefined: not a refusal of this frame alone.
+ */
+function refusalOf(errno: number): SendOutcomeCode | undefined {
+  if (errno === Errno.EINVAL) return SendOutcome.REFUSED_TOO_SHORT;
+  if (errno === Errno.EMSGSIZE) return SendOutcome.REFUSED_TOO_LONG;
+  if (errno === Errno.EIO) return SendOutcome.REFUSED_LINK_DOWN;
+  return undefined;
+}
+
 class TapLink implements TapOnBridge {
   readonly description: string;
   readonly pollFd: number;
   readonly maxFrameSize: number;
-  rejectedFrames = 0;
   private closed = false;
 
   constructor(
@@ -386,7 +396,7 @@ class TapLink implements TapOnBridge {
     return count;
   }
 
-  send(batch: FrameBatch, slots: Uint16Array, count: number): number {
+  send(batch: FrameBatch, slots: Uint16Array, count: number, outcomes?: Uint8Array): number {
     const base = stableAddress(batch.bytes);
     const slotSize = batch.slotSize;
     const lengths = batch.lengths;
@@ -396,16 +406,22 @@ class TapLink implements TapOnBridge {
       const written = libc.write(this.fd, (base + slot * slotSize) as Pointer, lengths[slot]!);
       if (written >= 0) {
         sent++;
+        if (outcomes !== undefined) outcomes[slot] = SendOutcome.SENT;
         continue;
       }
       const errno = lastErrno();
-      if (errno === Errno.EAGAIN || errno === Errno.ENOBUFS) break; // no room: drop the rest
+      if (errno === Errno.EAGAIN || errno === Errno.ENOBUFS) {
+        markUnsent(outcomes, slots, j, count, SendOutcome.NO_ROOM); // no room: drop the rest
+        break;
+      }
       if (errno === Errno.EINTR) {
         j--; // retry the same frame
         continue;
       }
-      if (errno === Errno.EINVAL || errno === Errno.EIO || errno === Errno.EMSGSIZE) {
-        this.rejectedFrames++; // this frame only (too short or too long), or the TAP is down
+      // This frame only: the others of the batch are still tried.
+      const refusal = refusalOf(errno);
+      if (refusal !== undefined) {
+        if (outcomes !== undefined) outcomes[slot] = refusal;
         continue;
       }
       if (errno === Errno.EBADFD) return -1;

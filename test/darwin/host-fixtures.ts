@@ -3,7 +3,7 @@
 // quoted in the threads each file's name points to. A scenario picks one file per question; the
 // doctor gets them through a DarwinHostReader, as it gets the real ones through
 // PRODUCTION_HOST_READER on a Mac. Test code only.
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { DarwinHostReader, HostCommand } from "../../src/doctor/darwin-host.ts";
 
@@ -43,12 +43,18 @@ export const HEALTHY: Required<Omit<HostScenario, "leases" | "routes">> & {
   now: 0x685bf000,
 };
 
-function fixture(name: string): string {
-  return readFileSync(join(HOST_FIXTURES, name), "utf8");
-}
-
 export function fixtureReader(overrides: HostScenario = {}): DarwinHostReader {
   const scenario = { ...HEALTHY, ...overrides };
+  // Every fixture is read now, while the doctor is still root: it reads the host's state after it
+  // dropped to nobody, who may not reach a checkout only root can read.
+  const files = new Map(
+    readdirSync(HOST_FIXTURES).map((name) => [name, readFileSync(join(HOST_FIXTURES, name), "utf8")]),
+  );
+  const fixture = (name: string): string => {
+    const text = files.get(name);
+    if (text === undefined) throw new Error(`no fixture ${name} in ${HOST_FIXTURES}`);
+    return text;
+  };
   const text = (value: string | { readonly text: string }) =>
     typeof value === "string" ? fixture(value) : value.text;
   const outputs: Record<HostCommand, () => { code: number; stdout: string; stderr: string }> = {

@@ -4,6 +4,7 @@
  * command lines import this module; it imports neither.
  */
 import { UsageError } from "./errors.ts";
+import { isPlainInterfaceName } from "./interface-name.ts";
 
 /** `invalid --flag "value": why`, the one shape of every bad-value error on either command line. */
 export function invalid(flag: string, value: string, why: string): UsageError {
@@ -20,10 +21,10 @@ export function parseLeaseTime(text: string): number {
   return Number(text);
 }
 
-/** Linux interface names: 1..15 bytes, no '/', whitespace or ':' (IFNAMSIZ is 16 with the NUL). */
+/** --bridge: a Linux interface name of letters, digits, '-', '_' and '.' (interface-name.ts). */
 export function parseInterfaceName(value: string | undefined): string | undefined {
   if (value === undefined) return undefined;
-  if (!/^[A-Za-z0-9_.-]{1,15}$/.test(value) || value === "." || value === "..") {
+  if (!isPlainInterfaceName(value)) {
     throw invalid(
       "--bridge",
       value,

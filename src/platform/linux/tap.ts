@@ -25,6 +25,7 @@
  */
 import type { Pointer } from "bun:ffi";
 import { SoftnetError } from "../../errors.ts";
+import { isInterfaceName } from "../../interface-name.ts";
 import { formatMac } from "../../wire/bytes.ts";
 import {
   AF_INET,
@@ -597,16 +598,9 @@ function randomTapName(): string {
   return `sn${Buffer.from(bytes).toString("hex")}`;
 }
 
-/** Linux's rules for interface names (dev_valid_name), limited to printable ASCII. */
+/** Refuses a bridge or TAP name the kernel would refuse (interface-name.ts) before it reaches an ioctl. */
 function checkInterfaceName(name: string, what: string): void {
-  const valid =
-    name.length > 0 &&
-    name.length < IFNAMSIZ &&
-    name !== "." &&
-    name !== ".." &&
-    /^[\x21-\x7e]+$/.test(name) &&
-    !/[/:]/.test(name);
-  if (!valid) {
+  if (!isInterfaceName(name)) {
     throw new SoftnetError(`${what} ${JSON.stringify(name)} is not a valid network interface name`, {
       hint: "1 to 15 printable ASCII characters, without '/', ':' or spaces",
     });

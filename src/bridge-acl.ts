@@ -29,6 +29,7 @@
  * setuid softnet started by a user, or sudo with SUDO_UID naming a user).
  */
 import { SoftnetError } from "./errors.ts";
+import { isInterfaceName } from "./interface-name.ts";
 
 export interface BridgeAclRule {
   action: "allow" | "deny";
@@ -68,9 +69,6 @@ export interface BridgeDecision {
   /** Why, in words: which line allowed or denied it, or that none allowed it. */
   reason: string;
 }
-
-/** Linux interface names (dev_valid_name): 1 to 15 bytes, printable, no '/', ':' or whitespace. */
-const INTERFACE_NAME = /^[\x21-\x7e]{1,15}$/;
 
 /** Parses the text of a bridge ACL file; throws SoftnetError("<source> line N: ...") on the first bad line. */
 export function parseBridgeAcl(text: string, source: string): BridgeAcl {
@@ -125,10 +123,6 @@ export function parseBridgeAcl(text: string, source: string): BridgeAcl {
     rules.push({ action: action as "allow" | "deny", bridge, line });
   }
   return { source, rules, caps };
-}
-
-function isInterfaceName(name: string): boolean {
-  return INTERFACE_NAME.test(name) && !/[/:]/.test(name) && name !== "." && name !== "..";
 }
 
 /** The cap on a caller's VMs on `bridge`: its own line, else the line without a bridge, else none. */

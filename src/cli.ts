@@ -4,6 +4,7 @@
  * Every bad value becomes a UsageError naming the flag and the value (exit code 2).
  */
 import { Command, CommanderError, Option } from "commander";
+import { invalid, parseInterfaceName, parseLeaseTime } from "./cli-values.ts";
 import { type DoctorOptions, parseDoctorCommandLine } from "./doctor/cli.ts";
 import { UsageError } from "./errors.ts";
 import {
@@ -70,7 +71,6 @@ export type ParsedCommandLine =
   | { kind: "doctor"; options: DoctorOptions }
   | { kind: "print"; text: string };
 
-const MAX_LEASE_SECONDS = 0xffff_fffe; // 0xffffffff means "infinite" to DHCP
 const CLI_EXAMPLES = `
 Examples:
   Tart runs:          softnet --vm-fd 0 --vm-mac-address 12:34:56:78:9a:bc
@@ -247,10 +247,6 @@ function validate(raw: Record<string, unknown>): SoftnetOptions {
   };
 }
 
-function invalid(flag: string, value: string, why: string): UsageError {
-  return new UsageError(`invalid ${flag} ${JSON.stringify(value)}: ${why}`);
-}
-
 function parseFd(text: string): number {
   if (!/^(0|[1-9][0-9]{0,9})$/.test(text) || Number(text) > 0x7fff_ffff) {
     throw invalid("--vm-fd", text, "expected a file descriptor number such as 0");
@@ -273,13 +269,6 @@ function parseVmMac(text: string): number {
     );
   }
   return mac;
-}
-
-export function parseLeaseTime(text: string): number {
-  if (!/^[1-9][0-9]{0,9}$/.test(text) || Number(text) > MAX_LEASE_SECONDS) {
-    throw invalid("--bootpd-lease-time", text, `expected whole seconds from 1 to ${MAX_LEASE_SECONDS}`);
-  }
-  return Number(text);
 }
 
 function nonEmpty(flag: string, value: string | undefined): string | undefined {
@@ -360,19 +349,6 @@ function parseExposedPorts(values: string[] | undefined): ExposedPort[] {
     }
   }
   return ports;
-}
-
-/** Linux interface names: 1..15 bytes, no '/', whitespace or ':' (IFNAMSIZ is 16 with the NUL). */
-export function parseInterfaceName(value: string | undefined): string | undefined {
-  if (value === undefined) return undefined;
-  if (!/^[A-Za-z0-9_.-]{1,15}$/.test(value) || value === "." || value === "..") {
-    throw invalid(
-      "--bridge",
-      value,
-      "not a network interface name (1 to 15 letters, digits, '-', '_' or '.')",
-    );
-  }
-  return value;
 }
 
 function parseCapture(raw: Record<string, unknown>): CaptureOptions | undefined {

@@ -2,10 +2,11 @@
  * `softnet doctor [--bridge NAME] [--json] [--path PATH] ...`: the doctor's command line, a commander
  * command of its own. src/cli.ts hands over when the first argument is "doctor": the main program's
  * --vm-fd and --vm-mac-address are mandatory, and commander checks a parent's mandatory options
- * for its subcommands too, so the doctor cannot be one of its subcommands.
+ * for its subcommands too, so the doctor cannot be one of its subcommands. The flag values both
+ * command lines take are parsed in src/cli-values.ts, so nothing here imports src/cli.ts.
  */
 import { Command, CommanderError, Option } from "commander";
-import { parseInterfaceName, parseLeaseTime } from "../cli.ts";
+import { invalid, parseInterfaceName, parseLeaseTime } from "../cli-values.ts";
 import { UsageError } from "../errors.ts";
 import { isMulticastMac, parseMac } from "../wire/bytes.ts";
 
@@ -90,17 +91,13 @@ export function parseDoctorCommandLine(args: readonly string[]): ParsedDoctorCom
   const raw = command.opts();
   const timeout = raw.dhcpTimeout as string;
   if (!/^[1-9][0-9]?$/.test(timeout) || Number(timeout) > 60) {
-    throw new UsageError(
-      `invalid --dhcp-timeout ${JSON.stringify(timeout)}: expected whole seconds from 1 to 60`,
-    );
+    throw invalid("--dhcp-timeout", timeout, "expected whole seconds from 1 to 60");
   }
   const path = raw.path as string | undefined;
   const macText = raw.vmMacAddress as string | undefined;
   const vmMac = macText === undefined ? undefined : parseMac(macText);
   if (macText !== undefined && (vmMac === undefined || vmMac === 0 || isMulticastMac(vmMac))) {
-    throw new UsageError(
-      `invalid --vm-mac-address ${JSON.stringify(macText)}: expected a unicast MAC such as 12:34:56:78:9a:bc`,
-    );
+    throw invalid("--vm-mac-address", macText, "expected a unicast MAC such as 12:34:56:78:9a:bc");
   }
   return {
     kind: "doctor",

@@ -5,12 +5,20 @@
  * it leaves the preferences as it found them. Restoring happens once, after the DHCP check (bootpd
  * reads its settings when InternetSharing starts it), or from the cleanups on SIGINT/SIGTERM.
  */
-import type { SavedBootpdSettings } from "../platform/darwin/doctor-probes.ts";
+import type { BootpdSymbols } from "../platform/darwin/bootpd.ts";
+import type { BootpdReadSymbols, SavedBootpdSettings } from "../platform/darwin/doctor-probes.ts";
 import type { DarwinSystem } from "../platform/darwin/system.ts";
 import type { DoctorContext } from "./common.ts";
-import type { DarwinDoctorOptions, DarwinDoctorPlatform } from "./darwin.ts";
 import type { Offer } from "./probe.ts";
 import type { Checklist } from "./report.ts";
+
+/** What of the doctor's DarwinDoctorPlatform (darwin.ts) this step reads. */
+export interface BootpdPlatform {
+  /** Whether to set bootpd's lease time, as DarwinPlatform says: false on the vmnet double (no bootpd). */
+  configureBootpd: boolean;
+  /** For tests only: stand-ins for CoreFoundation/SystemConfiguration, so this runs on Linux. */
+  readonly bootpdSymbols?: { readonly write: BootpdSymbols; readonly read: BootpdReadSymbols };
+}
 
 export interface BootpdStep {
   /** Puts the previous setting back (once; later calls do nothing). */
@@ -19,18 +27,20 @@ export interface BootpdStep {
   finish(offer: Offer | undefined): void;
 }
 
-/** Writes and reads back now; restore() and finish() come after the DHCP check. */
+/**
+ * Writes `seconds` (softnet's --bootpd-lease-time) and reads it back now; restore() and finish()
+ * come after the DHCP check.
+ */
 export async function writeBootpdLeaseTime(
   list: Checklist,
   context: DoctorContext,
-  options: DarwinDoctorOptions,
-  platform: DarwinDoctorPlatform,
+  seconds: number,
+  platform: BootpdPlatform,
   system: DarwinSystem,
   systemName: string,
 ): Promise<BootpdStep> {
   const id = "darwin.bootpd";
   const title = "bootpd's lease time reads back as written";
-  const seconds = options.bootpdLeaseTimeSeconds;
   if (!platform.configureBootpd) {
     list.replace({
       id,

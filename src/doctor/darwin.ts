@@ -15,8 +15,6 @@
  */
 import { release } from "node:os";
 import { SoftnetError } from "../errors.ts";
-import type { BootpdSymbols } from "../platform/darwin/bootpd.ts";
-import type { BootpdReadSymbols } from "../platform/darwin/doctor-probes.ts";
 import {
   type DarwinSystem,
   GLOBAL_BLOCK_CLASS,
@@ -35,7 +33,7 @@ import {
 import type { DarwinPlatform } from "../runtime.ts";
 import { formatIpv4, parseIpv4 } from "../wire/bytes.ts";
 import type { DoctorContext } from "./common.ts";
-import { writeBootpdLeaseTime } from "./darwin-bootpd.ts";
+import { type BootpdPlatform, writeBootpdLeaseTime } from "./darwin-bootpd.ts";
 import { type DarwinHostReader, HOST_CHECK_IDS, type HostCheckInput, hostChecks } from "./darwin-host.ts";
 import { dhcpResult } from "./linux.ts";
 import { LinkProbe, type Offer, throwawayMac } from "./probe.ts";
@@ -43,10 +41,10 @@ import { type Checklist, type CheckValue, NEEDS_ROOT, NEEDS_ROOT_ADVICE } from "
 
 /**
  * The libraries to open, as runOnDarwin takes them (tests pass the vmnet double), and for tests
- * only, stand-ins for CoreFoundation/SystemConfiguration so that the bootpd check can run on Linux.
+ * only, stand-ins for CoreFoundation/SystemConfiguration so that the bootpd check can run on Linux
+ * (BootpdPlatform, darwin-bootpd.ts).
  */
-export interface DarwinDoctorPlatform extends DarwinPlatform {
-  readonly bootpdSymbols?: { readonly write: BootpdSymbols; readonly read: BootpdReadSymbols };
+export interface DarwinDoctorPlatform extends DarwinPlatform, BootpdPlatform {
   /**
    * Where the checks of darwin-host.ts read the Mac's files and command outputs. A release leaves
    * it out: on macOS that is PRODUCTION_HOST_READER (constant paths and argument vectors). Tests
@@ -215,7 +213,14 @@ async function rootChecks(
   const { openVmnet } = await import("../platform/darwin/vmnet.ts");
 
   // --- bootpd: written before vmnet starts (InternetSharing starts bootpd, which reads it then).
-  const bootpd = await writeBootpdLeaseTime(list, context, options, platform, system, systemName);
+  const bootpd = await writeBootpdLeaseTime(
+    list,
+    context,
+    options.bootpdLeaseTimeSeconds,
+    platform,
+    system,
+    systemName,
+  );
 
   // --- host mode: started, looked at, stopped.
   const host = startVmnet(

@@ -1,7 +1,9 @@
 /**
  * What softnet asks of a Linux bridge, through rtnetlink (no `ip` or `bridge` subprocess: this runs
  * as root): the interfaces and the bridge's forwarding database (FDB), the flags of a bridge port,
- * a static FDB entry pinning the VM's MAC to its port, and interface MAC addresses.
+ * a static FDB entry pinning the VM's MAC to its port, and interface MAC addresses. Two operations
+ * put these together for tap.ts: refuseMacInUse before anything changes, and lockPortToVm once the
+ * VM's TAP is a port of the bridge.
  *
  * Sources for every number below:
  * - include/uapi/linux/rtnetlink.h: RTM_NEWLINK 16, RTM_GETLINK 18, RTM_SETLINK 19,
@@ -34,10 +36,13 @@
  *   when it is set to the value it already has.
  */
 import { readFileSync } from "node:fs";
+import { SoftnetError } from "../../errors.ts";
 import { formatMac } from "../../wire/bytes.ts";
+import { Errno } from "../libc.ts";
 import {
   attribute,
   findAttribute,
+  NetlinkError,
   NetlinkMessage,
   type NetlinkSocket,
   NLM_F_CREATE,
@@ -73,6 +78,22 @@ export const NUD_NOARP = 0x40;
 export const NUD_PERMANENT = 0x80;
 /** dev->addr_assign_type: the address was set by someone (include/linux/netdevice.h). */
 export const NET_ADDR_SET = 3;
+
+export const ROOT_HINT =
+  "softnet needs root or CAP_NET_ADMIN to create a TAP device and attach it to a bridge";
+
+/** Runs a netlink step; a refusal becomes a SoftnetError saying what failed. */
+export function netlinkStep<T>(what: string, step: () => T): T {
+  try {
+    return step();
+  } catch (error) {
+    if (!(error instanceof NetlinkError)) throw error;
+    throw new SoftnetError(what, {
+      cause: error,
+      hint: error.errno === Errno.EPERM || error.errno === Errno.EACCES ? ROOT_HINT : undefined,
+    });
+  }
+}
 
 /** An interface, as RTM_GETLINK describes it. */
 export interface Link {
@@ -223,6 +244,74 @@ export function findMacHolder(
   const where =
     entry.portIndex === bridge.index ? `the bridge ${bridge.name} itself` : `port ${nameOf(entry.portIndex)}`;
   return `${where} has it, ${kind}`;
+}
+
+function macInUse(mac: number, bridge: string, holder: string): SoftnetError {
+  return new SoftnetError(`MAC ${formatMac(mac)} is already in use on bridge ${bridge}: ${holder}`, {
+    hint:
+      "every VM on a bridge needs a MAC of its own; if another VM uses this one, give this VM a new " +
+      "MAC (tart set <vm> --random-mac)",
+  });
+}
+
+/**
+ * Refuses, before anything changes, when `bridge` already has `vmMac` (findMacHolder says who): a
+ * second VM with the same MAC would otherwise take the first one's traffic.
+ */
+export function refuseMacInUse(
+  netlink: NetlinkSocket,
+  vmMac: number,
+  bridge: Link,
+  links: readonly Link[],
+): void {
+  const fdb = netlinkStep(`cannot read the forwarding database of bridge ${bridge.name}`, () =>
+    listFdb(netlink),
+  );
+  const holder = findMacHolder(vmMac, bridge, links, fdb);
+  if (holder !== undefined) throw macInUse(vmMac, bridge.name, holder);
+}
+
+/**
+ * Locks the bridge port `port` to the VM whose MAC is `vmMac`: learning and unicast flooding off,
+ * isolation as asked (read back, since old kernels ignore flags they do not know), then the VM's
+ * MAC pinned to the port by a static, sticky FDB entry, created exclusively: EEXIST means the
+ * bridge got the MAC since refuseMacInUse (another softnet starting with it at the same time), a
+ * refusal too. Call it before the port is up, so that no frame ever passes through it unlocked.
+ */
+export function lockPortToVm(
+  netlink: NetlinkSocket,
+  port: { readonly name: string; readonly index: number },
+  bridge: Link,
+  vmMac: number,
+  isolate: boolean,
+): void {
+  const wanted = { learning: false, unicastFlood: false, isolated: isolate };
+  netlinkStep(`cannot set the bridge port flags of ${port.name} on ${bridge.name}`, () =>
+    setBridgePortFlags(netlink, port.index, wanted),
+  );
+  const actual = netlinkStep(`cannot read the bridge port flags of ${port.name}`, () =>
+    readBridgePortFlags(netlink, port.index),
+  );
+  if (
+    actual === undefined ||
+    actual.learning !== wanted.learning ||
+    actual.unicastFlood !== wanted.unicastFlood ||
+    actual.isolated !== wanted.isolated
+  ) {
+    throw new SoftnetError(
+      `bridge port ${port.name} on ${bridge.name} reads ${JSON.stringify(actual ?? "nothing")} after setting ${JSON.stringify(wanted)}`,
+      { hint: "softnet needs Linux 4.18 or later (bridge port isolation)" },
+    );
+  }
+  netlinkStep(`cannot pin MAC ${formatMac(vmMac)} to ${port.name} on ${bridge.name}`, () => {
+    try {
+      addStaticFdbEntry(netlink, port.index, vmMac);
+    } catch (error) {
+      if (!(error instanceof NetlinkError && error.errno === Errno.EEXIST)) throw error;
+      const holder = findMacHolder(vmMac, bridge, listLinks(netlink), listFdb(netlink));
+      throw macInUse(vmMac, bridge.name, holder ?? "the bridge has an entry for it");
+    }
+  });
 }
 
 /**

@@ -25,6 +25,7 @@
  */
 import type { Pointer } from "bun:ffi";
 import { SoftnetError } from "../../errors.ts";
+import { isInterfaceName } from "../../interface-name.ts";
 import { formatMac } from "../../wire/bytes.ts";
 import {
   AF_INET,
@@ -41,19 +42,18 @@ import {
 } from "../libc.ts";
 import { type FrameBatch, type FrameLink, markUnsent, SendOutcome, type SendOutcomeCode } from "../link.ts";
 import {
-  addStaticFdbEntry,
-  findMacHolder,
   type Link,
-  listFdb,
   listLinks,
+  lockPortToVm,
   NET_ADDR_SET,
+  netlinkStep,
+  ROOT_HINT,
   randomLocalMac,
   readAddressAssignType,
-  readBridgePortFlags,
-  setBridgePortFlags,
+  refuseMacInUse,
   setLinkMac,
 } from "./bridge.ts";
-import { NETLINK_ROUTE, NetlinkError, NetlinkSocket } from "./netlink.ts";
+import { NETLINK_ROUTE, NetlinkSocket } from "./netlink.ts";
 
 /** A TAP port on a bridge, plus what softnet needs to know about the bridge's network. */
 export interface TapOnBridge extends FrameLink {
@@ -131,7 +131,6 @@ const IFNAMSIZ = 16;
 const IFR_UNION = 16;
 const IFR_SOCKADDR_IN_ADDR = IFR_UNION + 4;
 
-const ROOT_HINT = "softnet needs root or CAP_NET_ADMIN to create a TAP device and attach it to a bridge";
 /**
  * First byte of every TAP's MAC: locally administered, unicast, and above any vendor-assigned or
  * ordinary random MAC, so a bridge that follows its lowest port never picks a softnet TAP (libvirt
@@ -156,7 +155,7 @@ export function openTapOnBridge(options: TapOptions): TapOnBridge {
   let control = -1;
   let tap = -1;
   try {
-    const links = configure("cannot list the network interfaces", () => listLinks(netlink));
+    const links = netlinkStep("cannot list the network interfaces", () => listLinks(netlink));
     const bridge = links.find((link) => link.name === bridgeName);
     if (bridge === undefined) {
       throw new SoftnetError(`bridge ${bridgeName} does not exist`, {
@@ -186,11 +185,7 @@ export function openTapOnBridge(options: TapOptions): TapOnBridge {
     const mtu = request.mtu(bridgeName);
 
     // Refuse before changing anything: the VM's MAC must be new to this bridge.
-    const fdb = configure(`cannot read the forwarding database of bridge ${bridgeName}`, () =>
-      listFdb(netlink),
-    );
-    const holder = findMacHolder(options.vmMac, bridge, links, fdb);
-    if (holder !== undefined) throw macInUse(options.vmMac, bridgeName, holder);
+    refuseMacInUse(netlink, options.vmMac, bridge, links);
 
     const bridgeChanges = fixBridgeMac(netlink, bridge);
 
@@ -199,7 +194,7 @@ export function openTapOnBridge(options: TapOptions): TapOnBridge {
     const tapIndex = request.index(name);
     // Before enslaving, so the bridge never sees the kernel's random address on this port.
     const tapMac = randomLocalMac(TAP_MAC_FIRST_BYTE);
-    configure(`cannot set the MAC of ${name}`, () => setLinkMac(netlink, tapIndex, tapMac));
+    netlinkStep(`cannot set the MAC of ${name}`, () => setLinkMac(netlink, tapIndex, tapMac));
     // Before enslaving: a bridge without an explicit MTU follows its smallest port, so a TAP left
     // at 1500 would shrink a jumbo-frame bridge.
     request.setMtu(name, mtu);
@@ -211,10 +206,7 @@ export function openTapOnBridge(options: TapOptions): TapOnBridge {
       checkOwnerCap(netlink, bridge, tapIndex, options.owner, options.ownerCap);
     }
     // Before the port is up, so no frame ever passes through it unlocked or without isolation.
-    lockPort(netlink, name, tapIndex, bridgeName, options.isolate);
-    configure(`cannot pin MAC ${formatMac(options.vmMac)} to ${name} on ${bridgeName}`, () =>
-      pinVmMac(netlink, tapIndex, options.vmMac, bridge),
-    );
+    lockPortToVm(netlink, { name, index: tapIndex }, bridge, options.vmMac, options.isolate);
     request.bringUp(name);
 
     const link = new TapLink(
@@ -240,27 +232,6 @@ export function openTapOnBridge(options: TapOptions): TapOnBridge {
   }
 }
 
-/** Runs a netlink step; a refusal becomes a SoftnetError saying what failed. */
-function configure<T>(what: string, step: () => T): T {
-  try {
-    return step();
-  } catch (error) {
-    if (!(error instanceof NetlinkError)) throw error;
-    throw new SoftnetError(what, {
-      cause: error,
-      hint: error.errno === Errno.EPERM || error.errno === Errno.EACCES ? ROOT_HINT : undefined,
-    });
-  }
-}
-
-function macInUse(mac: number, bridge: string, holder: string): SoftnetError {
-  return new SoftnetError(`MAC ${formatMac(mac)} is already in use on bridge ${bridge}: ${holder}`, {
-    hint:
-      "every VM on a bridge needs a MAC of its own; if another VM uses this one, give this VM a new " +
-      "MAC (tart set <vm> --random-mac)",
-  });
-}
-
 /**
  * Makes the bridge's current MAC its explicit address unless someone already set one, so adding
  * and removing ports (softnet's and anyone else's) never changes it again. Returns what changed,
@@ -272,7 +243,7 @@ function fixBridgeMac(netlink: NetlinkSocket, bridge: Link): string[] {
   if (assignType === NET_ADDR_SET) return [];
   const current = bridge.mac ?? 0;
   const fixed = current === 0 ? randomLocalMac(BRIDGE_MAC_FIRST_BYTE) : current;
-  configure(`cannot fix the MAC address of bridge ${bridge.name}`, () =>
+  netlinkStep(`cannot fix the MAC address of bridge ${bridge.name}`, () =>
     setLinkMac(netlink, bridge.index, fixed),
   );
   return [
@@ -280,48 +251,6 @@ function fixBridgeMac(netlink: NetlinkSocket, bridge: Link): string[] {
       ? `bridge ${bridge.name} had no MAC address (00:00:00:00:00:00): gave it ${formatMac(fixed)}, which ports joining and leaving will not change`
       : `bridge ${bridge.name}: made its MAC ${formatMac(fixed)} explicit, so ports joining and leaving cannot change the VMs' gateway MAC`,
   ];
-}
-
-/** Learning and unicast flooding off, isolation as asked; read back, since old kernels ignore flags they do not know. */
-function lockPort(
-  netlink: NetlinkSocket,
-  port: string,
-  portIndex: number,
-  bridge: string,
-  isolate: boolean,
-): void {
-  const wanted = { learning: false, unicastFlood: false, isolated: isolate };
-  configure(`cannot set the bridge port flags of ${port} on ${bridge}`, () =>
-    setBridgePortFlags(netlink, portIndex, wanted),
-  );
-  const actual = configure(`cannot read the bridge port flags of ${port}`, () =>
-    readBridgePortFlags(netlink, portIndex),
-  );
-  if (
-    actual === undefined ||
-    actual.learning !== wanted.learning ||
-    actual.unicastFlood !== wanted.unicastFlood ||
-    actual.isolated !== wanted.isolated
-  ) {
-    throw new SoftnetError(
-      `bridge port ${port} on ${bridge} reads ${JSON.stringify(actual ?? "nothing")} after setting ${JSON.stringify(wanted)}`,
-      { hint: "softnet needs Linux 4.18 or later (bridge port isolation)" },
-    );
-  }
-}
-
-/**
- * The static, sticky FDB entry MAC → port, created exclusively: EEXIST means the bridge got the
- * MAC since it was checked (another softnet starting with it at the same time), a refusal too.
- */
-function pinVmMac(netlink: NetlinkSocket, portIndex: number, vmMac: number, bridge: Link): void {
-  try {
-    addStaticFdbEntry(netlink, portIndex, vmMac);
-  } catch (error) {
-    if (!(error instanceof NetlinkError && error.errno === Errno.EEXIST)) throw error;
-    const holder = findMacHolder(vmMac, bridge, listLinks(netlink), listFdb(netlink));
-    throw macInUse(vmMac, bridge.name, holder ?? "the bridge has an entry for it");
-  }
 }
 
 /**
@@ -565,7 +494,7 @@ function checkOwnerCap(
   owner: number,
   cap: { max: number; reason: string },
 ): void {
-  const links = configure("cannot list the network interfaces", () => listLinks(netlink));
+  const links = netlinkStep("cannot list the network interfaces", () => listLinks(netlink));
   const mine = links.filter(
     (link) => link.master === bridge.index && link.kind === "tun" && link.tunOwner === owner,
   );
@@ -613,16 +542,9 @@ function randomTapName(): string {
   return `sn${Buffer.from(bytes).toString("hex")}`;
 }
 
-/** Linux's rules for interface names (dev_valid_name), limited to printable ASCII. */
+/** Refuses a bridge or TAP name the kernel would refuse (interface-name.ts) before it reaches an ioctl. */
 function checkInterfaceName(name: string, what: string): void {
-  const valid =
-    name.length > 0 &&
-    name.length < IFNAMSIZ &&
-    name !== "." &&
-    name !== ".." &&
-    /^[\x21-\x7e]+$/.test(name) &&
-    !/[/:]/.test(name);
-  if (!valid) {
+  if (!isInterfaceName(name)) {
     throw new SoftnetError(`${what} ${JSON.stringify(name)} is not a valid network interface name`, {
       hint: "1 to 15 printable ASCII characters, without '/', ':' or spaces",
     });

@@ -224,7 +224,8 @@ describe("an unprivileged user", () => {
     expect(forwarder.log).toContain(
       "warn: sudo does not let SENTRY_DSN through (the sudoers rule has no SETENV): running without them",
     );
-    expect(forwarder.log).toContain(`running as ${USER} (uid ${uid}`);
+    // The start-up line comes once set-up is done, which may be after the link is up.
+    await waitFor("softnet's start-up line", () => forwarder.log.includes(`running as ${USER} (uid ${uid}`));
     expect(await forwarder.stop("SIGINT")).toBe(0);
     await guest.stopAll();
   });

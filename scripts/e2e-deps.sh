@@ -30,6 +30,7 @@ packages=(
   util-linux      # setpriv (run as another user), findmnt (setuid tests), unshare (the doctor's test without /dev/net/tun, the /etc overlay); Essential, named for completeness
   mount           # mount: the doctor's empty /dev/net and the tests' private /etc overlay (required, not Essential)
   dhcpcd-base     # dhcpcd: a guest that sends an RFC 4361 DUID client identifier (test/e2e/vm-dhcp-identity)
+  systemd         # systemd-networkd: a guest's DHCP client renewing across a softnet restart (test/e2e/vm-dhcp-identity)
   tshark          # tshark: reads softnet's pcapng captures back (test/e2e/capture, test/unit/capture, reject)
   passwd          # useradd: the unprivileged test user
   procps          # pgrep, kill (privilege and setuid tests); not installed on minimal images

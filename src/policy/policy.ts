@@ -12,12 +12,14 @@
 
 import { ArpOperation, arpOperation, arpSenderIp, arpSenderMac, isEthernetIpv4Arp } from "../wire/arp.ts";
 import { BROADCAST_MAC, isMulticastMac, readU16, writeMac, writeU16, writeU32 } from "../wire/bytes.ts";
-import { checksumAfterReplacing } from "../wire/checksum.ts";
+import { checksumAfterReplacing, sumWords } from "../wire/checksum.ts";
 import {
+  asInitReboot,
   BootpOp,
   DhcpMessage,
   DhcpMessageType,
   DhcpPort,
+  InitReboot,
   readDhcp,
   stripClientOptions,
 } from "../wire/dhcp.ts";
@@ -289,10 +291,15 @@ export class Policy {
    * - while softnet knows no lease (it restarted under a VM that kept its address), a DHCPREQUEST
    *   whose source is its ciaddr: the client renewing or rebinding a lease softnet missed. That
    *   address may be another VM's, so it never reaches the host as a source: the request leaves
-   *   readdressed from 0.0.0.0 to the limited broadcast (sourceAsUnspecified), which is a
-   *   REBINDING request the server judges by its own lease table. It ACKs only the lease it holds
-   *   for this VM's MAC, and answers anything else with a broadcast NAK (4.3.2); its answers to
-   *   ciaddr go where ARP for that address leads, never to a source the VM chose. The host's
+   *   readdressed from 0.0.0.0 to the limited broadcast (sourceAsUnspecified) as an INIT-REBOOT
+   *   request for that address (asInitReboot: ciaddr 0, option 50, no option 54; RFC 2131
+   *   4.3.2), which the server judges by its own lease table. It ACKs only the lease it holds for
+   *   this VM's MAC, and answers anything else with a broadcast NAK (4.3.2). With ciaddr 0 it
+   *   answers the client's hardware address (4.1), so the ACK reaches the VM without the host
+   *   resolving an address softnet cannot vouch for (it drops the VM's ARP from it while it knows
+   *   no lease). A request with no room for option 50 without growing (no 6 PAD bytes in a row,
+   *   and fewer than 7 free at the end of its options) leaves readdressed only, ciaddr kept: a
+   *   REBINDING request whose answers go to ciaddr, where ARP for that address leads. The host's
    *   stack answers no datagram from 0.0.0.0 with an ICMP error (RFC 1122 3.2.2).
    *
    * The options that would let the VM choose another identity at the server are cleared before it
@@ -351,7 +358,17 @@ export class Policy {
     const clearedSum = stripClientOptions(bytes, dhcp, dhcpLength);
     if (clearedSum < 0) return Reason.MALFORMED_DHCP; // readDhcp walked the same list; never trust it
     if (clearedSum > 0) updateUdpChecksumAfterClearing(bytes, udp, clearedSum);
-    if (readdress) sourceAsUnspecified(bytes, ip, udp);
+    if (readdress) {
+      // Summed before and after: the rewrite moves bytes anywhere in the options. Rare (once per
+      // renewal after a restart), so a walk over the message is cheap enough.
+      const sumBefore = sumWords(bytes, dhcp, dhcpLength);
+      const rewritten = asInitReboot(bytes, dhcp, dhcpLength, source);
+      if (rewritten === InitReboot.MALFORMED) return Reason.MALFORMED_DHCP; // readDhcp walked it
+      if (rewritten === InitReboot.REWRITTEN) {
+        updateUdpChecksum(bytes, udp, sumBefore, sumWords(bytes, dhcp, dhcpLength));
+      }
+      sourceAsUnspecified(bytes, ip, udp);
+    }
     return verdict;
   }
 
@@ -440,11 +457,19 @@ function sourceAsUnspecified(bytes: Uint8Array, ip: number, udp: number): void {
   writeU32(bytes, ip + Ipv4.DESTINATION, LIMITED_BROADCAST);
   const ipChecksum = readU16(bytes, ip + Ipv4.CHECKSUM);
   writeU16(bytes, ip + Ipv4.CHECKSUM, checksumAfterReplacing(ipChecksum, oldSum, newSum));
-  const udpChecksum = readU16(bytes, udp + Udp.CHECKSUM);
-  if (udpChecksum !== 0) {
-    writeU16(bytes, udp + Udp.CHECKSUM, checksumAfterReplacing(udpChecksum, oldSum, newSum) || 0xffff);
-  }
+  updateUdpChecksum(bytes, udp, oldSum, newSum);
   writeMac(bytes, ip - Ethernet.HEADER_LENGTH + Ethernet.DESTINATION, BROADCAST_MAC);
+}
+
+/**
+ * The UDP checksum after the words it covers changed from summing to `oldSum` to `newSum`
+ * (RFC 1624 eqn. 3); a checksum of zero (none sent) stays zero, and a computed zero is sent as
+ * all ones (RFC 768).
+ */
+function updateUdpChecksum(bytes: Uint8Array, udp: number, oldSum: number, newSum: number): void {
+  const checksum = readU16(bytes, udp + Udp.CHECKSUM);
+  if (checksum === 0) return;
+  writeU16(bytes, udp + Udp.CHECKSUM, checksumAfterReplacing(checksum, oldSum, newSum) || 0xffff);
 }
 
 /** An IPv4 address as the sum of its two 16-bit words, as checksums see it. */

@@ -386,3 +386,99 @@ export function emitDhcp(repr: DhcpRepr): Uint8Array {
   message.set(options, Dhcp.OPTIONS);
   return message;
 }
+
+/** Option 50 (RFC 2132 9.1): code, length 4, the address. */
+const REQUESTED_ADDRESS_LENGTH = 6;
+
+/** What asInitReboot did. */
+export const InitReboot = {
+  /** Rewritten: ciaddr 0, option 50 = the address, no option 54. */
+  REWRITTEN: 1,
+  /** Left exactly as it came: no option 50, and no room to add one without growing the message. */
+  NO_ROOM: 0,
+  /** Left exactly as it came: an option runs past `length`, or option 50 or 54 is not 4 long. */
+  MALFORMED: -1,
+} as const;
+
+/**
+ * Turns a DHCPREQUEST in place into an INIT-REBOOT request for `address` (RFC 2131 4.3.2 and
+ * table 5 in 4.4.1): ciaddr 0, option 50 (requested IP address) = `address`, no option 54
+ * (server identifier). The server then answers the client's hardware address, never ciaddr
+ * (RFC 2131 4.1: with giaddr and ciaddr zero, to chaddr and yiaddr, or by broadcast when the
+ * client set the flag), so its ACK reaches the VM without the host resolving an address.
+ *
+ * Every option 54 becomes PAD (as stripClientOptions clears); every option 50 gets `address`.
+ * Without one, option 50 goes where the message has room for it without growing, the first of:
+ *
+ * - 6 PAD bytes in a row before END (a cleared option 54, or options stripClientOptions cleared:
+ *   dhcpcd and systemd-networkd send a DUID client identifier of 19 bytes or more);
+ * - the list's free tail, from the end of its last option over the PADs, END and whatever follows
+ *   END to `length`, with a new END after it (RFC 1542 2.1 wants "the minimal BOOTP header of
+ *   300 octets", so clients pad a short message, and RFC 2132 3.2: octets after END are PAD,
+ *   which a server does not read).
+ *
+ * RFC 2131 fixes no order for options. The caller fixes the checksums. Options end at END or at
+ * `length`, as in stripClientOptions.
+ */
+export function asInitReboot(bytes: Uint8Array, offset: number, length: number, address: number): number {
+  if (length < Dhcp.OPTIONS) return InitReboot.MALFORMED;
+  const end = offset + length;
+  // Check the whole list and find the room before changing a byte. A run is bytes that will be
+  // PAD once the server identifiers are cleared.
+  let hasRequestedAddress = false;
+  let slot = -1;
+  let runStart = -1;
+  let cursor = offset + Dhcp.OPTIONS;
+  while (cursor < end) {
+    const code = bytes[cursor];
+    if (code === DhcpOption.END) break;
+    if (code === DhcpOption.PAD) {
+      if (runStart === -1) runStart = cursor;
+      cursor += 1;
+      continue;
+    }
+    if (cursor + 2 > end) return InitReboot.MALFORMED;
+    const dataLength = bytes[cursor + 1];
+    const next = cursor + 2 + dataLength;
+    if (next > end) return InitReboot.MALFORMED;
+    if (code === DhcpOption.REQUESTED_IP_ADDRESS || code === DhcpOption.SERVER_IDENTIFIER) {
+      if (dataLength !== 4) return InitReboot.MALFORMED;
+    }
+    if (code === DhcpOption.SERVER_IDENTIFIER) {
+      if (runStart === -1) runStart = cursor;
+    } else {
+      if (code === DhcpOption.REQUESTED_IP_ADDRESS) hasRequestedAddress = true;
+      if (slot === -1 && runStart !== -1 && cursor - runStart >= REQUESTED_ADDRESS_LENGTH) slot = runStart;
+      runStart = -1;
+    }
+    cursor = next;
+  }
+  const tail = runStart === -1 ? cursor : runStart;
+  if (slot === -1 && cursor - tail >= REQUESTED_ADDRESS_LENGTH) slot = tail;
+  // Or at the tail with a new END: END and what follows it are free too.
+  const atTail = slot === -1;
+  if (!hasRequestedAddress && atTail && end - tail < REQUESTED_ADDRESS_LENGTH + 1) return InitReboot.NO_ROOM;
+
+  cursor = offset + Dhcp.OPTIONS;
+  while (cursor < end) {
+    const code = bytes[cursor];
+    if (code === DhcpOption.END) break;
+    if (code === DhcpOption.PAD) {
+      cursor += 1;
+      continue;
+    }
+    const next = cursor + 2 + bytes[cursor + 1];
+    if (code === DhcpOption.SERVER_IDENTIFIER) bytes.fill(DhcpOption.PAD, cursor, next);
+    else if (code === DhcpOption.REQUESTED_IP_ADDRESS) writeU32(bytes, cursor + 2, address);
+    cursor = next;
+  }
+  if (!hasRequestedAddress) {
+    const at = atTail ? tail : slot;
+    bytes[at] = DhcpOption.REQUESTED_IP_ADDRESS;
+    bytes[at + 1] = 4;
+    writeU32(bytes, at + 2, address);
+    if (atTail) bytes[at + REQUESTED_ADDRESS_LENGTH] = DhcpOption.END;
+  }
+  writeU32(bytes, offset + Dhcp.CLIENT_ADDRESS, 0);
+  return InitReboot.REWRITTEN;
+}

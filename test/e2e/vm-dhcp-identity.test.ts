@@ -4,15 +4,19 @@
 // works"), so dnsmasq knows each VM by the MAC softnet pins. A guest that sends a DUID-based
 // identifier (dhcpcd, like systemd-networkd and netplan) still gets its lease.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { requireFile } from "../support/tools.ts";
 import {
   ADDRESSES,
+  DHCPCD,
   drainWithClientIds,
   duidClient,
   forgedClientPort,
+  type GuestDhcpClient,
   leaseAfterStop,
-  restartUnderDhcpcd,
+  restartUnderClient,
   restartUnderLiveClient,
   type SoftnetFactory,
+  SYSTEMD_NETWORKD,
   softnet,
   stealLeaseWithClientId,
   Topology,
@@ -34,6 +38,7 @@ beforeAll(async () => {
   if (Bun.which("dhcpcd", { PATH: "/usr/sbin:/usr/bin:/sbin:/bin" }) === null) {
     throw new Error("missing dhcpcd: run scripts/e2e-deps.sh (package dhcpcd-base)");
   }
+  requireFile("/usr/lib/systemd/systemd-networkd");
   small = await Topology.create({ dhcpRange: SMALL_POOL });
   topology = await Topology.create();
   single = await Topology.create({ dhcpRange: ONE_ADDRESS });
@@ -140,26 +145,50 @@ describe("a stopped VM's address goes back to the pool at once", () => {
 });
 
 describe("a guest whose softnet restarted renews the address it kept", () => {
-  test("busybox udhcpc renews by unicast; it leaves softnet from 0.0.0.0 to the broadcast, and softnet learns the lease", async () => {
+  test("busybox udhcpc renews by unicast; it leaves softnet from 0.0.0.0 to the broadcast as INIT-REBOOT, and softnet learns the lease", async () => {
     const outcome = await restartUnderLiveClient(topology, fromSource);
-    const detail = `restarted softnet:\n${outcome.guest.forwarder?.log}`;
+    const detail = `restarted softnet:\n${outcome.guest.forwarder?.log}\nbridge:\n${outcome.dhcpOnBridge.join("\n")}`;
     expect(outcome.renewed?.address, detail).toBe(outcome.lease.address);
     expect(outcome.guest.forwarder?.log, detail).toContain(`lease learned: ${outcome.lease.address} `);
-    // On the bridge: the renewal came from 0.0.0.0, never from the address it named.
+    // On the bridge, until the server answered: the renewal came from 0.0.0.0, never from the
+    // address it named.
     expect(outcome.requestsOnBridgeFromAddress, detail).toBe(0);
     expect(outcome.requestsOnBridgeFromUnspecified, detail).toBeGreaterThan(0);
+    // With no ciaddr and the address in option 50 (INIT-REBOOT, RFC 2131 4.3.2).
+    expect(outcome.requestsWithClientAddress, detail).toBe(0);
+    expect(outcome.requestsNamingAddress, detail).toBe(outcome.requestsOnBridgeFromUnspecified);
     expect(await outcome.guest.ping(ADDRESSES.globalHost)).toBe(true);
   }, 120_000);
 });
 
-describe("dhcpcd recovers across a softnet restart too", () => {
-  test("dhcpcd keeps or gets back its address and softnet learns the lease; the bridge sees its requests from 0.0.0.0 only", async () => {
-    const outcome = await restartUnderDhcpcd(topology, fromSource);
-    const detail = `dhcpcd:\n${outcome.dhcpcdLog}\nrestarted softnet:\n${outcome.guest.forwarder?.log}\nbridge:\n${outcome.dhcpOnBridge.join("\n")}`;
-    expect(outcome.learned, detail).toBe(true);
-    expect(outcome.requestsOnBridgeFromAddress, detail).toBe(0);
-    expect(outcome.requestsOnBridgeFromUnspecified, detail).toBeGreaterThan(0);
-    expect(await outcome.guest.addresses(), detail).toEqual([outcome.address]);
+/**
+ * A real client's renewal at T1 after softnet restarted: it leaves as INIT-REBOOT from 0.0.0.0,
+ * is ACKed, and softnet learns the lease before it ends; the client keeps its address throughout.
+ */
+async function expectRenewalAcrossRestart(client: GuestDhcpClient): Promise<void> {
+  const outcome = await restartUnderClient(topology, fromSource, client);
+  const detail = `learned after ${outcome.secondsToLearn} s\n${client.name}:\n${outcome.clientLog}\nrestarted softnet:\n${outcome.guest.forwarder?.log}\nbridge:\n${outcome.dhcpOnBridge.join("\n")}`;
+  // Learned before the lease's end, from a renewal: the client never started over.
+  expect(outcome.learned, detail).toBe(true);
+  expect(outcome.discoversOnBridge, detail).toBe(0);
+  expect(outcome.addressLost, detail).toBe(false);
+  // On the bridge, until the server answered: from 0.0.0.0 only, with no ciaddr and the address
+  // in option 50.
+  expect(outcome.requestsOnBridgeFromAddress, detail).toBe(0);
+  expect(outcome.requestsOnBridgeFromUnspecified, detail).toBeGreaterThan(0);
+  expect(outcome.requestsWithClientAddress, detail).toBe(0);
+  expect(outcome.requestsNamingAddress, detail).toBe(outcome.requestsOnBridgeFromUnspecified);
+  expect(await outcome.guest.addresses(), detail).toEqual([outcome.address]);
+  expect(await outcome.guest.ping(ADDRESSES.gateway), detail).toBe(true);
+}
+
+describe("dhcpcd and systemd-networkd renew across a softnet restart too", () => {
+  test("Debian's dhcpcd renews at T1 as INIT-REBOOT and keeps its address; softnet learns the lease before it ends", async () => {
+    await expectRenewalAcrossRestart(DHCPCD);
+  }, 200_000);
+
+  test("systemd-networkd renews at T1 as INIT-REBOOT and keeps its address; softnet learns the lease before it ends", async () => {
+    await expectRenewalAcrossRestart(SYSTEMD_NETWORKD);
   }, 200_000);
 });
 

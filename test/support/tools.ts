@@ -69,6 +69,8 @@ export const FILE_PACKAGES = {
   // The AArch64 C headers: aarch64-linux-gnu-gcc from --no-install-recommends comes without them
   // (bits/libc-header-start.h: No such file or directory).
   "/usr/aarch64-linux-gnu/include/bits/libc-header-start.h": "libc6-dev-arm64-cross",
+  // systemd-networkd's DHCP client, run as a guest's (not a program on PATH).
+  "/usr/lib/systemd/systemd-networkd": "systemd",
 } as const;
 
 export type NeededFile = keyof typeof FILE_PACKAGES;

@@ -7,15 +7,36 @@
  * that leave softnet.
  */
 import { describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import fc from "fast-check";
 import { Policy } from "../../src/policy/policy.ts";
 import { isPass, reasonName } from "../../src/policy/reasons.ts";
 import { RuleTable } from "../../src/policy/rules.ts";
 import { formatIpv4, parseIpv4, parseMac, readU16, readU32, writeU16 } from "../../src/wire/bytes.ts";
 import { finishChecksum, internetChecksum, pseudoHeaderSum, sumWords } from "../../src/wire/checksum.ts";
-import { Dhcp, DhcpMessageType, DhcpOption, parseDhcp } from "../../src/wire/dhcp.ts";
+import {
+  asInitReboot,
+  BootpOp,
+  Dhcp,
+  DhcpMessageType,
+  DhcpOption,
+  DhcpPort,
+  emitDhcp,
+  InitReboot,
+  parseDhcp,
+} from "../../src/wire/dhcp.ts";
 import { IpProtocol } from "../../src/wire/ipv4.ts";
-import { dhcpClientFrame, dhcpServerFrame, GATEWAY, OTHER_MAC, VM_IP, VM_MAC } from "../support/frames.ts";
+import {
+  dhcpClientFrame,
+  dhcpServerFrame,
+  GATEWAY,
+  OTHER_MAC,
+  udpFrame,
+  VM_IP,
+  VM_MAC,
+} from "../support/frames.ts";
 
 const IP_AT = 14;
 const UDP_AT = IP_AT + 20;
@@ -210,17 +231,21 @@ describe("the options that would give a VM another identity are cleared", () => 
     expect(udpChecksumHolds(frame)).toBe(false);
   });
 
-  test("a renewal while softnet knows no lease leaves from 0.0.0.0 to the broadcast, checksums right", () => {
+  test("a renewal while softnet knows no lease with no room for option 50 leaves from 0.0.0.0 to the broadcast, ciaddr kept, checksums right", () => {
     // softnet restarted under a VM that kept its address: the request's source may be any
-    // address, another VM's included, so it never reaches the host as a source.
+    // address, another VM's included, so it never reaches the host as a source. This message is
+    // not padded (real clients pad to 300 bytes): the cleared host name leaves 5 PAD bytes and
+    // END, too few for option 50, so it stays a REBINDING request.
     const frame = dhcpClientFrame({
       src: VM_IP,
       dst: GATEWAY,
       messageType: DhcpMessageType.REQUEST,
       dhcp: { clientAddress: VM_IP, rawOptions: new Uint8Array(hostname("vm1")) },
     });
+    const length = frame.length;
     const policy = newPolicy();
     expect(fromVm(policy, frame)).toBe("dhcp");
+    expect(frame.length).toBe(length);
     expect(formatIpv4(readU32(frame, IP_AT + 12))).toBe("0.0.0.0");
     expect(formatIpv4(readU32(frame, IP_AT + 16))).toBe("255.255.255.255");
     expect(Array.from(frame.subarray(0, 6))).toEqual([255, 255, 255, 255, 255, 255]);
@@ -353,6 +378,339 @@ describe("properties over generated option lists", () => {
         );
       }),
       { numRuns: 5000 },
+    );
+  });
+});
+
+/** An address as its four bytes. */
+const octets = (address: string) => address.split(".").map(Number);
+const PADDED_TO = 300; // RFC 1542 2.1: clients send at least the 300-byte BOOTP message
+const OPTION_LIST_AT = DHCP_AT + Dhcp.OPTIONS;
+
+/**
+ * A DHCPREQUEST as a RENEWING client sends it (RFC 2131 4.4.5, table 5: ciaddr its address, no
+ * option 50 or 54), unicast from its address to the gateway, with `optionBytes` exactly as given
+ * (END included) and zeros after them up to `paddedTo` bytes of message.
+ */
+function renewal(optionBytes: number[], paddedTo = 0, flags = 0): Uint8Array {
+  const header = emitDhcp({
+    op: BootpOp.REQUEST,
+    xid: 0x2468_ace0,
+    clientMac: VM_MAC,
+    clientAddress: VM_IP,
+    flags,
+  });
+  const message = new Uint8Array(Math.max(Dhcp.OPTIONS + optionBytes.length, paddedTo));
+  message.set(header.subarray(0, Dhcp.OPTIONS));
+  message.set(optionBytes, Dhcp.OPTIONS);
+  return udpFrame({
+    src: VM_IP,
+    dst: GATEWAY,
+    sport: DhcpPort.CLIENT,
+    dport: DhcpPort.SERVER,
+    payload: message,
+  });
+}
+
+const REQUEST_TYPE = [DhcpOption.MESSAGE_TYPE, 1, DhcpMessageType.REQUEST];
+const DUID_OPTION = [DhcpOption.CLIENT_IDENTIFIER, DUID_CLIENT_ID.length, ...DUID_CLIENT_ID];
+
+/** The bytes that differ between two frames of one length, as their offsets. */
+function changedOffsets(before: Uint8Array, after: Uint8Array): number[] {
+  return [...after.keys()].filter((i) => after[i] !== before[i]);
+}
+
+/** What every readdressed renewal must look like from the outside: softnet's own checks aside. */
+function expectReaddressed(frame: Uint8Array): void {
+  expect(formatIpv4(readU32(frame, IP_AT + 12))).toBe("0.0.0.0");
+  expect(formatIpv4(readU32(frame, IP_AT + 16))).toBe("255.255.255.255");
+  expect(Array.from(frame.subarray(0, 6))).toEqual([255, 255, 255, 255, 255, 255]);
+  expect(internetChecksum(frame, IP_AT, 20)).toBe(0);
+  expect(udpChecksumHolds(frame)).toBe(true);
+}
+
+describe("a renewal while softnet knows no lease leaves as an INIT-REBOOT request", () => {
+  test("padded as clients send it: ciaddr 0, option 50 = the address over the padding, a new END, nothing else changed", () => {
+    const frame = renewal([...REQUEST_TYPE, ...PARAMETER_REQUEST_LIST, DhcpOption.END], PADDED_TO);
+    const before = frame.slice();
+    expect(fromVm(newPolicy(), frame)).toBe("dhcp");
+    expect(frame.length).toBe(before.length);
+    expectReaddressed(frame);
+    const message = parseDhcp(frame.subarray(DHCP_AT));
+    expect(message?.clientAddress).toBe("0.0.0.0");
+    expect(message?.requestedAddress).toBe(VM_IP);
+    expect(message?.serverIdentifier).toBeUndefined();
+    expect(message?.xid).toBe(0x2468_ace0);
+    expect(message?.clientMac).toBe(VM_MAC);
+    expect(options(frame)).toEqual([
+      [53, [3]],
+      [55, [1, 3, 6, 15]],
+      [50, octets(VM_IP)],
+    ]);
+    // Option 50 and END where END was, then the padding as it came.
+    const tail = OPTION_LIST_AT + REQUEST_TYPE.length + PARAMETER_REQUEST_LIST.length;
+    expect(Array.from(frame.subarray(tail, tail + 8))).toEqual([50, 4, ...octets(VM_IP), 255, 0]);
+    const allowed = (i: number) =>
+      i < 6 || // destination MAC
+      (i >= IP_AT + 10 && i < IP_AT + 20) || // IPv4 checksum, source, destination
+      i === UDP_AT + 6 ||
+      i === UDP_AT + 7 ||
+      (i >= DHCP_AT + Dhcp.CLIENT_ADDRESS && i < DHCP_AT + Dhcp.CLIENT_ADDRESS + 4) ||
+      (i >= tail && i < tail + 7);
+    expect(changedOffsets(before, frame).filter((i) => !allowed(i))).toEqual([]);
+  });
+
+  test("a server identifier goes (PAD), an option 50 naming another address names the VM's", () => {
+    const frame = renewal([
+      ...REQUEST_TYPE,
+      DhcpOption.SERVER_IDENTIFIER,
+      4,
+      ...octets(GATEWAY),
+      DhcpOption.REQUESTED_IP_ADDRESS,
+      4,
+      ...octets("192.168.64.77"),
+      ...PARAMETER_REQUEST_LIST,
+      DhcpOption.END,
+    ]);
+    expect(fromVm(newPolicy(), frame)).toBe("dhcp");
+    expectReaddressed(frame);
+    expect(options(frame)).toEqual([
+      [53, [3]],
+      [50, octets(VM_IP)],
+      [55, [1, 3, 6, 15]],
+    ]);
+    expect(Array.from(frame.subarray(OPTION_LIST_AT + 3, OPTION_LIST_AT + 9))).toEqual([0, 0, 0, 0, 0, 0]);
+    expect(parseDhcp(frame.subarray(DHCP_AT))?.clientAddress).toBe("0.0.0.0");
+  });
+
+  test("unpadded, option 50 takes the place of the cleared client identifier (dhcpcd and systemd send one)", () => {
+    const frame = renewal([...REQUEST_TYPE, ...DUID_OPTION, ...PARAMETER_REQUEST_LIST, DhcpOption.END]);
+    expect(fromVm(newPolicy(), frame)).toBe("dhcp");
+    expectReaddressed(frame);
+    expect(options(frame)).toEqual([
+      [53, [3]],
+      [50, octets(VM_IP)],
+      [55, [1, 3, 6, 15]],
+    ]);
+    const message = parseDhcp(frame.subarray(DHCP_AT));
+    expect(message?.clientAddress).toBe("0.0.0.0");
+    expect(message?.clientIdentifier).toBeUndefined();
+  });
+
+  test("the broadcast flag is the client's to set: kept as it came", () => {
+    const frame = renewal([...REQUEST_TYPE, DhcpOption.END], PADDED_TO, 0x8000);
+    expect(fromVm(newPolicy(), frame)).toBe("dhcp");
+    expect(parseDhcp(frame.subarray(DHCP_AT))?.flags).toBe(0x8000);
+    expect(parseDhcp(frame.subarray(DHCP_AT))?.requestedAddress).toBe(VM_IP);
+  });
+
+  test("7 free bytes at the end are room (option 50 and END); 6 are not, and the request leaves readdressed only", () => {
+    const roomy = renewal([...REQUEST_TYPE, DhcpOption.END, 0, 0, 0, 0, 0, 0]);
+    expect(fromVm(newPolicy(), roomy)).toBe("dhcp");
+    expectReaddressed(roomy);
+    expect(parseDhcp(roomy.subarray(DHCP_AT))?.clientAddress).toBe("0.0.0.0");
+    expect(options(roomy)).toEqual([
+      [53, [3]],
+      [50, octets(VM_IP)],
+    ]);
+
+    const tight = renewal([...REQUEST_TYPE, DhcpOption.END, 0, 0, 0, 0, 0]);
+    const before = tight.slice();
+    expect(fromVm(newPolicy(), tight)).toBe("dhcp");
+    expectReaddressed(tight);
+    expect(parseDhcp(tight.subarray(DHCP_AT))?.clientAddress).toBe(VM_IP);
+    expect(parseDhcp(tight.subarray(DHCP_AT))?.requestedAddress).toBeUndefined();
+    // The message itself is as it came; only the addresses and checksums changed.
+    expect(tight.subarray(DHCP_AT)).toEqual(before.subarray(DHCP_AT));
+  });
+
+  test("unpadded with a server identifier: its 6 bytes are room, option 50 takes its place", () => {
+    const frame = renewal([
+      ...REQUEST_TYPE,
+      DhcpOption.SERVER_IDENTIFIER,
+      4,
+      ...octets(GATEWAY),
+      DhcpOption.END,
+    ]);
+    expect(fromVm(newPolicy(), frame)).toBe("dhcp");
+    expectReaddressed(frame);
+    expect(Array.from(frame.subarray(OPTION_LIST_AT, OPTION_LIST_AT + 10))).toEqual([
+      ...REQUEST_TYPE,
+      50,
+      4,
+      ...octets(VM_IP),
+      255,
+    ]);
+    expect(parseDhcp(frame.subarray(DHCP_AT))?.clientAddress).toBe("0.0.0.0");
+  });
+
+  test("an option list that runs past the message is refused, the frame left as it came", () => {
+    const frame = renewal([...REQUEST_TYPE, ...DUID_OPTION, 55, 40, 1, 3]);
+    const before = frame.slice();
+    expect(fromVm(newPolicy(), frame)).toBe("malformed-dhcp");
+    expect(frame).toEqual(before);
+  });
+
+  test("a wrong UDP checksum stays wrong through the rewrite", () => {
+    const frame = renewal([...REQUEST_TYPE, ...DUID_OPTION, DhcpOption.END], PADDED_TO);
+    writeU16(frame, UDP_AT + 6, readU16(frame, UDP_AT + 6) ^ 0x0101);
+    expect(fromVm(newPolicy(), frame)).toBe("dhcp");
+    expect(parseDhcp(frame.subarray(DHCP_AT))?.requestedAddress).toBe(VM_IP);
+    expect(udpChecksumHolds(frame)).toBe(false);
+  });
+
+  test("only while softnet knows no lease: with the lease known, a renewal leaves as the client sent it", () => {
+    const frame = renewal([...REQUEST_TYPE, DhcpOption.END], PADDED_TO);
+    const before = frame.slice();
+    expect(fromVm(newPolicy(true), frame)).toBe("dhcp");
+    expect(frame).toEqual(before);
+  });
+
+  test("tshark reads the result: from 0.0.0.0 to the broadcast, ciaddr 0, requested address, no server identifier, checksums good", async () => {
+    const frame = renewal(
+      [...REQUEST_TYPE, ...DUID_OPTION, ...PARAMETER_REQUEST_LIST, DhcpOption.END],
+      PADDED_TO,
+    );
+    expect(fromVm(newPolicy(), frame)).toBe("dhcp");
+    const fields = [
+      "ip.src",
+      "ip.dst",
+      "ip.checksum.status",
+      "udp.checksum.status",
+      "dhcp.ip.client",
+      "dhcp.option.requested_ip_address",
+      "dhcp.option.dhcp_server_id",
+      "dhcp.option.dhcp",
+      "dhcp.hw.mac_addr",
+    ];
+    const [read] = await tsharkFields(frame, fields);
+    expect(read).toEqual({
+      "ip.src": "0.0.0.0",
+      "ip.dst": "255.255.255.255",
+      "ip.checksum.status": "1",
+      "udp.checksum.status": "1",
+      "dhcp.ip.client": "0.0.0.0",
+      "dhcp.option.requested_ip_address": VM_IP,
+      "dhcp.option.dhcp_server_id": "",
+      "dhcp.option.dhcp": String(DhcpMessageType.REQUEST),
+      "dhcp.hw.mac_addr": VM_MAC,
+    });
+  });
+});
+
+/** tshark's fields for one Ethernet frame (in a classic pcap file), with IP and UDP checksums checked. */
+async function tsharkFields(frame: Uint8Array, fields: string[]): Promise<Array<Record<string, string>>> {
+  const dir = mkdtempSync(join(tmpdir(), "softnet-dhcp-test-"));
+  try {
+    const path = join(dir, "renewal.pcap");
+    // pcap (LINKTYPE_ETHERNET = 1): magic, version 2.4, snaplen, link type; one record header.
+    const file = Buffer.alloc(24 + 16 + frame.length);
+    file.writeUInt32LE(0xa1b2c3d4, 0);
+    file.writeUInt16LE(2, 4);
+    file.writeUInt16LE(4, 6);
+    file.writeUInt32LE(65535, 16);
+    file.writeUInt32LE(1, 20);
+    file.writeUInt32LE(1_767_323_045, 24);
+    file.writeUInt32LE(frame.length, 32);
+    file.writeUInt32LE(frame.length, 36);
+    file.set(frame, 40);
+    writeFileSync(path, file);
+    const argv = [
+      "tshark",
+      "-r",
+      path,
+      "-n",
+      "-o",
+      "ip.check_checksum:TRUE",
+      "-o",
+      "udp.check_checksum:TRUE",
+    ];
+    argv.push("-T", "fields", "-E", "separator=|", "-E", "occurrence=a", "-E", "aggregator=,");
+    for (const field of fields) argv.push("-e", field);
+    const child = Bun.spawn(argv, { stdout: "pipe", stderr: "pipe" });
+    const [stdout, stderr, code] = await Promise.all([
+      new Response(child.stdout).text(),
+      new Response(child.stderr).text(),
+      child.exited,
+    ]);
+    if (code !== 0) throw new Error(`tshark exited ${code}: ${stderr}`);
+    return stdout
+      .trimEnd()
+      .split("\n")
+      .map((line) => Object.fromEntries(line.split("|").map((value, i) => [fields[i], value])));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+describe("properties of the INIT-REBOOT rewrite", () => {
+  /** Generated lists may carry a server identifier or a requested address too. */
+  const anyOption = fc.oneof(
+    optionArbitrary,
+    fc.tuple(
+      fc.constantFrom(DhcpOption.SERVER_IDENTIFIER, DhcpOption.REQUESTED_IP_ADDRESS),
+      fc.array(fc.nat(255), { minLength: 4, maxLength: 4 }),
+    ),
+  );
+
+  test("every renewal passes readdressed, checksums right; with room it is INIT-REBOOT, without it the message is unchanged", () => {
+    fc.assert(
+      fc.property(fc.array(anyOption, { maxLength: 10 }), fc.nat(80), (list, padding) => {
+        const frame = renewal([
+          ...REQUEST_TYPE,
+          ...encode(list),
+          DhcpOption.END,
+          ...new Array(padding).fill(0),
+        ]);
+        const before = frame.slice();
+        const kept = options(before).filter(
+          ([code]) => !STRIPPED.includes(code as never) && code !== 54 && code !== 50,
+        );
+        expect(fromVm(newPolicy(), frame)).toBe("dhcp");
+        expect(frame.length).toBe(before.length);
+        expectReaddressed(frame);
+        const message = parseDhcp(frame.subarray(DHCP_AT));
+        expect(message).toBeDefined();
+        if (message?.clientAddress === "0.0.0.0") {
+          expect(message.requestedAddress).toBe(VM_IP);
+          expect(message.serverIdentifier).toBeUndefined();
+          expect(options(frame).every(([code, data]) => code !== 50 || data.join(".") === VM_IP)).toBe(true);
+          expect(options(frame).filter(([code]) => code !== 50)).toEqual(kept);
+        } else {
+          // Without room: the message only lost what stripClientOptions clears, as with a lease.
+          expect(padding).toBeLessThan(6);
+          expect(message?.clientAddress).toBe(VM_IP);
+          expect(options(frame)).toEqual(
+            options(before).filter(([code]) => !STRIPPED.includes(code as never)),
+          );
+        }
+      }),
+      { numRuns: 2000 },
+    );
+  });
+
+  test("any bytes: asInitReboot never throws, never writes outside the message, and changes nothing unless it rewrote", () => {
+    fc.assert(
+      fc.property(
+        fc.uint8Array({ minLength: 0, maxLength: 320 }),
+        fc.nat(8),
+        fc.nat(8),
+        (body, before, after) => {
+          const buffer = new Uint8Array(before + Dhcp.OPTIONS + body.length + after).fill(0xa5);
+          buffer.set(body, before + Dhcp.OPTIONS);
+          const length = Dhcp.OPTIONS + body.length;
+          const original = buffer.slice();
+          const result = asInitReboot(buffer, before, length, 0xc0a84005);
+          expect(buffer.subarray(0, before)).toEqual(original.subarray(0, before));
+          expect(buffer.subarray(before + length)).toEqual(original.subarray(before + length));
+          if (result !== InitReboot.REWRITTEN) {
+            expect(buffer).toEqual(original);
+          } else {
+            expect(readU32(buffer, before + Dhcp.CLIENT_ADDRESS)).toBe(0);
+          }
+        },
+      ),
+      { numRuns: 3000 },
     );
   });
 });

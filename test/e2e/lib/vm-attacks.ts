@@ -11,7 +11,14 @@ import type { ForwarderSpec } from "./forwarder.ts";
 import { transparentRelay } from "./forwarder.ts";
 import type { Guest, GuestLease } from "./guest.ts";
 import { waitFor } from "./proc.ts";
-import { ADDRESSES, type BridgeHost, type DnsmasqLease, type Neighbour, type Topology } from "./topology.ts";
+import {
+  ADDRESSES,
+  type BridgeHost,
+  DHCP_LEASE_SECONDS,
+  type DnsmasqLease,
+  type Neighbour,
+  type Topology,
+} from "./topology.ts";
 
 /** softnet with these extra arguments (--allow, --log-level, ...), however it is started. */
 export type SoftnetFactory = (args: string[]) => ForwarderSpec;
@@ -582,9 +589,17 @@ export interface RestartOutcome {
   guest: Guest;
   lease: GuestLease;
   renewed?: GuestLease;
-  /** The guest's DHCP requests on the bridge after the restart, by IP source. */
+  /**
+   * The guest's DHCP requests on the bridge after the restart and before the server's first
+   * answer (while the restarted softnet knew no lease), by IP source.
+   */
   requestsOnBridgeFromAddress: number;
   requestsOnBridgeFromUnspecified: number;
+  /** Of those, how many carried option 50 with its address, and how many a ciaddr. */
+  requestsNamingAddress: number;
+  requestsWithClientAddress: number;
+  /** tcpdump's lines for DHCP on the bridge, for failure messages. */
+  dhcpOnBridge: string[];
 }
 
 /**
@@ -610,56 +625,140 @@ export async function restartUnderLiveClient(
     renewed = undefined;
   }
   await onBridge.stop();
-  const requests = `ether src ${guest.mac} and udp dst port 67`;
   return {
     guest,
     lease,
     renewed,
-    requestsOnBridgeFromAddress: await onBridge.count(`${requests} and src host ${lease.address}`),
-    requestsOnBridgeFromUnspecified: await onBridge.count(`${requests} and src host 0.0.0.0`),
+    ...requestsBeforeAnswer(await onBridge.lines(dhcpOf(guest), { verbose: true }), lease.address),
+    dhcpOnBridge: await onBridge.lines(`udp port 67 or udp port 68`, { verbose: true }),
   };
 }
 
-export interface DhcpcdRestartOutcome {
+/** A tcpdump filter for a guest's DHCP, both ways. */
+function dhcpOf(guest: Guest): string {
+  return `ether host ${guest.mac} and (udp port 67 or udp port 68)`;
+}
+
+/**
+ * The client's DHCP requests until the server's first answer (until then the restarted softnet
+ * knows no lease; after it, a request from the address is the leased address's own), from
+ * `tcpdump -v` lines: a frame starts on an unindented line, its IP line says "BOOTP/DHCP,
+ * Request" or "Reply", and each option follows on a line of its own (print-bootp.c; ciaddr as
+ * "Client-IP").
+ */
+function requestsBeforeAnswer(
+  lines: string[],
+  address: string,
+): {
+  requestsOnBridgeFromAddress: number;
+  requestsOnBridgeFromUnspecified: number;
+  requestsNamingAddress: number;
+  requestsWithClientAddress: number;
+} {
+  const frames: string[] = [];
+  for (const line of lines) {
+    if (/^\s/.test(line) && frames.length > 0) frames[frames.length - 1] += `\n${line}`;
+    else frames.push(line);
+  }
+  const firstAnswer = frames.findIndex((frame) => frame.includes("BOOTP/DHCP, Reply"));
+  const requests = frames
+    .slice(0, firstAnswer === -1 ? frames.length : firstAnswer)
+    .filter((frame) => frame.includes("BOOTP/DHCP, Request"));
+  return {
+    requestsOnBridgeFromAddress: requests.filter((frame) => frame.includes(` ${address}.68 > `)).length,
+    requestsOnBridgeFromUnspecified: requests.filter((frame) => frame.includes(" 0.0.0.0.68 > ")).length,
+    requestsNamingAddress: requests.filter((frame) =>
+      frame.includes(`Requested-IP (50), length 4: ${address}`),
+    ).length,
+    requestsWithClientAddress: requests.filter((frame) => frame.includes("Client-IP ")).length,
+  };
+}
+
+export interface ClientRestartOutcome {
   guest: Guest;
   address: string;
   /** The restarted softnet learned the lease again from the server's ACK. */
   learned: boolean;
+  /** As in RestartOutcome: requests before the server's first answer, by IP source. */
   requestsOnBridgeFromAddress: number;
   requestsOnBridgeFromUnspecified: number;
-  dhcpcdLog: string;
+  /** The guest's DISCOVERs on the bridge after the restart: it started over instead of renewing. */
+  discoversOnBridge: number;
+  /** Of those requests, how many carried option 50 with its address, and how many a ciaddr. */
+  requestsNamingAddress: number;
+  requestsWithClientAddress: number;
+  /** Whether eth0 was ever seen without the address while softnet waited to learn the lease. */
+  addressLost: boolean;
+  /** Seconds from the client's lease to the restarted softnet learning it, for failure messages. */
+  secondsToLearn: number;
+  clientLog: string;
   /** tcpdump's lines for the guest's DHCP on the bridge, for failure messages. */
   dhcpOnBridge: string[];
 }
 
-/**
- * As restartUnderLiveClient, with Debian's dhcpcd left to its own timers: at T1 it renews by
- * unicast from its address, which needs its ARP entry for the gateway (its ARP from that address
- * does not pass while softnet knows no lease); at T2 it rebinds by broadcast from its address
- * (RFC 2131 4.4.5), which softnet readdresses, but dnsmasq answers ciaddr, which the host cannot
- * resolve (the guest's ARP reply for it does not pass either); when the lease ends it starts over
- * from 0.0.0.0. dnsmasq's shortest lease is 120 s, so this takes about two minutes.
- */
-export async function restartUnderDhcpcd(
-  topology: Topology,
-  softnet: SoftnetFactory,
-): Promise<DhcpcdRestartOutcome> {
-  const guest = await topology.addGuest();
-  await guest.attach(softnet(DEBUG));
-  const dhcpcd = guest.spawn("dhcpcd", [
+/** A DHCP client run in a guest, configuring eth0, with its own state in a private /run. */
+export interface GuestDhcpClient {
+  name: string;
+  argv: string[];
+}
+
+/** Debian's dhcpcd, IPv4 only. */
+export const DHCPCD: GuestDhcpClient = {
+  name: "dhcpcd",
+  argv: [
     "sh",
     "-c",
     "mount -t tmpfs tmpfs /run && mkdir /run/dhcpcd && mount -t tmpfs tmpfs /var/lib/dhcpcd && " +
       "exec dhcpcd --nobackground --ipv4only --noipv4ll --debug eth0",
-  ]);
+  ],
+};
+
+/**
+ * systemd-networkd (Debian's systemd 252) without systemd as PID 1 or D-Bus: its configuration
+ * and state in a private /run (it watches for /run/dbus/system_bus_socket and goes on without it).
+ * /sys is made read-only: networkd then takes udev for absent (systemd's udev_available(),
+ * src/shared/udev-util.c: systemd-udevd runs only where /sys is writable) and configures the link
+ * at once instead of waiting for udev to initialise it, which no udevd in the namespace would.
+ */
+export const SYSTEMD_NETWORKD: GuestDhcpClient = {
+  name: "systemd-networkd",
+  argv: [
+    "sh",
+    "-c",
+    "mount -t tmpfs tmpfs /run && mount -o remount,ro /sys && mkdir -p /run/systemd/network && " +
+      "printf '[Match]\\nName=eth0\\n[Network]\\nDHCP=ipv4\\nLinkLocalAddressing=no\\nIPv6AcceptRA=no\\n' " +
+      "> /run/systemd/network/50-eth0.network && chown -R systemd-network:systemd-network /run/systemd && " +
+      "SYSTEMD_LOG_LEVEL=debug exec /usr/lib/systemd/systemd-networkd",
+  ],
+};
+
+/**
+ * As restartUnderLiveClient, with a real client left to its own timers (Debian's dhcpcd,
+ * systemd-networkd): at T1 (half the lease, RFC 2131 4.4.5) it renews by unicast from its
+ * address, a DHCPREQUEST with ciaddr set. softnet, knowing no lease, sends it on from 0.0.0.0 to
+ * the broadcast as an INIT-REBOOT request (ciaddr 0, option 50), so dnsmasq answers the guest's
+ * MAC rather than ciaddr, which the host could not resolve (the guest's ARP from that address
+ * does not pass while softnet knows no lease). Waits until softnet learns the lease, but never
+ * past the lease's end (DHCP_LEASE_SECONDS after the client got it), when the client would start
+ * over from 0.0.0.0 with a DISCOVER.
+ */
+export async function restartUnderClient(
+  topology: Topology,
+  softnet: SoftnetFactory,
+  dhcpClient: GuestDhcpClient,
+): Promise<ClientRestartOutcome> {
+  const guest = await topology.addGuest();
+  await guest.attach(softnet(DEBUG));
+  const client = guest.spawn(dhcpClient.name, dhcpClient.argv);
   const address = await waitFor(
-    "dhcpcd to configure an address on eth0",
+    `${dhcpClient.name} to configure an address on eth0`,
     async () => {
-      if (!dhcpcd.running) throw new Error(`dhcpcd exited ${dhcpcd.exitCode}: ${dhcpcd.log}`);
+      if (!client.running) throw new Error(`${dhcpClient.name} exited ${client.exitCode}: ${client.log}`);
       return (await guest.addresses())[0];
     },
     { timeoutMs: 30_000 },
   );
+  const leasedAt = Date.now();
   await guest.ping(ADDRESSES.gateway);
   await guest.forwarder?.stop("SIGKILL");
   guest.forwarder = undefined;
@@ -667,24 +766,28 @@ export async function restartUnderDhcpcd(
   await guest.attach(softnet(DEBUG));
   const onBridge = await topology.startCapture();
   const restarted = guest.forwarder as { log: string } | undefined;
+  let addressLost = false;
   const learned = await waitFor(
-    "the restarted softnet to learn dhcpcd's lease",
-    () => (restarted?.log.includes(`lease learned: ${address} `) ? true : undefined),
-    { timeoutMs: 150_000 },
+    `the restarted softnet to learn ${dhcpClient.name}'s lease`,
+    async () => {
+      if (!(await guest.addresses()).includes(address)) addressLost = true;
+      return restarted?.log.includes(`lease learned: ${address} `) ? true : undefined;
+    },
+    { timeoutMs: Math.max(0, leasedAt + DHCP_LEASE_SECONDS * 1000 - Date.now()), intervalMs: 500 },
   ).catch(() => false);
-  // dhcpcd probes the address (RFC 5227) before it configures it again.
-  await waitFor("dhcpcd to configure its address again", async () => (await guest.addresses())[0], {
-    timeoutMs: 20_000,
-  }).catch(() => undefined);
+  const secondsToLearn = Math.round((Date.now() - leasedAt) / 1000);
+  if (!(await guest.addresses()).includes(address)) addressLost = true;
   await onBridge.stop();
-  const requests = `ether src ${guest.mac} and udp dst port 67`;
+  const sent = await onBridge.lines(dhcpOf(guest), { verbose: true });
   return {
     guest,
     address,
     learned,
-    requestsOnBridgeFromAddress: await onBridge.count(`${requests} and src host ${address}`),
-    requestsOnBridgeFromUnspecified: await onBridge.count(`${requests} and src host 0.0.0.0`),
-    dhcpcdLog: dhcpcd.log,
+    discoversOnBridge: sent.filter((line) => /DHCP-Message \(53\), length 1: Discover/.test(line)).length,
+    ...requestsBeforeAnswer(sent, address),
+    addressLost,
+    secondsToLearn,
+    clientLog: client.log,
     dhcpOnBridge: await onBridge.lines(`udp port 67 or udp port 68`, { verbose: true }),
   };
 }

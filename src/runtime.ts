@@ -72,7 +72,7 @@ async function decideCallerOnce(calls: import("./platform/identity.ts").Identity
 export async function dropForErrorReport(options: SoftnetOptions): Promise<void> {
   const { resolveDropTarget } = await import("./platform/identity.ts");
   if (process.platform === "linux") {
-    const { dropPrivileges, linuxIdentityCalls } = await import("./platform/privileges.ts");
+    const { dropPrivileges, linuxIdentityCalls } = await import("./platform/linux/privileges.ts");
     if (linuxIdentityCalls.geteuid() !== 0) return;
     const caller = await decideCallerOnce(linuxIdentityCalls);
     dropPrivileges(resolveDropTarget(linuxIdentityCalls, caller, options), { keepNetAdmin: false });
@@ -154,7 +154,7 @@ async function loadFilterModules(options: SoftnetOptions): Promise<FilterModules
 }
 
 async function runOnLinux(options: SoftnetOptions, logger: Logger): Promise<number> {
-  const { libc } = await import("./platform/libc.ts");
+  const { libc } = await import("./platform/linux/libc.ts");
   if (options.sudoEscalationProbing) {
     if (libc.geteuid() === 0) return 0;
     throw new SoftnetError("not running as root");
@@ -171,7 +171,9 @@ async function runOnLinux(options: SoftnetOptions, logger: Logger): Promise<numb
 
   const { DatagramLink } = await import("./platform/linux/datagram-link.ts");
   const { openTapOnBridge } = await import("./platform/linux/tap.ts");
-  const { dropPrivileges, hasSetupPrivileges, linuxIdentityCalls } = await import("./platform/privileges.ts");
+  const { dropPrivileges, hasSetupPrivileges, linuxIdentityCalls } = await import(
+    "./platform/linux/privileges.ts"
+  );
   const { describeTarget, escalateWithSudo, resolveDropTarget } = await import("./platform/identity.ts");
   const caller = await decideCallerOnce(linuxIdentityCalls);
   // Without root or CAP_NET_ADMIN: become root through passwordless sudo (this process is replaced).

@@ -7,6 +7,7 @@ import { CString, type Pointer, ptr, read } from "bun:ffi";
 import { lstatSync, type Stats } from "node:fs";
 import { type Caller, decideCaller, type StartCredentials } from "../caller.ts";
 import { SoftnetError } from "../errors.ts";
+import { cString } from "./ffi-helpers.ts";
 
 /** The C library functions this module needs, bound by the platform. */
 export interface IdentityCalls {
@@ -67,10 +68,6 @@ export function identityCallsFrom(
     execv: (path, argv) => calls.execv(path, argv),
     lastError,
   };
-}
-
-function cString(text: string): Buffer {
-  return Buffer.from(`${text}\0`, "utf8");
 }
 
 export interface DropTarget {

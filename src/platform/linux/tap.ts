@@ -27,19 +27,7 @@ import type { Pointer } from "bun:ffi";
 import { SoftnetError } from "../../errors.ts";
 import { isInterfaceName } from "../../interface-name.ts";
 import { formatMac } from "../../wire/bytes.ts";
-import {
-  AF_INET,
-  Errno,
-  lastErrno,
-  libc,
-  O_CLOEXEC,
-  O_NONBLOCK,
-  O_RDWR,
-  SOCK_CLOEXEC,
-  SOCK_DGRAM,
-  SysError,
-  stableAddress,
-} from "../libc.ts";
+import { stableAddress } from "../ffi-helpers.ts";
 import { type FrameBatch, type FrameLink, markUnsent, SendOutcome, type SendOutcomeCode } from "../link.ts";
 import {
   type Link,
@@ -53,6 +41,18 @@ import {
   refuseMacInUse,
   setLinkMac,
 } from "./bridge.ts";
+import {
+  AF_INET,
+  Errno,
+  lastErrno,
+  libc,
+  O_CLOEXEC,
+  O_NONBLOCK,
+  O_RDWR,
+  SOCK_CLOEXEC,
+  SOCK_DGRAM,
+  SysError,
+} from "./libc.ts";
 import { NETLINK_ROUTE, NetlinkSocket } from "./netlink.ts";
 
 /** A TAP port on a bridge, plus what softnet needs to know about the bridge's network. */

@@ -13,7 +13,7 @@ import { SoftnetError, UsageError } from "./errors.ts";
 import { FilterLoop, type StopCause } from "./filter-loop.ts";
 import { Logger } from "./log.ts";
 import type { DarwinLibraries } from "./platform/darwin/system.ts";
-import { FrameBatch, type FrameLink } from "./platform/link.ts";
+import { FrameBatch, type FrameLink, type HostLink } from "./platform/link.ts";
 import type { BridgePortWatch } from "./platform/linux/port-watch.ts";
 import type { ReactorBackend } from "./platform/reactor.ts";
 import { LearnedNames } from "./policy/learned-names.ts";
@@ -109,13 +109,6 @@ class Cleanups {
       }
     }
   }
-}
-
-interface HostLink extends FrameLink {
-  readonly gateway: number;
-  readonly prefixLength: number;
-  readonly mtu: number;
-  readonly maxFrameSize: number;
 }
 
 interface FilterSetup {

@@ -28,7 +28,7 @@ import { SoftnetError } from "../../errors.ts";
 import type { PortForwardBackend } from "../../port-forwards.ts";
 import { formatIpv4, parseIpv4 } from "../../wire/bytes.ts";
 import { stableAddress } from "../ffi-helpers.ts";
-import { type FrameBatch, type FrameLink, SendOutcome } from "../link.ts";
+import { type FrameBatch, type HostLink, SendOutcome } from "../link.ts";
 import { BlockKind, VmnetBlocks } from "./blocks.ts";
 import {
   type DarwinLibraries,
@@ -171,19 +171,17 @@ export interface VmnetOptions {
   portForwarding?: boolean;
 }
 
-/** A running vmnet interface: a FrameLink for the filter loop and a port-forward backend. */
-export interface VmnetLink extends FrameLink, PortForwardBackend {
+/**
+ * A running vmnet interface: the host link for the filter loop and a port-forward backend. Its
+ * gateway is the interface's first address (vmnet's gateway and DHCP server); its maxFrameSize is
+ * maxPacketSize.
+ */
+export interface VmnetLink extends HostLink, PortForwardBackend {
   readonly mode: "nat" | "host";
   readonly isolate: boolean;
-  /** The interface's first address (vmnet's gateway and DHCP server) as a uint32 in host order. */
-  readonly gateway: number;
   readonly subnetMask: number;
-  readonly prefixLength: number;
-  readonly mtu: number;
   /** vmnet_max_packet_size_key: every receive slot must hold this many bytes. */
   readonly maxPacketSize: number;
-  /** Same as maxPacketSize: the largest frame vmnet delivers (no FCS). */
-  readonly maxFrameSize: number;
   /** Packets per vmnet_read / vmnet_write call (vmnet's limit, or fallbackMaxPackets). */
   readonly readMaxPackets: number;
   readonly writeMaxPackets: number;

@@ -11,6 +11,7 @@ import type { SoftnetOptions } from "./cli.ts";
 import { describeRules } from "./cli.ts";
 import { SoftnetError, UsageError } from "./errors.ts";
 import { FilterLoop, type StopCause } from "./filter-loop.ts";
+import { startFilterTimer } from "./filter-timer.ts";
 import { Logger } from "./log.ts";
 import type { DarwinLibraries } from "./platform/darwin/system.ts";
 import { FrameBatch, type FrameLink, type HostLink } from "./platform/link.ts";
@@ -23,6 +24,7 @@ import { Rejecter } from "./policy/reject.ts";
 import { allowsEverything, RuleTable } from "./policy/rules.ts";
 import { checkExposedPortsAllowed, type PortForwardBackend, PortForwards } from "./port-forwards.ts";
 import { enableErrorReports } from "./sentry.ts";
+import { onCounterSignals, onStopSignals } from "./signals.ts";
 import { counterReport, TrafficDirection } from "./stats.ts";
 import { formatIpv4, formatMac } from "./wire/bytes.ts";
 
@@ -30,8 +32,6 @@ import { formatIpv4, formatMac } from "./wire/bytes.ts";
 const BATCH_FRAMES = 64;
 /** Frames handled per readiness event before yielding to timers, signals and the other direction. */
 const DRAIN_BUDGET = 1024;
-const TICK_MS = 1000;
-const DROP_SUMMARY_EVERY_TICKS = 60;
 
 /** Where the macOS runtime gets its libraries. Only tests pass anything but the default. */
 export interface DarwinPlatform {
@@ -366,41 +366,6 @@ export async function runOnDarwin(
   }
 }
 
-/**
- * The signals that ask for the counters. SIGINFO exists on macOS (Ctrl-T, sys/signal.h) and not
- * on Linux; Bun maps the name "SIGINFO" to the platform's SIGINFO where <signal.h> defines it
- * (oven-sh/bun src/bun.js/bindings/BunProcess.cpp, loadSignalNumberMap), so it is only asked for
- * where it exists.
- */
-export function counterSignalsOf(platform: NodeJS.Platform): NodeJS.Signals[] {
-  return platform === "darwin" ? ["SIGUSR2", "SIGINFO"] : ["SIGUSR2"];
-}
-
-/**
- * The signals that stop softnet cleanly (exit 0, forwards and TAP removed): besides SIGINT and
- * SIGTERM, every signal whose default action would end it without its cleanup and that Bun
- * leaves at that default (measured on Bun 1.4.5 running a script; the release binary is checked
- * for SIGHUP in test/release/setuid-root-work.test.ts:
- * SIGHUP, SIGQUIT, SIGUSR1, SIGALRM, SIGSTKFLT, SIGXCPU, SIGVTALRM, SIGPROF and SIGIO end the
- * process; Bun ignores SIGPIPE, SIGXFSZ and SIGPWR; SIGUSR1 starts no inspector). Not here:
- * SIGKILL (cannot be caught), faults (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGTRAP, SIGSYS:
- * no JavaScript should run after one) and real-time signals (Bun cannot name them). After any of
- * those the TAP and the forwards' table still go with the process (tap.ts, nftables.ts); only the
- * closing log lines are missing. SIGUSR2 (and SIGINFO) print the counters instead.
- */
-const STOP_SIGNALS: readonly NodeJS.Signals[] = [
-  "SIGINT",
-  "SIGTERM",
-  "SIGHUP",
-  "SIGQUIT",
-  "SIGUSR1",
-  "SIGALRM",
-  "SIGXCPU",
-  "SIGVTALRM",
-  "SIGPROF",
-  ...(process.platform === "linux" ? (["SIGSTKFLT", "SIGIO"] as NodeJS.Signals[]) : []),
-];
-
 /** The part that is the same on every platform: policy, loop, readiness, timers, signals. */
 async function runFilter(setup: FilterSetup): Promise<number> {
   const { options, logger, vm, host, cleanups } = setup;
@@ -475,28 +440,21 @@ async function runFilter(setup: FilterSetup): Promise<number> {
     return more;
   });
 
-  let ticks = 0;
-  const timer = setInterval(() => {
-    loop.tick();
-    if (setup.vmEndClosed()) loop.stop({ kind: "vm-closed" });
-    const lost = setup.hostLinkLost();
-    if (lost !== undefined) loop.stop({ kind: "fatal", error: lost });
-    void forwards?.reconcile(); // retries a failed update; a no-op when nothing changed
-    if (++ticks % DROP_SUMMARY_EVERY_TICKS === 0) {
-      const dropped: Record<string, number> = {};
-      const summary = loop.dropSummary(dropped);
-      if (summary !== "") logger.info(`dropped in the last minute: ${summary}`, "drop-summary", { dropped });
-    }
-  }, TICK_MS);
-  cleanups.add(() => clearInterval(timer));
-  const onSignal = (signal: NodeJS.Signals) => {
-    logger.info(`${signal} received: stopping`, "signal", { signal });
-    loop.stop({ kind: "signal", signal });
-  };
-  for (const signal of STOP_SIGNALS) process.on(signal, onSignal);
-  cleanups.add(() => {
-    for (const signal of STOP_SIGNALS) process.off(signal, onSignal);
-  });
+  cleanups.add(
+    startFilterTimer({
+      loop,
+      logger,
+      vmEndClosed: setup.vmEndClosed,
+      hostLinkLost: setup.hostLinkLost,
+      forwards,
+    }),
+  );
+  cleanups.add(
+    onStopSignals((signal) => {
+      logger.info(`${signal} received: stopping`, "signal", { signal });
+      loop.stop({ kind: "signal", signal });
+    }),
+  );
 
   // Counters on demand: SIGUSR2 everywhere; SIGINFO (Ctrl-T in a terminal) where the system has it.
   const exposed = options.exposedPorts.map((port) => `${port.externalPort}→${port.internalPort}`).join(", ");
@@ -517,12 +475,7 @@ async function runFilter(setup: FilterSetup): Promise<number> {
     });
     logger.report("info", report.lines, "counters", report.fields, force);
   };
-  const counterSignals = counterSignalsOf(process.platform);
-  const onCounterSignal = (signal: NodeJS.Signals) => printCounters(signal, true);
-  for (const signal of counterSignals) process.on(signal, onCounterSignal);
-  cleanups.add(() => {
-    for (const signal of counterSignals) process.off(signal, onCounterSignal);
-  });
+  cleanups.add(onCounterSignals((signal) => printCounters(signal, true)));
 
   logger.info(
     `forwarding for VM ${formatMac(options.vmMac)} on fd ${options.vmFd} through ${host.description} ` +

@@ -145,6 +145,18 @@ export function callerOf(calls: IdentityCalls, env: Record<string, string | unde
   return decideCaller(readStartCredentials(calls), env, (uid) => lookupUid(calls, uid)?.gid);
 }
 
+/**
+ * Who started this softnet, decided once, from the ids it had at exec, before anything changed
+ * them (macOS's asTargetUser leaves the caller's groups in place): every later question (the drop,
+ * the bridge list, the port guard, an error report's drop) gets this same answer.
+ */
+let startedBy: Caller | undefined;
+
+export function decideCallerOnce(calls: IdentityCalls): Caller {
+  startedBy ??= callerOf(calls, process.env);
+  return startedBy;
+}
+
 /** What --user/--group name, as ids; undefined where the flag was not given. */
 function namedIds(
   calls: IdentityCalls,

@@ -51,6 +51,13 @@ export interface DarwinLibraries {
   readonly libc: string;
 }
 
+/** Where the macOS runtime gets its libraries. Only tests pass anything but the default. */
+export interface DarwinPlatform {
+  libraries: DarwinLibraries;
+  /** Set bootpd's lease time (macOS only; the vmnet double has no bootpd). */
+  configureBootpd: boolean;
+}
+
 /** The real thing; the only set a release build ever opens. */
 export const MACOS_LIBRARIES: DarwinLibraries = Object.freeze({
   vmnet: VMNET_FRAMEWORK,

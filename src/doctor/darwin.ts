@@ -16,6 +16,7 @@
 import { release } from "node:os";
 import { SoftnetError } from "../errors.ts";
 import {
+  type DarwinPlatform,
   type DarwinSystem,
   GLOBAL_BLOCK_CLASS,
   readCString,
@@ -30,7 +31,6 @@ import {
   type IdentityCalls,
   resolveDropTarget,
 } from "../platform/identity.ts";
-import type { DarwinPlatform } from "../runtime.ts";
 import { formatIpv4, parseIpv4 } from "../wire/bytes.ts";
 import type { DoctorContext } from "./common.ts";
 import { type BootpdPlatform, writeBootpdLeaseTime } from "./darwin-bootpd.ts";

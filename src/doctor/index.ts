@@ -54,7 +54,7 @@ export async function runLinuxDoctor(
         (bridges.length === 0 ? "this machine has no bridge yet" : `bridges here: ${bridges.join(", ")}`),
     });
   }
-  const { linuxIdentityCalls } = await import("../platform/privileges.ts");
+  const { linuxIdentityCalls } = await import("../platform/linux/privileges.ts");
   const { linuxChecks } = await import("./linux.ts");
   const accessList = accessListOverride ?? (await builtInBridgeAccessList());
   return doctorRun(

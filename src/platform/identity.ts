@@ -7,6 +7,7 @@ import { CString, type Pointer, ptr, read } from "bun:ffi";
 import { lstatSync, type Stats } from "node:fs";
 import { type Caller, decideCaller, type StartCredentials } from "../caller.ts";
 import { SoftnetError } from "../errors.ts";
+import { cString } from "./ffi-helpers.ts";
 
 /** The C library functions this module needs, bound by the platform. */
 export interface IdentityCalls {
@@ -67,10 +68,6 @@ export function identityCallsFrom(
     execv: (path, argv) => calls.execv(path, argv),
     lastError,
   };
-}
-
-function cString(text: string): Buffer {
-  return Buffer.from(`${text}\0`, "utf8");
 }
 
 export interface DropTarget {
@@ -146,6 +143,18 @@ export function readStartCredentials(calls: IdentityCalls): StartCredentials {
 /** Who started this process (caller.ts), from the ids it had at exec and its environment. */
 export function callerOf(calls: IdentityCalls, env: Record<string, string | undefined>): Caller {
   return decideCaller(readStartCredentials(calls), env, (uid) => lookupUid(calls, uid)?.gid);
+}
+
+/**
+ * Who started this softnet, decided once, from the ids it had at exec, before anything changed
+ * them (macOS's asTargetUser leaves the caller's groups in place): every later question (the drop,
+ * the bridge list, the port guard, an error report's drop) gets this same answer.
+ */
+let startedBy: Caller | undefined;
+
+export function decideCallerOnce(calls: IdentityCalls): Caller {
+  startedBy ??= callerOf(calls, process.env);
+  return startedBy;
 }
 
 /** What --user/--group name, as ids; undefined where the flag was not given. */

@@ -71,6 +71,20 @@ export interface FrameLink {
 }
 
 /**
+ * The host side of softnet (a TAP port on a bridge, vmnet): a FrameLink into the host's network,
+ * plus what the VM's network there is.
+ */
+export interface HostLink extends FrameLink {
+  /** The VM's gateway (the host's address on the VM's network) as a uint32 in host order. */
+  readonly gateway: number;
+  /** Prefix length of the VM's network, e.g. 24. */
+  readonly prefixLength: number;
+  readonly mtu: number;
+  /** The largest frame the link delivers (no FCS): every receive slot must hold this many bytes. */
+  readonly maxFrameSize: number;
+}
+
+/**
  * What became of one frame handed to FrameLink.send: one byte per slot, written by the link into
  * the caller's array, so the loop, the counters and the capture know which frame went where.
  */

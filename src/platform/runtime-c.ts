@@ -97,7 +97,7 @@ export type SourceStrategy = "memfd" | "unlinked-temp-file";
 
 /**
  * The C library calls this needs, from whichever library the platform module opened (glibc
- * through libc.ts, or the darwin module's libc: libSystem on macOS, glibc in the tests).
+ * through linux/libc.ts, or the darwin module's libc: libSystem on macOS, glibc in the tests).
  */
 export interface SourceFileCalls {
   /** memfd_create(2); undefined on macOS. */

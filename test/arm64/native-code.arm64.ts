@@ -78,7 +78,7 @@ const { epollReactorBackend } = await import("../../src/platform/linux/epoll-rea
 const { pollReactorBackend } = await import("../../src/platform/darwin/poll-reactor.ts");
 const { BlockKind, VmnetBlocks } = await import("../../src/platform/darwin/blocks.ts");
 const { address0, openDarwinSystem } = await import("../../src/platform/darwin/system.ts");
-const { EFD_CLOEXEC, EFD_NONBLOCK, libc } = await import("../../src/platform/libc.ts");
+const { EFD_CLOEXEC, EFD_NONBLOCK, libc } = await import("../../src/platform/linux/libc.ts");
 const { openBootpdSymbols } = await import("../../src/platform/darwin/bootpd.ts");
 const { macosProductVersion, openBootpdReadSymbols } = await import(
   "../../src/platform/darwin/doctor-probes.ts"

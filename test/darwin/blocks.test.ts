@@ -30,7 +30,7 @@ import {
   openDarwinSystem,
   sourceFileCalls,
 } from "../../src/platform/darwin/system.ts";
-import { lastErrno, libc, O_RDWR } from "../../src/platform/libc.ts";
+import { lastErrno, libc, O_RDWR } from "../../src/platform/linux/libc.ts";
 import {
   ALL_SEALS,
   F_ADD_SEALS,
@@ -100,8 +100,8 @@ if (outsideNamespace()) {
           name,
           jsCallback: false,
         });
-        // ../libc.ts dlopens libc.so.6 on import, which does not exist on macOS.
-        expect({ name, importsLinuxLibc: /from "\.\.\/libc\.ts"/.test(source) }).toEqual({
+        // ../linux/libc.ts dlopens libc.so.6 on import, which does not exist on macOS.
+        expect({ name, importsLinuxLibc: /from "\.\.\/linux\/libc\.ts"/.test(source) }).toEqual({
           name,
           importsLinuxLibc: false,
         });

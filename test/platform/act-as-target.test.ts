@@ -10,7 +10,7 @@ const isRoot = process.getuid?.() === 0;
 const CHILD = `
 import { readFileSync } from "node:fs";
 import { asTargetUser, callerOf, resolveDropTarget } from "./src/platform/identity.ts";
-import { linuxIdentityCalls } from "./src/platform/privileges.ts";
+import { linuxIdentityCalls } from "./src/platform/linux/privileges.ts";
 const status = () => Object.fromEntries(readFileSync("/proc/self/status", "utf8").split("\\n")
   .filter((line) => /^(Uid|Gid|Groups):/.test(line)).map((line) => line.split(":\\t")).map(([k, v]) => [k, v.trim().split(/\\s+/).join(" ")]));
 const target = resolveDropTarget(linuxIdentityCalls, callerOf(linuxIdentityCalls, {}), { user: "nobody", group: undefined });

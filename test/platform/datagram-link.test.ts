@@ -2,6 +2,8 @@
 // read()/write() so the link is checked against the kernel, not against itself.
 import { afterEach, describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
+import { FrameBatch, SendOutcome } from "../../src/platform/link.ts";
+import { DatagramLink } from "../../src/platform/linux/datagram-link.ts";
 import {
   AF_INET,
   AF_UNIX,
@@ -17,9 +19,7 @@ import {
   SOCK_DGRAM,
   SOCK_STREAM,
   SOL_SOCKET,
-} from "../../src/platform/libc.ts";
-import { FrameBatch, SendOutcome } from "../../src/platform/link.ts";
-import { DatagramLink } from "../../src/platform/linux/datagram-link.ts";
+} from "../../src/platform/linux/libc.ts";
 import { expectSoftnetError } from "../support/errors.ts";
 
 const openFds = new Set<number>();

@@ -2,15 +2,8 @@
 
 import { ptr } from "bun:ffi";
 import { expect, test } from "bun:test";
-import {
-  Errno,
-  errnoName,
-  lastErrno,
-  lastSysError,
-  libc,
-  SysError,
-  stableAddress,
-} from "../../src/platform/libc.ts";
+import { stableAddress } from "../../src/platform/ffi-helpers.ts";
+import { Errno, errnoName, lastErrno, lastSysError, libc, SysError } from "../../src/platform/linux/libc.ts";
 
 test("errno of a failed call is read and named", () => {
   expect(libc.close(-1)).toBe(-1);

@@ -3,7 +3,6 @@
 // socket talks to this machine's kernel (read-only requests, and requests the kernel refuses).
 
 import { describe, expect, test } from "bun:test";
-import { Errno } from "../../src/platform/libc.ts";
 import {
   addStaticFdbEntry,
   type FdbEntry,
@@ -12,6 +11,7 @@ import {
   listLinks,
   setLinkMac,
 } from "../../src/platform/linux/bridge.ts";
+import { Errno } from "../../src/platform/linux/libc.ts";
 import {
   type AttributeSpan,
   attribute,

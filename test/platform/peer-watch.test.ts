@@ -2,7 +2,7 @@
 // socket pair closes, so softnet asks unix_diag. Same namespace here; the e2e tests cover a VM
 // socket created in another network namespace than softnet's.
 import { expect, test } from "bun:test";
-import { AF_UNIX, libc, SOCK_CLOEXEC, SOCK_DGRAM } from "../../src/platform/libc.ts";
+import { AF_UNIX, libc, SOCK_CLOEXEC, SOCK_DGRAM } from "../../src/platform/linux/libc.ts";
 import { UnixPeerWatch } from "../../src/platform/linux/peer-watch.ts";
 
 function socketPair(): [number, number] {

@@ -12,7 +12,7 @@ afterAll(() => rmSync(workDir, { recursive: true, force: true }));
 const platformDir = resolve(import.meta.dir, "../../src/platform");
 
 const entry = `
-import { EFD_NONBLOCK, libc } from ${JSON.stringify(join(platformDir, "libc.ts"))};
+import { EFD_NONBLOCK, libc } from ${JSON.stringify(join(platformDir, "linux/libc.ts"))};
 import { Reactor } from ${JSON.stringify(join(platformDir, "reactor.ts"))};
 import { epollReactorBackend } from ${JSON.stringify(join(platformDir, "linux/epoll-reactor.ts"))};
 import embeddedSource from ${JSON.stringify(join(platformDir, "linux/epoll-reactor.c"))} with { type: "file" };

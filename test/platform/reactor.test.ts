@@ -6,6 +6,9 @@ import { afterEach, beforeAll, describe, expect, test } from "bun:test";
 import { SoftnetError } from "../../src/errors.ts";
 import { pollReactorBackend } from "../../src/platform/darwin/poll-reactor.ts";
 import { openDarwinSystem } from "../../src/platform/darwin/system.ts";
+import { FrameBatch } from "../../src/platform/link.ts";
+import { DatagramLink } from "../../src/platform/linux/datagram-link.ts";
+import { epollReactorBackend } from "../../src/platform/linux/epoll-reactor.ts";
 import {
   AF_UNIX,
   EFD_CLOEXEC,
@@ -15,10 +18,7 @@ import {
   SOCK_CLOEXEC,
   SOCK_DGRAM,
   SOL_SOCKET,
-} from "../../src/platform/libc.ts";
-import { FrameBatch } from "../../src/platform/link.ts";
-import { DatagramLink } from "../../src/platform/linux/datagram-link.ts";
-import { epollReactorBackend } from "../../src/platform/linux/epoll-reactor.ts";
+} from "../../src/platform/linux/libc.ts";
 import type { ReactorBackend } from "../../src/platform/reactor.ts";
 import { EPOLLIN, Reactor } from "../../src/platform/reactor.ts";
 import { buildDouble, doubleLibraries } from "../darwin/support.ts";

@@ -10,9 +10,9 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, readdirSync, readFileSync, realpathSync } from "node:fs";
 import { resolve } from "node:path";
-import { Errno, lastErrno, libc, O_CLOEXEC, O_NONBLOCK, O_RDWR } from "../../src/platform/libc.ts";
 import { FrameBatch, SendOutcome } from "../../src/platform/link.ts";
 import { epollReactorBackend } from "../../src/platform/linux/epoll-reactor.ts";
+import { Errno, lastErrno, libc, O_CLOEXEC, O_NONBLOCK, O_RDWR } from "../../src/platform/linux/libc.ts";
 import { openTapOnBridge, type TapOnBridge } from "../../src/platform/linux/tap.ts";
 import { Reactor } from "../../src/platform/reactor.ts";
 import { REQUIRED_IN_CI } from "../support/ci.ts";

@@ -17,7 +17,7 @@ import {
   type Outcome,
   SetuidLab,
 } from "../../scripts/release/setuid-attacks.ts";
-import { libc } from "../../src/platform/libc.ts";
+import { libc } from "../../src/platform/linux/libc.ts";
 import { REQUIRED_IN_CI } from "../support/ci.ts";
 import { EtcOverlay } from "../support/etc-overlay.ts";
 import { requireTools } from "../support/tools.ts";

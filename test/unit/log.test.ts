@@ -21,7 +21,7 @@ import { Policy } from "../../src/policy/policy.ts";
 import { Reason } from "../../src/policy/reasons.ts";
 import { RuleTable } from "../../src/policy/rules.ts";
 import { PortForwards } from "../../src/port-forwards.ts";
-import { counterSignalsOf } from "../../src/runtime.ts";
+import { counterSignalsOf } from "../../src/signals.ts";
 import { counterReport, TrafficDirection, type TrafficDirectionCode, UNSENT } from "../../src/stats.ts";
 import { parseIpv4, parseMac } from "../../src/wire/bytes.ts";
 import { DhcpMessageType } from "../../src/wire/dhcp.ts";

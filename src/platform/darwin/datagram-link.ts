@@ -32,8 +32,9 @@
  * with the last frames, and poll will not report the socket again), and peerClosed() lets the
  * caller ask, with getpeername, when no call has seen it.
  */
-import { ptr as ffiPtr, type Pointer } from "bun:ffi";
+import type { Pointer } from "bun:ffi";
 import { SoftnetError } from "../../errors.ts";
+import { checkDatagramSocket, type DatagramSocketProbe, stableAddress } from "../ffi-helpers.ts";
 import { type FrameBatch, type FrameLink, markUnsent, SendOutcome } from "../link.ts";
 import { DarwinSysError, type DarwinSystem } from "./system.ts";
 
@@ -45,11 +46,6 @@ import { DarwinSysError, type DarwinSystem } from "./system.ts";
  */
 const SEND_BUFFER_BYTES = 1 << 20;
 const TWO_TO_32 = 2 ** 32;
-
-function stable(view: NodeJS.TypedArray): number {
-  void view.buffer; // make JavaScriptCore move inline bytes now, so the address stays valid
-  return ffiPtr(view);
-}
 
 /** A FrameLink over a connected AF_UNIX datagram socket, per-frame calls. Owns the fd. */
 export class DarwinDatagramLink implements FrameLink {
@@ -82,7 +78,7 @@ export class DarwinDatagramLink implements FrameLink {
   ) {
     const optionName = options.optionName ?? "--vm-fd";
     const { kernel, libc } = system;
-    checkDatagramSocket(system, fd, optionName);
+    checkDatagramSocket(darwinSocketProbe(system), fd, optionName);
     const value = new Int32Array([SEND_BUFFER_BYTES]);
     if (libc.setsockopt(fd, kernel.SOL_SOCKET, kernel.SO_SNDBUF, value, 4) < 0) {
       throw new SoftnetError(`cannot size the send buffer of ${optionName} ${fd}`, {
@@ -100,7 +96,7 @@ export class DarwinDatagramLink implements FrameLink {
     // [struct msghdr][struct iovec], zeroed: no name, no control data.
     const msghdr = kernel.msghdr;
     this.header = new Uint32Array(new ArrayBuffer(msghdr.bytes + 16));
-    this.headerAddress = stable(this.header);
+    this.headerAddress = stableAddress(this.header);
     const iovecAddress = this.headerAddress + msghdr.bytes;
     this.header[msghdr.iov / 4] = iovecAddress >>> 0;
     this.header[msghdr.iov / 4 + 1] = Math.floor(iovecAddress / TWO_TO_32);
@@ -137,7 +133,7 @@ export class DarwinDatagramLink implements FrameLink {
     }
     const { libc, kernel } = this.system;
     const header = this.header;
-    const base = stable(batch.bytes);
+    const base = stableAddress(batch.bytes);
     const slotSize = batch.slotSize;
     const lengths = batch.lengths;
     const truncated = kernel.MSG_TRUNC;
@@ -181,7 +177,7 @@ export class DarwinDatagramLink implements FrameLink {
   send(batch: FrameBatch, slots: Uint16Array, count: number, outcomes?: Uint8Array): number {
     if (this.gone) return -1;
     const { libc, kernel } = this.system;
-    const base = stable(batch.bytes);
+    const base = stableAddress(batch.bytes);
     const slotSize = batch.slotSize;
     const lengths = batch.lengths;
     let sent = 0;
@@ -243,52 +239,40 @@ function isPeerGone(system: DarwinSystem, errno: number): boolean {
   );
 }
 
-/** Throws a SoftnetError a person can act on unless `fd` is a connected AF_UNIX datagram socket. */
-function checkDatagramSocket(system: DarwinSystem, fd: number, optionName: string): void {
+/**
+ * checkDatagramSocket's calls on macOS. macOS has no SO_DOMAIN: the family comes from the socket's
+ * own address (getsockname).
+ */
+function darwinSocketProbe(system: DarwinSystem): DatagramSocketProbe {
   const { kernel, libc } = system;
-  const hint = "pass one end of socketpair(AF_UNIX, SOCK_DGRAM), as Tart does on fd 0";
-  if (!Number.isInteger(fd) || fd < 0) {
-    throw new SoftnetError(`${optionName} ${fd} is not a file descriptor number`, { hint });
-  }
-  const value = new Int32Array(1);
-  const length = new Uint32Array([4]);
-  if (libc.getsockopt(fd, kernel.SOL_SOCKET, kernel.SO_TYPE, value, length) < 0) {
-    const errno = system.errno();
-    if (errno === kernel.errno.EBADF) {
-      throw new SoftnetError(`${optionName} ${fd} is not an open file descriptor`, { hint });
-    }
-    if (errno === kernel.errno.ENOTSOCK)
-      throw new SoftnetError(`${optionName} ${fd} is not a socket`, { hint });
-    throw new SoftnetError(`cannot inspect ${optionName} ${fd}`, {
-      cause: new DarwinSysError(system, "getsockopt(SO_TYPE)", errno),
-    });
-  }
-  // macOS has no SO_DOMAIN: the family comes from the socket's own address.
-  const address = new Uint8Array(128);
-  const addressLength = new Uint32Array([address.length]);
-  if (libc.getsockname(fd, address, addressLength) < 0) {
-    throw new SoftnetError(`cannot inspect ${optionName} ${fd}`, {
-      cause: new DarwinSysError(system, "getsockname", system.errno()),
-    });
-  }
-  const family = address[kernel.sockaddrFamilyOffset];
-  if (family !== kernel.AF_UNIX || value[0] !== kernel.SOCK_DGRAM) {
-    throw new SoftnetError(
-      `${optionName} ${fd} is not a datagram socket (family ${family}, type ${value[0]})`,
-      { hint },
-    );
-  }
-  // An unconnected socket would fail every send, which would read as "VM gone".
-  addressLength[0] = address.length;
-  if (libc.getpeername(fd, address, addressLength) < 0) {
-    const errno = system.errno();
-    if (errno === kernel.errno.ENOTCONN) {
-      throw new SoftnetError(`${optionName} ${fd} is a datagram socket but is not connected to a peer`, {
-        hint,
-      });
-    }
-    throw new SoftnetError(`cannot inspect ${optionName} ${fd}`, {
-      cause: new DarwinSysError(system, "getpeername", errno),
-    });
-  }
+  return {
+    AF_UNIX: kernel.AF_UNIX,
+    SOCK_DGRAM: kernel.SOCK_DGRAM,
+    EBADF: kernel.errno.EBADF,
+    ENOTSOCK: kernel.errno.ENOTSOCK,
+    ENOTCONN: kernel.errno.ENOTCONN,
+    socketType: (fd) => {
+      const value = new Int32Array(1);
+      const length = new Uint32Array([4]);
+      return libc.getsockopt(fd, kernel.SOL_SOCKET, kernel.SO_TYPE, value, length) < 0
+        ? -system.errno()
+        : value[0]!;
+    },
+    socketFamily: (fd) => {
+      const address = new Uint8Array(128);
+      const addressLength = new Uint32Array([address.length]);
+      return libc.getsockname(fd, address, addressLength) < 0
+        ? -system.errno()
+        : address[kernel.sockaddrFamilyOffset]!;
+    },
+    familyCall: "getsockname",
+    peerError: (fd) => {
+      const address = new Uint8Array(128);
+      const addressLength = new Uint32Array([address.length]);
+      return libc.getpeername(fd, address, addressLength) < 0 ? system.errno() : 0;
+    },
+    callError: (call, errno) => new DarwinSysError(system, call, errno),
+    notASocket: () => "is not a socket",
+    describeSocket: (family, type) => `family ${family}, type ${type}`,
+  };
 }

@@ -20,16 +20,17 @@
  * numbers are the kernel's asm-generic UAPI headers (x86_64 and arm64 share them) and glibc's
  * bits/dlfcn.h. Function prototypes: the macOS SDK headers named beside each group.
  *
- * This module must not import ../libc.ts: that binds glibc by soname when imported and would fail
+ * This module must not import ../linux/libc.ts: that binds glibc by soname when imported and would fail
  * on macOS.
  *
- * Conventions as in libc.ts: every symbol is declared once with its C prototype beside it; ssize_t
+ * Conventions as in linux/libc.ts: every symbol is declared once with its C prototype beside it; ssize_t
  * and `long` results are declared i32 (the values we look at fit, and -1 stays -1); no variadic
  * function is bound, because on macOS arm64 variadic arguments travel on the stack and a fixed
  * declaration would pass them in registers (that rules out fcntl, ioctl and open: the wake-up
  * socket uses MSG_DONTWAIT instead of O_NONBLOCK, and the compiler's source file comes from mkstemp).
  */
 import { CString, dlopen, FFIType, type Pointer, read } from "bun:ffi";
+import { cString } from "../ffi-helpers.ts";
 import { F_ADD_SEALS, type SourceFileCalls } from "../runtime-c.ts";
 
 /** vmnet.framework. On macOS 11+ the file lives in the dyld shared cache; dlopen finds it by this path. */
@@ -48,6 +49,13 @@ export interface DarwinLibraries {
   readonly dispatch: string;
   /** The C library: sockets, dlopen/dlsym, errno, memory, temporary files. */
   readonly libc: string;
+}
+
+/** Where the macOS runtime gets its libraries. Only tests pass anything but the default. */
+export interface DarwinPlatform {
+  libraries: DarwinLibraries;
+  /** Set bootpd's lease time (macOS only; the vmnet double has no bootpd). */
+  configureBootpd: boolean;
 }
 
 /** The real thing; the only set a release build ever opens. */
@@ -626,10 +634,6 @@ export function sourceFileCalls(system: DarwinSystem): SourceFileCalls {
     close: (fd) => libc.close(fd),
     lastError: (call) => new DarwinSysError(system, call, system.errno()),
   };
-}
-
-function cString(text: string): Buffer {
-  return Buffer.from(`${text}\0`, "utf8");
 }
 
 /** A failed C library call: which call, errno and its name, on this kernel's numbering. */

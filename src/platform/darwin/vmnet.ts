@@ -22,12 +22,13 @@
  * bound with the same shapes by edigaryev/vmnet (src/ffi/vmnet.rs), the crate upstream softnet uses;
  * the numeric values of the enums are the ones that crate and QEMU's net/vmnet-common.m agree on.
  */
-import { ptr as ffiPtr, type Pointer } from "bun:ffi";
+import type { Pointer } from "bun:ffi";
 import type { ExposedPort } from "../../cli.ts";
 import { SoftnetError } from "../../errors.ts";
 import type { PortForwardBackend } from "../../port-forwards.ts";
 import { formatIpv4, parseIpv4 } from "../../wire/bytes.ts";
-import { type FrameBatch, type FrameLink, SendOutcome } from "../link.ts";
+import { stableAddress } from "../ffi-helpers.ts";
+import { type FrameBatch, type HostLink, SendOutcome } from "../link.ts";
 import { BlockKind, VmnetBlocks } from "./blocks.ts";
 import {
   type DarwinLibraries,
@@ -170,19 +171,17 @@ export interface VmnetOptions {
   portForwarding?: boolean;
 }
 
-/** A running vmnet interface: a FrameLink for the filter loop and a port-forward backend. */
-export interface VmnetLink extends FrameLink, PortForwardBackend {
+/**
+ * A running vmnet interface: the host link for the filter loop and a port-forward backend. Its
+ * gateway is the interface's first address (vmnet's gateway and DHCP server); its maxFrameSize is
+ * maxPacketSize.
+ */
+export interface VmnetLink extends HostLink, PortForwardBackend {
   readonly mode: "nat" | "host";
   readonly isolate: boolean;
-  /** The interface's first address (vmnet's gateway and DHCP server) as a uint32 in host order. */
-  readonly gateway: number;
   readonly subnetMask: number;
-  readonly prefixLength: number;
-  readonly mtu: number;
   /** vmnet_max_packet_size_key: every receive slot must hold this many bytes. */
   readonly maxPacketSize: number;
-  /** Same as maxPacketSize: the largest frame vmnet delivers (no FCS). */
-  readonly maxFrameSize: number;
   /** Packets per vmnet_read / vmnet_write call (vmnet's limit, or fallbackMaxPackets). */
   readonly readMaxPackets: number;
   readonly writeMaxPackets: number;
@@ -234,7 +233,7 @@ class PacketVectors {
     const memory = new ArrayBuffer(capacity * 2 * (VMPKTDESC_BYTES + IOVEC_BYTES));
     this.words = new Uint32Array(memory);
     void this.words.buffer;
-    const base = ptrOf(this.words);
+    const base = stableAddress(this.words);
     this.readDescriptors = base;
     this.writeDescriptors = base + capacity * VMPKTDESC_BYTES;
     this.firstWriteDescriptorWord = (capacity * VMPKTDESC_BYTES) / 4;
@@ -265,11 +264,6 @@ class PacketVectors {
     this.words[word] = address >>> 0;
     this.words[word + 1] = Math.floor(address / TWO_TO_32);
   }
-}
-
-function ptrOf(view: NodeJS.TypedArray): number {
-  void view.buffer; // see libc.ts stableAddress: make JavaScriptCore move inline bytes now, not later
-  return ffiPtr(view);
 }
 
 /**
@@ -371,10 +365,10 @@ class Vmnet implements VmnetLink {
   ) {
     this.pollFd = native.wakeRead;
     this.maxFrameSize = maxPacketSize;
-    this.packetCountAddress = ptrOf(this.packetCount);
+    this.packetCountAddress = stableAddress(this.packetCount);
     this.chunkSlots = new Uint16Array(writeMaxPackets);
-    this.forwardAddressPointer = ptrOf(this.forwardAddress);
-    this.scratchAddress = ptrOf(this.scratch);
+    this.forwardAddressPointer = stableAddress(this.forwardAddress);
+    this.scratchAddress = stableAddress(this.scratch);
     this.wakeFlags = system.kernel.MSG_DONTWAIT;
     this.description = `vmnet ${mode === "nat" ? "shared (NAT)" : "host"} interface ${formatIpv4(gateway)}/${prefixLength}`;
   }
@@ -826,7 +820,7 @@ class Vmnet implements VmnetLink {
   private vectorsFor(batch: FrameBatch): PacketVectors {
     // One native call per batch operation re-checks that the batch's bytes have not moved since the
     // vectors were built; normally the cached vectors are used as they are.
-    const bytesAddress = ptrOf(batch.bytes);
+    const bytesAddress = stableAddress(batch.bytes);
     let vectors = this.vectors;
     if (vectors === undefined || vectors.batch !== batch) vectors = this.vectorsByBatch.get(batch);
     if (vectors === undefined || vectors.bytesAddress !== bytesAddress) {

@@ -15,7 +15,7 @@ import { dirname } from "node:path";
 import { type BridgeAcl, decideBridge, parseBridgeAcl, type VmCap, vmCapFor } from "../../bridge-acl.ts";
 import type { Caller } from "../../caller.ts";
 import { SoftnetError } from "../../errors.ts";
-import { O_CLOEXEC } from "../libc.ts";
+import { O_CLOEXEC } from "./libc.ts";
 
 /** Where the administrator lists the bridges non-root callers may use. */
 export const BRIDGE_ACL_PATH = "/etc/softnet/bridge.conf";

@@ -38,7 +38,7 @@
 import { readFileSync } from "node:fs";
 import { SoftnetError } from "../../errors.ts";
 import { formatMac } from "../../wire/bytes.ts";
-import { Errno } from "../libc.ts";
+import { Errno } from "./libc.ts";
 import {
   attribute,
   findAttribute,

@@ -15,6 +15,8 @@
 import type { Pointer } from "bun:ffi";
 import { readlinkSync } from "node:fs";
 import { SoftnetError } from "../../errors.ts";
+import { checkDatagramSocket, type DatagramSocketProbe, stableAddress } from "../ffi-helpers.ts";
+import { type FrameBatch, type FrameLink, markUnsent, SendOutcome } from "../link.ts";
 import {
   AF_UNIX,
   Errno,
@@ -29,9 +31,7 @@ import {
   SOCK_DGRAM,
   SOL_SOCKET,
   SysError,
-  stableAddress,
-} from "../libc.ts";
-import { type FrameBatch, type FrameLink, markUnsent, SendOutcome } from "../link.ts";
+} from "./libc.ts";
 
 /**
  * Our send buffer bounds how many frames can wait in the kernel for the VM to read them: Linux
@@ -136,7 +136,7 @@ export class DatagramLink implements FrameLink {
    */
   constructor(fd: number, options: { optionName?: string } = {}) {
     const optionName = options.optionName ?? "--vm-fd";
-    checkDatagramSocket(fd, optionName);
+    checkDatagramSocket(linuxSocketProbe, fd, optionName);
     const sendBuffer = new Int32Array([SEND_BUFFER_BYTES]);
     if (libc.setsockopt(fd, SOL_SOCKET, SO_SNDBUF, sendBuffer, 4) < 0) {
       throw new SoftnetError(`cannot size the send buffer of ${optionName} ${fd}`, {
@@ -274,60 +274,32 @@ const socketFamilies: Record<number, string> = {
 };
 const socketTypes: Record<number, string> = { 1: "stream", 2: "datagram", 3: "raw", 5: "seqpacket" };
 
-/** Throws a SoftnetError that a person can act on unless `fd` is a connected AF_UNIX datagram socket. */
-function checkDatagramSocket(fd: number, optionName: string): void {
-  const hint = "pass one end of socketpair(AF_UNIX, SOCK_DGRAM), as Tart does on fd 0";
-  if (!Number.isInteger(fd) || fd < 0) {
-    throw new SoftnetError(`${optionName} ${fd} is not a file descriptor number`, { hint });
-  }
+/** checkDatagramSocket's calls on Linux: SO_DOMAIN gives the family, /proc names a non-socket. */
+const linuxSocketProbe: DatagramSocketProbe = {
+  AF_UNIX,
+  SOCK_DGRAM,
+  EBADF: Errno.EBADF,
+  ENOTSOCK: Errno.ENOTSOCK,
+  ENOTCONN: Errno.ENOTCONN,
+  socketType: (fd) => socketOption(fd, SO_TYPE),
+  socketFamily: (fd) => socketOption(fd, SO_DOMAIN),
+  familyCall: "getsockopt(SO_DOMAIN)",
+  peerError: (fd) => {
+    const address = new Uint8Array(112);
+    const addressLength = new Uint32Array([address.length]);
+    return libc.getpeername(fd, address, addressLength) < 0 ? lastErrno() : 0;
+  },
+  callError: (call, errno) => new SysError(call, errno),
+  notASocket: (fd) => `is not a datagram socket (it is ${describeFd(fd)})`,
+  describeSocket: (family, type) =>
+    `it is an ${socketFamilies[family] ?? `family ${family}`} ${socketTypes[type] ?? `type ${type}`} socket`,
+};
+
+/** getsockopt(fd, SOL_SOCKET, option) for an int option: its value, or -errno. */
+function socketOption(fd: number, option: number): number {
   const value = new Int32Array(1);
-  const length = new Uint32Array(1);
-  const getOption = (option: number): number => {
-    length[0] = 4;
-    return libc.getsockopt(fd, SOL_SOCKET, option, value, length) < 0 ? -lastErrno() : value[0]!;
-  };
-  const type = getOption(SO_TYPE);
-  if (type === -Errno.EBADF) {
-    throw new SoftnetError(`${optionName} ${fd} is not an open file descriptor`, { hint });
-  }
-  if (type === -Errno.ENOTSOCK) {
-    throw new SoftnetError(`${optionName} ${fd} is not a datagram socket (it is ${describeFd(fd)})`, {
-      hint,
-    });
-  }
-  if (type < 0) {
-    throw new SoftnetError(`cannot inspect ${optionName} ${fd}`, {
-      cause: new SysError("getsockopt(SO_TYPE)", -type),
-    });
-  }
-  const family = getOption(SO_DOMAIN);
-  if (family < 0) {
-    throw new SoftnetError(`cannot inspect ${optionName} ${fd}`, {
-      cause: new SysError("getsockopt(SO_DOMAIN)", -family),
-    });
-  }
-  if (family !== AF_UNIX || type !== SOCK_DGRAM) {
-    const familyName = socketFamilies[family] ?? `family ${family}`;
-    const typeName = socketTypes[type] ?? `type ${type}`;
-    throw new SoftnetError(
-      `${optionName} ${fd} is not a datagram socket (it is an ${familyName} ${typeName} socket)`,
-      { hint },
-    );
-  }
-  // An unconnected socket would fail every send with ENOTCONN, which means "VM gone" to us.
-  const address = new Uint8Array(112);
-  const addressLength = new Uint32Array([address.length]);
-  if (libc.getpeername(fd, address, addressLength) < 0) {
-    const errno = lastErrno();
-    if (errno === Errno.ENOTCONN) {
-      throw new SoftnetError(`${optionName} ${fd} is a datagram socket but is not connected to a peer`, {
-        hint,
-      });
-    }
-    throw new SoftnetError(`cannot inspect ${optionName} ${fd}`, {
-      cause: new SysError("getpeername", errno),
-    });
-  }
+  const length = new Uint32Array([4]);
+  return libc.getsockopt(fd, SOL_SOCKET, option, value, length) < 0 ? -lastErrno() : value[0]!;
 }
 
 /** What an fd refers to, as /proc shows it: "/dev/pts/0", "pipe:[1234]", "anon_inode:[eventfd]". */

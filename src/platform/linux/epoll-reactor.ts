@@ -2,7 +2,7 @@
  * The Linux native reactor: a thread blocked in epoll_wait on EPOLLONESHOT registrations (see
  * epoll-reactor.c and the generic Reactor in ../reactor.ts).
  */
-import { Errno, functionAddress, lastSysError, libc, pthread, SysError } from "../libc.ts";
+
 import { NATIVE_REACTOR_SYMBOLS, type NativeReactor, type ReactorBackend } from "../reactor.ts";
 import {
   compileSealedSource,
@@ -13,6 +13,7 @@ import {
 } from "../runtime-c.ts";
 // `type: "file"` makes `bun build --compile` embed the C source; the import is its path.
 import reactorSourcePath from "./epoll-reactor.c" with { type: "file" };
+import { Errno, functionAddress, lastSysError, libc, pthread, SysError } from "./libc.ts";
 
 let compiled: NativeReactor | undefined;
 

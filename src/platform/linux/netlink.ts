@@ -29,7 +29,7 @@ import {
   MSG_TRUNC,
   SOCK_CLOEXEC,
   SysError,
-} from "../libc.ts";
+} from "./libc.ts";
 
 // include/uapi/linux/netlink.h
 export const NETLINK_ROUTE = 0;

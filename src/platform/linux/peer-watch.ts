@@ -13,7 +13,7 @@
  * still root, in the VM socket's own namespace (SIOCGSKNS gives it), then kept for the run.
  */
 import { fstatSync } from "node:fs";
-import { CLONE_NEWNET, libc, MSG_DONTWAIT, O_CLOEXEC } from "../libc.ts";
+import { CLONE_NEWNET, libc, MSG_DONTWAIT, O_CLOEXEC } from "./libc.ts";
 import {
   attribute,
   findAttribute,

@@ -34,8 +34,8 @@
 import { CString, type Pointer, read } from "bun:ffi";
 import { readFileSync } from "node:fs";
 import type { ExposedPort } from "../../cli.ts";
-import { AF_INET, Errno, lastSysError, libc, SOCK_CLOEXEC, SOCK_STREAM } from "../libc.ts";
 import { holdExposedPorts as bindExposedPorts, type HeldPorts, type PortBindCalls } from "../port-hold.ts";
+import { AF_INET, Errno, lastSysError, libc, SOCK_CLOEXEC, SOCK_STREAM } from "./libc.ts";
 
 /** The bind check of ../port-hold.ts on glibc, naming a refused port's holder from /proc/net/tcp. */
 export const linuxPortBindCalls: PortBindCalls = {

@@ -15,7 +15,7 @@
  * u32 flags, u32 change = 16 bytes), include/uapi/linux/if_link.h (IFLA_MASTER 10, u32), and
  * net/core/rtnetlink.c rtnl_getlink (ENODEV when no interface has the index).
  */
-import { Errno, libc, MSG_DONTWAIT } from "../libc.ts";
+import { Errno, libc, MSG_DONTWAIT } from "./libc.ts";
 import {
   attribute,
   findAttribute,

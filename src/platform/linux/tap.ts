@@ -27,20 +27,8 @@ import type { Pointer } from "bun:ffi";
 import { SoftnetError } from "../../errors.ts";
 import { isInterfaceName } from "../../interface-name.ts";
 import { formatMac } from "../../wire/bytes.ts";
-import {
-  AF_INET,
-  Errno,
-  lastErrno,
-  libc,
-  O_CLOEXEC,
-  O_NONBLOCK,
-  O_RDWR,
-  SOCK_CLOEXEC,
-  SOCK_DGRAM,
-  SysError,
-  stableAddress,
-} from "../libc.ts";
-import { type FrameBatch, type FrameLink, markUnsent, SendOutcome, type SendOutcomeCode } from "../link.ts";
+import { stableAddress } from "../ffi-helpers.ts";
+import { type FrameBatch, type HostLink, markUnsent, SendOutcome, type SendOutcomeCode } from "../link.ts";
 import {
   type Link,
   listLinks,
@@ -53,10 +41,28 @@ import {
   refuseMacInUse,
   setLinkMac,
 } from "./bridge.ts";
+import {
+  AF_INET,
+  Errno,
+  lastErrno,
+  libc,
+  O_CLOEXEC,
+  O_NONBLOCK,
+  O_RDWR,
+  SOCK_CLOEXEC,
+  SOCK_DGRAM,
+  SysError,
+} from "./libc.ts";
 import { NETLINK_ROUTE, NetlinkSocket } from "./netlink.ts";
 
-/** A TAP port on a bridge, plus what softnet needs to know about the bridge's network. */
-export interface TapOnBridge extends FrameLink {
+/**
+ * A TAP port on a bridge, plus what softnet needs to know about the bridge's network. As a HostLink:
+ * the gateway is the bridge's IPv4 address (e.g. 0xc0a86401) and prefixLength its subnet's; mtu is
+ * the bridge's MTU, which the TAP was given too; maxFrameSize is mtu + 14 (Ethernet header, no
+ * FCS). VLAN-tagged frames could be 4 bytes longer, but the port is untagged and softnet drops
+ * 802.1Q frames anyway, so batch slots of maxFrameSize bytes suffice.
+ */
+export interface TapOnBridge extends HostLink {
   /** The TAP's interface name, e.g. "sn1a2b3c". */
   readonly name: string;
   /** The TAP's interface index. */
@@ -65,18 +71,6 @@ export interface TapOnBridge extends FrameLink {
   readonly bridge: string;
   /** The bridge's interface index: a bridge deleted and created again under its name has another. */
   readonly bridgeIndex: number;
-  /** The bridge's IPv4 address (the VM's gateway) as a uint32 in host order, e.g. 0xc0a86401. */
-  readonly gateway: number;
-  /** Prefix length of the bridge's IPv4 subnet, e.g. 24. */
-  readonly prefixLength: number;
-  /** The bridge's MTU, which the TAP was given too. */
-  readonly mtu: number;
-  /**
-   * Largest frame the TAP delivers: mtu + 14 (Ethernet header, no FCS). VLAN-tagged frames could
-   * be 4 bytes longer, but the port is untagged and softnet drops 802.1Q frames anyway, so batch
-   * slots of maxFrameSize bytes suffice.
-   */
-  readonly maxFrameSize: number;
   /** The TAP's own MAC, fe:xx:xx:xx:xx:xx (not the VM's: that one is pinned to the port). */
   readonly tapMac: number;
   /** What softnet changed on the bridge itself, for the log (empty when nothing). */

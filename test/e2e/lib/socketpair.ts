@@ -1,7 +1,7 @@
 // A socketpair(AF_UNIX, SOCK_DGRAM) through bun:ffi: Bun has no API for it, and the e2e tests
 // need exactly what Tart creates — one datagram per Ethernet frame — to hand one end to the
 // guest's relay and the other to the forwarder under test. The lead may swap this for
-// src/platform/libc.ts once that exists.
+// src/platform/linux/libc.ts once that exists.
 import { dlopen, FFIType, read } from "bun:ffi";
 
 const AF_UNIX = 1;

@@ -11,7 +11,7 @@
  * Linux only for now; macOS has no setresuid and needs its own sequence.
  */
 import { readFileSync } from "node:fs";
-import { SoftnetError } from "../errors.ts";
+import { SoftnetError } from "../../errors.ts";
 import {
   checkNotRootByMistake,
   type DropTarget,
@@ -19,7 +19,7 @@ import {
   identityCallsFrom,
   setTargetGroups,
   verifyGroups,
-} from "./identity.ts";
+} from "../identity.ts";
 import { lastSysError, libc, type SysError } from "./libc.ts";
 
 /** glibc's identity calls for the portable parts (identity.ts). */

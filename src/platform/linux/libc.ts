@@ -12,7 +12,7 @@
  *   in the same registers as named ones, so a fixed declaration is ABI-compatible there. It is NOT
  *   on macOS arm64, where variadic arguments go on the stack.
  */
-import { dlopen, FFIType, type Pointer, ptr, read } from "bun:ffi";
+import { dlopen, FFIType, type Pointer, read } from "bun:ffi";
 
 /**
  * glibc's soname. Bun itself is dynamically linked against it, so the loader already has this
@@ -211,23 +211,6 @@ export class SysError extends Error {
 /** SysError for the call that just failed; reads errno, so call it first thing after the failure. */
 export function lastSysError(syscall: string): SysError {
   return new SysError(syscall, lastErrno());
-}
-
-/**
- * The address of a typed array's bytes, for memory the kernel will read or write later through a
- * pointer stored in another structure (an iovec). JavaScriptCore keeps small typed arrays (under
- * ~4 KiB) inline and moves their bytes into a new ArrayBuffer the first time anything reads
- * `.buffer`, which would leave such a pointer dangling (measured on Bun 1.4.5). Reading `.buffer`
- * first makes that move happen now; afterwards the bytes stay put while the array is alive.
- */
-export function stableAddress(view: NodeJS.TypedArray): number {
-  void view.buffer;
-  return ptr(view);
-}
-
-/** A NUL-terminated copy of `text` for `const char *` arguments that must outlive a call. */
-export function cString(text: string): Buffer {
-  return Buffer.from(`${text}\0`, "utf8");
 }
 
 // Constants from the Linux UAPI headers (same values on x86_64 and arm64).

@@ -242,14 +242,27 @@ export function parseFirewallBlockAll(text: string): boolean | undefined {
 }
 
 /**
- * `--getappblocked /usr/libexec/bootpd`: the answer names the application as permitted or blocked,
- * or "The application is not part of the firewall" (the wording quoted in lima-vm/socket_vmnet#51).
+ * bootpd's entry in `--listapps`: the list prints each application as a line `N : <path>`, followed
+ * by a line with its verdict in parentheses, `( Allow incoming connections )` or `( Block incoming
+ * connections )`. Read from the list, not from `--getappblocked`: that subcommand answers
+ * "permitted" for a path the firewall has never heard of, so it cannot tell an allowed entry from a
+ * missing one (observed and worked around the same way by two independent public tools; on older
+ * releases it said "The application is not part of the firewall", as quoted in
+ * lima-vm/socket_vmnet#51). undefined when the entry is there but its verdict line is not.
  */
-export function parseFirewallAppState(text: string): "permitted" | "blocked" | "absent" | undefined {
-  if (/not part of the firewall/i.test(text)) return "absent";
-  if (/\bis blocked\b|\bblocked\b/i.test(text) && !/not blocked/i.test(text)) return "blocked";
-  if (/permitted|not blocked/i.test(text)) return "permitted";
-  return undefined;
+export function parseFirewallAppList(
+  text: string,
+  path: string,
+): "permitted" | "blocked" | "absent" | undefined {
+  const lines = text.split("\n", 10_000).map((line) => line.trim());
+  for (let index = 0; index < lines.length; index++) {
+    const entry = /^\d+\s*:\s*(.+)$/.exec(lines[index]!);
+    if (entry === null || entry[1]!.trim() !== path) continue;
+    const verdict = /^\(\s*(allow|block)/i.exec(lines[index + 1] ?? "");
+    if (verdict === null) return undefined;
+    return verdict[1]!.toLowerCase() === "block" ? "blocked" : "permitted";
+  }
+  return "absent";
 }
 
 /**

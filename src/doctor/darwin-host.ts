@@ -20,7 +20,7 @@ import {
   type LeaseFile,
   leaseCensus,
   parseFirewallAllowsBuiltIn,
-  parseFirewallAppState,
+  parseFirewallAppList,
   parseFirewallBlockAll,
   parseFirewallGlobalState,
   parseLaunchctlPrint,
@@ -49,7 +49,7 @@ export type HostFile = "leases" | "firewall-managed";
 export type HostCommand =
   | "firewall-global"
   | "firewall-blockall"
-  | "firewall-bootpd"
+  | "firewall-apps"
   | "firewall-allowsigned"
   | "routes"
   | "bootpd-service"
@@ -64,7 +64,7 @@ const FILES: Record<HostFile, string> = {
 export const HOST_COMMANDS: Record<HostCommand, readonly string[]> = {
   "firewall-global": [SOCKETFILTERFW, "--getglobalstate"],
   "firewall-blockall": [SOCKETFILTERFW, "--getblockall"],
-  "firewall-bootpd": [SOCKETFILTERFW, "--getappblocked", BOOTPD],
+  "firewall-apps": [SOCKETFILTERFW, "--listapps"],
   "firewall-allowsigned": [SOCKETFILTERFW, "--getallowsigned"],
   routes: ["/usr/sbin/netstat", "-rn", "-f", "inet"],
   "bootpd-service": ["/bin/launchctl", "print", "system/com.apple.bootpd"],
@@ -230,12 +230,12 @@ export async function hostChecks(
     const [global, blockAll, app, signed] = await Promise.all([
       reader.run("firewall-global"),
       reader.run("firewall-blockall"),
-      reader.run("firewall-bootpd"),
+      reader.run("firewall-apps"),
       reader.run("firewall-allowsigned"),
     ]);
     const state = parseFirewallGlobalState(global.stdout);
     const blocksAll = parseFirewallBlockAll(blockAll.stdout);
-    const bootpd = parseFirewallAppState(app.stdout);
+    const bootpd = app.code === 0 ? parseFirewallAppList(app.stdout, BOOTPD) : undefined;
     const builtIn = parseFirewallAllowsBuiltIn(signed.stdout);
     const managed = reader.readFile("firewall-managed").kind === "text";
     const values: Record<string, CheckValue> = {

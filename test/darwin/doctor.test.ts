@@ -249,7 +249,7 @@ describe("softnet doctor's macOS path against the vmnet double", () => {
     expect(wedged.checks["darwin.subnet.routes"]!.values!.subnet).toBe("10.78.0.0/24");
     // A firewall that blocks bootpd is named in the DHCP line's advice instead.
     const blocked = await doctorOnDouble({
-      double: ["--double-bridge", "brnobootpd", ...scenario({ bootpd: "firewall-bootpd.blocked" })],
+      double: ["--double-bridge", "brnobootpd", ...scenario({ bootpd: "firewall-apps.blocked" })],
       doctor: ["--dhcp-timeout", "2"],
     });
     expect(blocked.checks["darwin.dhcp"]!.advice).toContain("the firewall blocks bootpd");
@@ -266,7 +266,7 @@ describe("softnet doctor's macOS path against the vmnet double", () => {
         "--double-bridge",
         topology.bridge,
         ...scenario({
-          bootpd: "firewall-bootpd.blocked",
+          bootpd: "firewall-apps.blocked",
           leases: { text: fullLeaseFile(253, 0x685bf986) },
           routes: "routes.vpn",
         }),

@@ -35,7 +35,7 @@ export const HEALTHY: Required<Omit<HostScenario, "leases" | "routes">> & {
   managed: false,
   global: "firewall-global.on",
   blockall: "firewall-blockall.off",
-  bootpd: "firewall-bootpd.permitted",
+  bootpd: "firewall-apps.permitted",
   allowsigned: "firewall-allowsigned.enabled",
   routes: "routes.plain",
   service: "running",
@@ -60,7 +60,7 @@ export function fixtureReader(overrides: HostScenario = {}): DarwinHostReader {
   const outputs: Record<HostCommand, () => { code: number; stdout: string; stderr: string }> = {
     "firewall-global": () => ({ code: 0, stdout: fixture(scenario.global), stderr: "" }),
     "firewall-blockall": () => ({ code: 0, stdout: fixture(scenario.blockall), stderr: "" }),
-    "firewall-bootpd": () => ({ code: 0, stdout: fixture(scenario.bootpd), stderr: "" }),
+    "firewall-apps": () => ({ code: 0, stdout: fixture(scenario.bootpd), stderr: "" }),
     "firewall-allowsigned": () => ({ code: 0, stdout: fixture(scenario.allowsigned), stderr: "" }),
     routes: () => ({ code: 0, stdout: text(scenario.routes), stderr: "" }),
     "bootpd-service": () =>

@@ -10,7 +10,7 @@ import {
   leaseCensus,
   normaliseHardwareAddress,
   parseFirewallAllowsBuiltIn,
-  parseFirewallAppState,
+  parseFirewallAppList,
   parseFirewallBlockAll,
   parseFirewallGlobalState,
   parseLaunchctlPrint,
@@ -95,10 +95,20 @@ describe("socketfilterfw, plutil, netstat and launchctl answers", () => {
     expect(parseFirewallBlockAll(fixture("firewall-blockall.on"))).toBe(true);
     expect(parseFirewallBlockAll(fixture("firewall-blockall.off"))).toBe(false);
     expect(parseFirewallBlockAll("")).toBeUndefined();
-    expect(parseFirewallAppState(fixture("firewall-bootpd.permitted"))).toBe("permitted");
-    expect(parseFirewallAppState(fixture("firewall-bootpd.blocked"))).toBe("blocked");
-    expect(parseFirewallAppState(fixture("firewall-bootpd.absent"))).toBe("absent");
-    expect(parseFirewallAppState("")).toBeUndefined();
+    const bootpd = "/usr/libexec/bootpd";
+    expect(parseFirewallAppList(fixture("firewall-apps.permitted"), bootpd)).toBe("permitted");
+    expect(parseFirewallAppList(fixture("firewall-apps.blocked"), bootpd)).toBe("blocked");
+    // Not in the list: absent, though --getappblocked would have said "permitted" for it.
+    expect(parseFirewallAppList(fixture("firewall-apps.absent"), bootpd)).toBe("absent");
+    expect(parseFirewallAppList("", bootpd)).toBe("absent");
+    // A path that only contains bootpd's is another application.
+    expect(
+      parseFirewallAppList("1 : /usr/libexec/bootpd-helper\n ( Block incoming connections )\n", bootpd),
+    ).toBe("absent");
+    // The entry without its verdict line: unknown, not a guess.
+    expect(
+      parseFirewallAppList("ALF: total number of apps = 1 \n\n1 : /usr/libexec/bootpd \n", bootpd),
+    ).toBeUndefined();
     expect(parseFirewallAllowsBuiltIn(fixture("firewall-allowsigned.enabled"))).toBe(true);
     expect(parseFirewallAllowsBuiltIn(fixture("firewall-allowsigned.disabled"))).toBe(false);
   });
@@ -186,20 +196,20 @@ describe("each cause is named, with what to do", () => {
   });
 
   test("the firewall blocks bootpd: add and unblock; managed: a profile entry", async () => {
-    const blocked = await run({ bootpd: "firewall-bootpd.blocked" }, { dhcpUnanswered: true });
+    const blocked = await run({ bootpd: "firewall-apps.blocked" }, { dhcpUnanswered: true });
     expect(blocked.get("darwin.firewall").status).toBe("problem");
     expect(blocked.get("darwin.firewall").advice).toContain("--add /usr/libexec/bootpd");
     expect(blocked.get("darwin.firewall").advice).toContain("--unblock /usr/libexec/bootpd");
     expect(blocked.causes).toContain("the firewall blocks bootpd");
-    const managed = await run({ bootpd: "firewall-bootpd.blocked", managed: true });
+    const managed = await run({ bootpd: "firewall-apps.blocked", managed: true });
     expect(managed.get("darwin.firewall").advice).toContain("com.apple.security.firewall");
     const absent = await run({
-      bootpd: "firewall-bootpd.absent",
+      bootpd: "firewall-apps.absent",
       allowsigned: "firewall-allowsigned.disabled",
     });
     expect(absent.get("darwin.firewall").status).toBe("problem");
     // macOS 15: no entry of its own, allowed as built-in signed software.
-    const builtIn = await run({ bootpd: "firewall-bootpd.absent" });
+    const builtIn = await run({ bootpd: "firewall-apps.absent" });
     expect(builtIn.get("darwin.firewall").status).toBe("ok");
   });
 

@@ -130,13 +130,8 @@ export class FilterLoop {
   }
 
   /**
-   * Moves up to `budget` frames from the VM to the host. Returns true when frames came (the budget
-   * ran out, or the socket emptied while traffic flowed): call again soon, after the event loop's
-   * other work. Returns false only when a receive found nothing: the link is drained and quiet, and
-   * its readiness may be re-armed. So a busy link is read again straight from the event loop
-   * instead of through a readiness wake-up per burst (the reactor thread's hand-off is what lost
-   * frames at the TAP's queue), at the cost of one empty receive when a burst ends; an idle link
-   * costs nothing.
+   * Moves up to `budget` frames from the VM to the host. Returns true when the budget ran out
+   * before the VM socket was empty (call again soon), false when it is drained.
    */
   drainFromVm(budget: number): boolean {
     const { vm, host, vmBatch: batch, policy, clock } = this.options;
@@ -144,7 +139,7 @@ export class FilterLoop {
     let handled = 0;
     while (handled < budget && !this.stopped) {
       const received = this.receive(vm, batch);
-      if (received <= 0) return handled > 0 && !this.stopped;
+      if (received <= 0) return false;
       const now = clock();
       let accepted = 0;
       let replies = 0;
@@ -165,19 +160,19 @@ export class FilterLoop {
       this.record(TrafficDirection.FROM_VM, batch, received, slots, accepted);
       if (replies > 0 && !this.sendReplies(replies)) return false;
       handled += received;
-      if (received < batch.capacity) return !this.stopped; // emptied while traffic flows: look again
+      if (received < batch.capacity) return false;
     }
     return !this.stopped;
   }
 
-  /** Moves up to `budget` frames from the host to the VM, snooping DHCP on the way (see drainFromVm). */
+  /** Moves up to `budget` frames from the host to the VM, snooping DHCP on the way. */
   drainFromHost(budget: number): boolean {
     const { vm, host, hostBatch: batch, policy, clock } = this.options;
     const slots = this.hostSlots;
     let handled = 0;
     while (handled < budget && !this.stopped) {
       const received = this.receive(host, batch);
-      if (received <= 0) return handled > 0 && !this.stopped;
+      if (received <= 0) return false;
       const now = clock();
       let accepted = 0;
       for (let slot = 0; slot < received; slot++) {
@@ -194,7 +189,7 @@ export class FilterLoop {
       }
       this.record(TrafficDirection.FROM_HOST, batch, received, slots, accepted);
       handled += received;
-      if (received < batch.capacity) return !this.stopped; // emptied while traffic flows: look again
+      if (received < batch.capacity) return false;
     }
     return !this.stopped;
   }

@@ -120,7 +120,7 @@ describe("the loop with --reject", () => {
     const { vm, host, loop } = setup({ reject: true, block: ["10.99.0.0/24"] });
     const allowed = tcpFrame({ dst: "8.8.8.8", dport: 443 });
     vm.incoming.push(SYN, allowed, DATAGRAM);
-    loop.drainFromVm(1024);
+    expect(loop.drainFromVm(1024)).toBe(false);
     expect(host.sent).toEqual([allowed]);
     expect(vm.sent).toEqual([RESET, PROHIBITED]);
     expect(loop.traffic.rejectsSent[Reason.BLOCKED_BY_RULE]).toBe(2);

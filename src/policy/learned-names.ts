@@ -8,7 +8,6 @@
  * countForwarded, countDropped, nameOf) read one Map by a number key and write numbers in place:
  * they allocate nothing. Learning runs once per DNS answer.
  */
-import { formatIpv4 } from "../wire/bytes.ts";
 import { addressesForQuestion, type DnsMessage } from "../wire/dns.ts";
 import { isGlobal } from "./address.ts";
 import type { NamePatterns } from "./name-patterns.ts";
@@ -266,10 +265,4 @@ export class LearnedNames {
     record.addresses.delete(stalest.address);
     this.byAddress.delete(stalest.address);
   }
-}
-
-/** An address with the name an answer gave it, for logs: `140.82.112.3 (github.com)`. */
-export function describeAddress(learned: LearnedNames | undefined, address: number): string {
-  const name = learned?.nameOf(address);
-  return name === undefined ? formatIpv4(address) : `${formatIpv4(address)} (${name})`;
 }

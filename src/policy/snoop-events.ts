@@ -15,17 +15,17 @@ export type SnoopEvent =
 export const LEASE_GRANTED: SnoopEvent = Object.freeze({ kind: "lease-granted" });
 export const LEASE_REFUSED: SnoopEvent = Object.freeze({ kind: "lease-refused" });
 
-/** Events kept between two drains at most; beyond it they are counted, not kept. */
+/**
+ * Events kept between two drains at most. The loop drains after every batch from the host (at most
+ * one event per frame, batches far smaller than this), so the cap only bounds memory against a bug.
+ */
 const MAX_PENDING = 1024;
 
 export class SnoopEvents {
   private readonly pending: SnoopEvent[] = [];
-  /** Events that did not fit between two drains. */
-  lost = 0;
 
   push(event: SnoopEvent): void {
     if (this.pending.length < MAX_PENDING) this.pending.push(event);
-    else this.lost++;
   }
 
   get size(): number {

@@ -22,19 +22,23 @@
 
 import { readFileSync, writeFileSync } from "node:fs";
 import { availableParallelism, cpus, release } from "node:os";
-import { FrameBench } from "./bench/frames.ts";
+import { DIRECTIONS, type Direction, FrameBench } from "./bench/frames.ts";
 import { GuestTcpBench } from "./bench/guest-tcp.ts";
 import { header, judge, type Machine, type Report, render } from "./bench/report.ts";
 import { StartupBench } from "./bench/startup.ts";
 import { compilePrograms, Resources } from "./bench/system.ts";
 
 const USAGE = `usage: bun scripts/bench.ts [--quick] [--json PATH] [--skip-tcp] [--skip-capture] [--pin] [--release PATH]
+       [--direction vm-to-host|host-to-vm] [--repetitions N] [--skip-names]
   --quick      smoke run: one 1 s run per cell, 1 s idle, 1 s iperf3 (proves the benchmark still runs)
   --json PATH  also write the results as JSON to PATH
   --skip-tcp   leave out the iperf3 section (which needs the e2e tools: scripts/e2e-deps.sh)
   --skip-capture  leave out the softnet --capture runs (the cost of capturing every frame)
   --pin        generator on CPU 0, forwarder on CPU 1 (taskset); by default the scheduler places them
-  --release PATH  measure this softnet binary instead of building the release one`;
+  --release PATH  measure this softnet binary instead of building the release one
+  --direction D   measure only this direction's cells (to study one direction; the other's ratios are left out)
+  --repetitions N  runs per cell and forwarder (default 5, --quick 1)
+  --skip-names  leave out softnet with 1000 learned names (the cost of --allow <name>)`;
 
 interface Options {
   quick: boolean;
@@ -43,10 +47,20 @@ interface Options {
   skipCapture: boolean;
   pin: boolean;
   release?: string;
+  directions: Direction[];
+  repetitions?: number;
+  skipNames: boolean;
 }
 
 function parseArgs(argv: string[]): Options {
-  const options: Options = { quick: false, skipTcp: false, skipCapture: false, pin: false };
+  const options: Options = {
+    quick: false,
+    skipTcp: false,
+    skipCapture: false,
+    pin: false,
+    directions: DIRECTIONS,
+    skipNames: false,
+  };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
     if (arg === "--quick") options.quick = true;
@@ -56,6 +70,12 @@ function parseArgs(argv: string[]): Options {
     else if (arg === "--json" && argv[i + 1] !== undefined) options.json = argv[++i];
     else if (arg.startsWith("--json=")) options.json = arg.slice("--json=".length);
     else if (arg === "--release" && argv[i + 1] !== undefined) options.release = argv[++i];
+    else if (arg === "--skip-names") options.skipNames = true;
+    else if (arg === "--direction" && DIRECTIONS.includes(argv[i + 1] as Direction)) {
+      options.directions = [argv[++i] as Direction];
+    } else if (arg === "--repetitions" && /^[1-9]\d?$/.test(argv[i + 1] ?? "")) {
+      options.repetitions = Number(argv[++i]);
+    }
     else if (arg === "--help" || arg === "-h") {
       console.log(USAGE);
       process.exit(0);
@@ -83,21 +103,25 @@ const config: Report["config"] = options.quick
       quick: true,
       warmupSeconds: 0.2,
       cellSeconds: 1,
-      repetitions: 1,
+      repetitions: options.repetitions ?? 1,
       idleSeconds: 1,
       iperfSeconds: 1,
       pin,
       capture,
+      directions: options.directions,
+      names: !options.skipNames,
     }
   : {
       quick: false,
       warmupSeconds: 0.3,
       cellSeconds: 1,
-      repetitions: 5,
+      repetitions: options.repetitions ?? 5,
       idleSeconds: 3,
       iperfSeconds: 5,
       pin,
       capture,
+      directions: options.directions,
+      names: !options.skipNames,
     };
 const errors: string[] = [];
 const fail = (what: string, error: unknown) => {

@@ -79,6 +79,10 @@ export interface Timing {
   pin: boolean;
   /** Also run softnet with --capture (a third forwarder). */
   capture: boolean;
+  /** The directions to measure. */
+  directions: Direction[];
+  /** Also run softnet with 1000 learned names. */
+  names: boolean;
 }
 
 /** What the tools print for one run (see tools.c). */
@@ -214,12 +218,16 @@ export class FrameBench {
   setUp(): void {
     this.resources.addNamespace(this.namespace);
     this.ip("link", "set", "lo", "up");
-    // No IPv6: no router solicitations or MLD reports from ports coming up, only our frames.
+    // No IPv6: no router solicitations or MLD reports from ports coming up, only our frames. No
+    // IGMP reports either: the bridge sends them from the gateway's address (224.0.0.22, at random
+    // times in its first seconds up), so softnet would learn the bridge's MAC as the gateway's and
+    // drop the generator's frames from 8.8.8.8 as not-from-gateway until the next ACK.
     sh(
       this.ns([
         "sh",
         "-c",
-        "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6; echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6",
+        "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6; echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6; " +
+          "echo 0 > /proc/sys/net/ipv4/igmp_link_local_mcast_reports",
       ]),
     );
     this.ip(
@@ -529,6 +537,11 @@ export class FrameBench {
 
   /** The generators' own ceilings: the same tools against a forwarder that does nothing. */
   async measureGeneratorCeilings(): Promise<void> {
+    if (this.timing.directions.includes("vm-to-host")) await this.measureVmToHostCeiling();
+    if (this.timing.directions.includes("host-to-vm")) await this.measureHostToVmCeiling();
+  }
+
+  private async measureVmToHostCeiling(): Promise<void> {
     // VM→host: a C process that receives and discards (recvmmsg) on the other end of the socketpair.
     const pair = datagramSocketPair();
     const drain = this.resources.spawn(this.ns([this.programs.tools, "drain"]), { fds: [pair.hostEnd] });
@@ -544,6 +557,9 @@ export class FrameBench {
       await drain.exited;
       closeFd(pair.vmEnd);
     }
+  }
+
+  private async measureHostToVmCeiling(): Promise<void> {
     // host→VM: frames cross the bridge to null0, whose reader discards them (poll + read until EAGAIN).
     const pair2 = datagramSocketPair();
     closeFd(pair2.hostEnd);
@@ -575,9 +591,12 @@ export class FrameBench {
     // softnets first: one refuses to start while the bridge has its VM MAC on another port, so the
     // pin of the softnet started before it is taken off first (each host→VM run pins VM_MAC to the
     // port under test again with `fdb replace`); the relay's port gets VM_MAC pinned once it is up.
-    const names: RealForwarder[] = this.timing.capture
-      ? ["softnet", CAPTURING, NAMED, "C relay"]
-      : ["softnet", NAMED, "C relay"];
+    const names: RealForwarder[] = [
+      "softnet",
+      ...(this.timing.capture ? [CAPTURING as RealForwarder] : []),
+      ...(this.timing.names ? [NAMED as RealForwarder] : []),
+      "C relay",
+    ];
     for (const name of names) {
       for (const started of forwarders) {
         shMaybe(["bridge", "-n", this.namespace, "fdb", "del", VM_MAC, "dev", started.port, "master"]);
@@ -597,7 +616,7 @@ export class FrameBench {
       }
       const runs = new Map<string, Cell[]>();
       for (let repetition = 0; repetition < this.timing.repetitions; repetition++) {
-        for (const direction of DIRECTIONS) {
+        for (const direction of this.timing.directions) {
           for (const size of SIZES) {
             const order = repetition % 2 === 0 ? forwarders : [...forwarders].reverse();
             for (const forwarder of order) {

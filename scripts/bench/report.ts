@@ -38,6 +38,10 @@ export interface Report {
     pin: boolean;
     /** softnet --capture was measured too. */
     capture: boolean;
+    /** The directions measured (both unless --direction). */
+    directions: Direction[];
+    /** softnet with 1000 learned names was measured too. */
+    names: boolean;
   };
   frames: FrameResults;
   startup: StartupResults;

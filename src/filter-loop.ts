@@ -131,7 +131,13 @@ export class FilterLoop {
 
   /**
    * Moves up to `budget` frames from the VM to the host. Returns true when the budget ran out
-   * before the VM socket was empty (call again soon), false when it is drained.
+   * before the VM socket was empty (call again soon), false when a receive found nothing.
+   *
+   * A short batch does not end the drain: frames that came while the batch was decided and sent
+   * are read at once. Ending on a short batch instead handed the link back to the readiness thread
+   * with frames already waiting, so every burst paid two thread wake-ups (the reactor's and this
+   * thread's) where one extra empty read() does (host->VM at line rate: 15,500 context switches
+   * per 2 s on each thread before, 4,500 after, measured with perf stat).
    */
   drainFromVm(budget: number): boolean {
     const { vm, host, vmBatch: batch, policy, clock } = this.options;
@@ -160,12 +166,11 @@ export class FilterLoop {
       this.record(TrafficDirection.FROM_VM, batch, received, slots, accepted);
       if (replies > 0 && !this.sendReplies(replies)) return false;
       handled += received;
-      if (received < batch.capacity) return false;
     }
     return !this.stopped;
   }
 
-  /** Moves up to `budget` frames from the host to the VM, snooping DHCP on the way. */
+  /** Moves up to `budget` frames from the host to the VM, snooping DHCP on the way (see drainFromVm). */
   drainFromHost(budget: number): boolean {
     const { vm, host, hostBatch: batch, policy, clock } = this.options;
     const slots = this.hostSlots;
@@ -189,7 +194,6 @@ export class FilterLoop {
       }
       this.record(TrafficDirection.FROM_HOST, batch, received, slots, accepted);
       handled += received;
-      if (received < batch.capacity) return false;
     }
     return !this.stopped;
   }

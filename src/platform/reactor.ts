@@ -26,7 +26,7 @@ export const EPOLLHUP = 0x010;
 /**
  * Runs on the JavaScript thread when the watched fd is ready; `events` is the epoll mask (EPOLLIN,
  * EPOLLERR, ...; 0 when the reactor resumes a handler that returned true).
- * Return false once the fd is drained (read until EAGAIN): the registration is re-armed.
+ * Return false once the fd is drained (a read found nothing): the registration is re-armed.
  * Return true when the handler stopped early because its budget ran out: it is called again after
  * a setImmediate, and the registration stays disarmed until it returns false.
  */

@@ -203,6 +203,36 @@ describe("the filter loop", () => {
     expect(loop.dropSummary()).toBe("");
   });
 
+  test("frames that arrive while a batch is sent are read in the same drain; only an empty receive ends it", () => {
+    const { vm, host, loop, grantLease } = setup(4);
+    grantLease();
+    // A short batch, and while it is sent two more frames come (as they do at line rate): the drain
+    // reads again instead of handing the link back to the readiness thread with frames waiting.
+    const late = [tcpFrame({ dst: "1.1.1.1", dport: 443 }), tcpFrame({ dst: "1.1.1.2", dport: 443 })];
+    const send = host.send.bind(host);
+    host.send = (batch, slots, count, outcomes) => {
+      vm.incoming.push(...late.splice(0));
+      return send(batch, slots, count, outcomes);
+    };
+    for (let i = 0; i < 3; i++) vm.incoming.push(tcpFrame({ dst: "1.1.1.3", dport: 443 }));
+    const receivesBefore = vm.receives;
+    expect(loop.drainFromVm(1024)).toBe(false);
+    expect(host.sent.length).toBe(5);
+    expect(vm.receives - receivesBefore).toBe(3); // 3 frames, 2 frames, then nothing
+    // The same from the host to the VM.
+    const hostLate = [udpFrame({ src: "8.8.8.8", dst: VM_IP, srcMac: HOST_MAC, dstMac: VM_MAC, dport: 5000 })];
+    const vmSend = vm.send.bind(vm);
+    vm.send = (batch, slots, count, outcomes) => {
+      host.incoming.push(...hostLate.splice(0));
+      return vmSend(batch, slots, count, outcomes);
+    };
+    host.incoming.push(udpFrame({ src: "8.8.8.8", dst: VM_IP, srcMac: HOST_MAC, dstMac: VM_MAC, dport: 5000 }));
+    const sentBefore = vm.sent.length;
+    expect(loop.drainFromHost(1024)).toBe(false);
+    expect(vm.sent.length - sentBefore).toBe(2);
+    expect(host.incoming.length).toBe(0);
+  });
+
   test("a drain stops at its budget and says there is more", () => {
     const { vm, loop, grantLease } = setup(4);
     grantLease();

@@ -2,7 +2,7 @@
  * The printed table and the JSON document. Goals are shown beside the figures with whether they are
  * met; nothing here decides the exit status (only a measurement that could not be made does).
  */
-import type { Cell, Direction, FrameResults } from "./frames.ts";
+import { type Cell, type Direction, type FrameResults, median } from "./frames.ts";
 import type { TcpResult } from "./guest-tcp.ts";
 import { type StartupResults, type StartupSample, type StartupSubject, SUBJECT_NAMES } from "./startup.ts";
 
@@ -53,6 +53,11 @@ export interface Report {
     ratio: number | undefined;
     /** Best run over best run. */
     bestRatio: number | undefined;
+    /**
+     * Median of the runs' own ratios: repetition i of softnet over repetition i of the C relay, run
+     * back to back. The machine's throughput drifts over seconds; a pair shares the drift.
+     */
+    pairedRatio: number | undefined;
   }>;
   goals: Goal[];
   tcp: TcpResult[];
@@ -102,7 +107,15 @@ export function judge(
         softnet && relay && relay.framesPerSecond > 0
           ? Math.max(...softnet.repetitions) / Math.max(...relay.repetitions)
           : undefined;
-      ratios.push({ direction, size, metric, ratio, bestRatio });
+      const pairs =
+        softnet && relay
+          ? softnet.repetitions
+              .slice(0, relay.repetitions.length)
+              .map((rate, i) => rate / relay.repetitions[i]!)
+              .filter((pair) => Number.isFinite(pair))
+          : [];
+      const pairedRatio = median(pairs);
+      ratios.push({ direction, size, metric, ratio, bestRatio, pairedRatio });
       const threshold = size === 64 ? 0.8 : 0.95;
       goals.push({
         figure: `${ARROW[direction]} ${size} B ${metric}, softnet / C relay`,
@@ -110,7 +123,13 @@ export function judge(
         unit: "%",
         goal: `≥ ${threshold * 100} %`,
         met: ratio === undefined ? undefined : ratio >= threshold,
-        note: bestRatio === undefined ? undefined : `best run / best run: ${percent(bestRatio)}`,
+        note:
+          bestRatio === undefined
+            ? undefined
+            : `best run / best run: ${percent(bestRatio)}` +
+              (pairedRatio === undefined || pairs.length < 2
+                ? ""
+                : `; run by run: median ${percent(pairedRatio)} (${percent(Math.min(...pairs))}–${percent(Math.max(...pairs))})`),
       });
     }
   }
@@ -348,7 +367,7 @@ export function render(report: Report): string[] {
   }
   lines.push(...table(goalRows, [false, true, false, false, false]).map((line) => `  ${line}`));
   lines.push(
-    "  (the ratio of the medians decides 'met'; the best-run ratio shows how much of a gap may be noise)",
+    "  (the ratio of the medians decides 'met'; the best-run ratio and the run-by-run ratios (each softnet run over the relay run next to it) show how much of a gap may be noise)",
   );
   const other = report.ratios.filter((ratio) => ratio.ratio !== undefined);
   if (other.length > 0) {

@@ -3,6 +3,7 @@
 // native backends run the same suite: epoll (Linux runtime) and poll (macOS runtime; poll(2) is the
 // same on Linux, reached here through the darwin module's own C library bindings).
 import { afterEach, beforeAll, describe, expect, test } from "bun:test";
+import { readdirSync, readFileSync, readlinkSync } from "node:fs";
 import { SoftnetError } from "../../src/errors.ts";
 import { pollReactorBackend } from "../../src/platform/darwin/poll-reactor.ts";
 import { openDarwinSystem } from "../../src/platform/darwin/system.ts";
@@ -299,3 +300,67 @@ for (const [backendName, backend] of BACKENDS) {
     });
   });
 }
+
+/** Whether an epoll instance of this process has `fd` in its set (/proc/self/fdinfo lists "tfd:"). */
+function inAnEpollSet(fd: number): boolean {
+  for (const entry of readdirSync("/proc/self/fd")) {
+    let target: string;
+    try {
+      target = readlinkSync(`/proc/self/fd/${entry}`);
+    } catch {
+      continue; // closed meanwhile (the directory's own fd)
+    }
+    if (target !== "anon_inode:[eventpoll]") continue;
+    const info = readFileSync(`/proc/self/fdinfo/${entry}`, "utf8");
+    if (new RegExp(`^tfd:\\s+${fd}\\s`, "m").test(info)) return true;
+  }
+  return false;
+}
+
+describe("Reactor (epoll): a ready fd costs its writers nothing while it is drained", () => {
+  beforeAll(() => {
+    makeBackend = BACKENDS[0]![1];
+  });
+
+  // A registration left in the epoll set, even disarmed, keeps epoll's entry on the fd's wait
+  // queue, and every write to the fd then runs epoll's wake-up callback. The thread takes a
+  // reported fd off the set; re-arming puts it back.
+  test("a reported fd is out of the epoll set until the handler is done, and back in afterwards", async () => {
+    const reactor = newReactor();
+    const eventFd = newEventFd();
+    const seenDuringHandler: boolean[] = [];
+    let calls = 0;
+    reactor.watch(eventFd, () => {
+      calls++;
+      seenDuringHandler.push(inAnEpollSet(eventFd));
+      drainEventFd(eventFd);
+      return calls === 1; // the first call asks to be resumed: still out of the set meanwhile
+    });
+    expect(inAnEpollSet(eventFd)).toBe(true);
+    signal(eventFd);
+    await waitFor(() => calls === 2);
+    expect(seenDuringHandler).toEqual([false, false]);
+    expect(inAnEpollSet(eventFd)).toBe(true);
+    // Armed again: the next write is reported.
+    signal(eventFd);
+    await waitFor(() => calls === 3);
+  });
+
+  test("unwatch of a reported fd that is out of the set is not an error, and nothing is called again", async () => {
+    const reactor = newReactor();
+    const eventFd = newEventFd();
+    let calls = 0;
+    let index = -1;
+    index = reactor.watch(eventFd, () => {
+      calls++;
+      reactor.unwatch(index); // while out of the set: the DEL finds nothing, and that is fine
+      return false;
+    });
+    signal(eventFd);
+    await waitFor(() => calls === 1);
+    expect(inAnEpollSet(eventFd)).toBe(false);
+    signal(eventFd);
+    await Bun.sleep(30);
+    expect(calls).toBe(1);
+  });
+});

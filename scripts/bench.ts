@@ -37,7 +37,7 @@ const USAGE = `usage: bun scripts/bench.ts [--quick] [--json PATH] [--skip-tcp] 
   --pin        generator on CPU 0, forwarder on CPU 1 (taskset); by default the scheduler places them
   --release PATH  measure this softnet binary instead of building the release one
   --direction D   measure only this direction's cells (to study one direction; the other's ratios are left out)
-  --repetitions N  runs per cell and forwarder (default 5, --quick 1)
+  --repetitions N  runs per cell and forwarder (default 9, --quick 1)
   --skip-names  leave out softnet with 1000 learned names (the cost of --allow <name>)`;
 
 interface Options {
@@ -75,8 +75,7 @@ function parseArgs(argv: string[]): Options {
       options.directions = [argv[++i] as Direction];
     } else if (arg === "--repetitions" && /^[1-9]\d?$/.test(argv[i + 1] ?? "")) {
       options.repetitions = Number(argv[++i]);
-    }
-    else if (arg === "--help" || arg === "-h") {
+    } else if (arg === "--help" || arg === "-h") {
       console.log(USAGE);
       process.exit(0);
     } else {
@@ -115,7 +114,7 @@ const config: Report["config"] = options.quick
       quick: false,
       warmupSeconds: 0.3,
       cellSeconds: 1,
-      repetitions: options.repetitions ?? 5,
+      repetitions: options.repetitions ?? 9,
       idleSeconds: 3,
       iperfSeconds: 5,
       pin,

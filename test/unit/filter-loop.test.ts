@@ -220,13 +220,17 @@ describe("the filter loop", () => {
     expect(host.sent.length).toBe(5);
     expect(vm.receives - receivesBefore).toBe(3); // 3 frames, 2 frames, then nothing
     // The same from the host to the VM.
-    const hostLate = [udpFrame({ src: "8.8.8.8", dst: VM_IP, srcMac: HOST_MAC, dstMac: VM_MAC, dport: 5000 })];
+    const hostLate = [
+      udpFrame({ src: "8.8.8.8", dst: VM_IP, srcMac: HOST_MAC, dstMac: VM_MAC, dport: 5000 }),
+    ];
     const vmSend = vm.send.bind(vm);
     vm.send = (batch, slots, count, outcomes) => {
       host.incoming.push(...hostLate.splice(0));
       return vmSend(batch, slots, count, outcomes);
     };
-    host.incoming.push(udpFrame({ src: "8.8.8.8", dst: VM_IP, srcMac: HOST_MAC, dstMac: VM_MAC, dport: 5000 }));
+    host.incoming.push(
+      udpFrame({ src: "8.8.8.8", dst: VM_IP, srcMac: HOST_MAC, dstMac: VM_MAC, dport: 5000 }),
+    );
     const sentBefore = vm.sent.length;
     expect(loop.drainFromHost(1024)).toBe(false);
     expect(vm.sent.length - sentBefore).toBe(2);

@@ -80,6 +80,8 @@ export class Reactor {
   private native: Pointer | null;
   private readonly callback: JSCallback;
   private readonly registrations: Registration[] = [];
+  /** fds unwatched on this reactor: they may not be watched on it again (see unwatch). */
+  private readonly unwatchedFds = new Set<number>();
   /** A reactor with watched fds keeps the process alive, like an open socket would. */
   private keepAlive: ReturnType<typeof setInterval> | undefined;
 
@@ -118,6 +120,11 @@ export class Reactor {
    */
   watch(fd: number, handler: ReadyHandler, events: number = EPOLLIN): number {
     const native = this.requireOpen();
+    if (this.unwatchedFds.has(fd)) {
+      throw new SoftnetError(`cannot watch fd ${fd} again on this readiness reactor`, {
+        hint: "an fd number unwatched on a reactor is not watched on it again; use a new reactor",
+      });
+    }
     const index = this.registrations.length;
     const registration: Registration = {
       index,
@@ -141,11 +148,17 @@ export class Reactor {
     return index;
   }
 
-  /** Stops watching; call it before closing the fd. Calls already queued for it are ignored. */
+  /**
+   * Stops watching; call it before closing the fd. Calls already queued for it are ignored.
+   * The fd number may not be watched again on this reactor: the epoll thread takes a reported fd
+   * out of its set by number (epoll-reactor.c), so a report in flight for the old registration
+   * could take a new one for the same number out with it, and that one would never fire.
+   */
   unwatch(index: number): void {
     const registration = this.registrations[index];
     if (registration === undefined || !registration.active) return;
     registration.active = false;
+    this.unwatchedFds.add(registration.fd);
     if (this.native !== null) this.backend.native.reactor_remove(this.native, registration.fd);
     if (this.registrations.every((r) => !r.active)) this.releaseKeepAlive();
   }

@@ -216,6 +216,16 @@ for (const [backendName, backend] of BACKENDS) {
       expect(seen).toEqual(["watched"]);
     });
 
+    test("an fd unwatched on a reactor cannot be watched on it again", () => {
+      const reactor = newReactor();
+      const eventFd = newEventFd();
+      reactor.unwatch(reactor.watch(eventFd, () => false));
+      expect(() => reactor.watch(eventFd, () => false)).toThrow(/cannot watch fd \d+ again/);
+      // Another reactor may.
+      const other = newReactor();
+      other.watch(eventFd, () => false);
+    });
+
     test("close stops the thread; calls already queued are dropped; watch afterwards throws", async () => {
       const reactor = newReactor();
       const eventFds = [newEventFd(), newEventFd(), newEventFd()];

@@ -14,7 +14,9 @@
 // lock) for nothing. That is paid by whoever sends, the VM or the host's bridge, on their CPU time;
 // the C relay of the benchmark waits in poll(2) and is on the queue only while it sleeps. Taken off
 // the set, a draining link costs its senders nothing; the two extra epoll_ctl calls are paid once
-// per burst, not per frame.
+// per burst, not per frame. epoll removes by fd number: a report in flight for an fd JavaScript has
+// just unwatched would remove a newer registration of the same number, so reactor.ts refuses to
+// watch an unwatched fd number again on the same reactor.
 //
 // No #include and no libraries: the code is compiled with -nostdlib and calls libc only through
 // the function pointers JavaScript passes in (struct libc_functions). Left to itself TinyCC would

@@ -8,8 +8,9 @@
 // the filtering stays on the JavaScript thread.
 //
 // Why DEL and ADD rather than leaving the disarmed registration in place and re-arming with MOD:
-// a registration, armed or not, keeps epoll's entry on the fd's wait queue (fs/eventpoll.c: only
-// ep_remove takes it off), so while JavaScript drains a busy link every frame the sender queues
+// a registration, armed or not, keeps epoll's entry on the fd's wait queue (Linux fs/eventpoll.c:
+// ep_unregister_pollwait() unhooks it, called when the item is removed, ep_remove(), and on
+// ep_insert()'s error paths; EPOLLONESHOT only clears the item's event mask), so while JavaScript drains a busy link every frame the sender queues
 // runs the wake-up path into epoll (sock_def_readable -> ep_poll_callback, under the wait queue's
 // lock) for nothing. That is paid by whoever sends, the VM or the host's bridge, on their CPU time;
 // the C relay of the benchmark waits in poll(2) and is on the queue only while it sleeps. Taken off

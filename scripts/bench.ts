@@ -52,6 +52,11 @@ interface Options {
   skipNames: boolean;
 }
 
+function usageError(message: string): never {
+  console.error(`bench: ${message}\n${USAGE}`);
+  process.exit(2);
+}
+
 function parseArgs(argv: string[]): Options {
   const options: Options = {
     quick: false,
@@ -71,10 +76,15 @@ function parseArgs(argv: string[]): Options {
     else if (arg.startsWith("--json=")) options.json = arg.slice("--json=".length);
     else if (arg === "--release" && argv[i + 1] !== undefined) options.release = argv[++i];
     else if (arg === "--skip-names") options.skipNames = true;
-    else if (arg === "--direction" && DIRECTIONS.includes(argv[i + 1] as Direction)) {
-      options.directions = [argv[++i] as Direction];
-    } else if (arg === "--repetitions" && /^[1-9]\d?$/.test(argv[i + 1] ?? "")) {
-      options.repetitions = Number(argv[++i]);
+    else if (arg === "--direction") {
+      const direction = argv[++i];
+      if (!DIRECTIONS.includes(direction as Direction))
+        usageError(`--direction takes ${DIRECTIONS.join(" or ")}`);
+      options.directions = [direction as Direction];
+    } else if (arg === "--repetitions") {
+      const count = argv[++i] ?? "";
+      if (!/^[1-9]\d?$/.test(count)) usageError("--repetitions takes a whole number from 1 to 99");
+      options.repetitions = Number(count);
     } else if (arg === "--help" || arg === "-h") {
       console.log(USAGE);
       process.exit(0);

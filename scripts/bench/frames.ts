@@ -591,12 +591,10 @@ export class FrameBench {
     // softnets first: one refuses to start while the bridge has its VM MAC on another port, so the
     // pin of the softnet started before it is taken off first (each host→VM run pins VM_MAC to the
     // port under test again with `fdb replace`); the relay's port gets VM_MAC pinned once it is up.
-    const names: RealForwarder[] = [
-      "softnet",
-      ...(this.timing.capture ? [CAPTURING as RealForwarder] : []),
-      ...(this.timing.names ? [NAMED as RealForwarder] : []),
-      "C relay",
-    ];
+    const names: RealForwarder[] = ["softnet"];
+    if (this.timing.capture) names.push(CAPTURING);
+    if (this.timing.names) names.push(NAMED);
+    names.push("C relay");
     for (const name of names) {
       for (const started of forwarders) {
         shMaybe(["bridge", "-n", this.namespace, "fdb", "del", VM_MAC, "dev", started.port, "master"]);

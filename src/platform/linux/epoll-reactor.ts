@@ -66,6 +66,7 @@ export function epollReactorBackend(source?: SealedSource): ReactorBackend {
   return {
     name: "epoll",
     native: compiled,
+    pauseRemovesFromSet: true,
     libcFunctions: libcFunctionTable(),
     sysError: (call, negativeErrno) => new SysError(call, -negativeErrno),
     watchHint: (negativeErrno) =>

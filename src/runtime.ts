@@ -167,8 +167,8 @@ async function runFilter(setup: FilterSetup): Promise<number> {
   // sends on the socket it would wait on, and on Linux a socket has one wait queue for both
   // directions: every frame the VM reads frees room in softnet's send buffer and wakes that queue
   // (unix_write_space), which calls into epoll, on the VM's CPU, for nothing. It waits again when
-  // the host side is quiet. (perf, 1500-B host->VM in the benchmark: the VM end's reader spent
-  // 1.28-1.45 % of the machine's samples in unix_write_space before, 0.41-0.77 % after, 3 runs each.)
+  // the host side is quiet. (perf, 1500-B host->VM: the sender's share in unix_write_space halved,
+  // 1.28-1.45 % -> 0.41-0.77 % of the machine's samples, three runs each.)
   reactor.watch(host.pollFd, () => {
     reactor.pause(vmWatch);
     const more = loop.drainFromHost(DRAIN_BUDGET);

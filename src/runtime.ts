@@ -158,25 +158,15 @@ async function runFilter(setup: FilterSetup): Promise<number> {
   const reactor = new Reactor(setup.reactorBackend);
   cleanups.add(() => reactor.close());
   // The capture is written once per drain (one write for up to DRAIN_BUDGET frames), not per frame.
-  const vmWatch = reactor.watch(vm.pollFd, () => {
+  reactor.watch(vm.pollFd, () => {
     const more = loop.drainFromVm(DRAIN_BUDGET);
     capture?.flush();
     return more;
   });
-  // While frames come from the host, the VM link is read from here instead of waited for. softnet
-  // sends on the socket it would wait on, and on Linux a socket has one wait queue for both
-  // directions: every frame the VM reads frees room in softnet's send buffer and wakes that queue
-  // (unix_write_space), which calls into epoll, on the VM's CPU, for nothing. It waits again when
-  // the host side is quiet. (perf, 1500-B host->VM: the sender's share in unix_write_space halved,
-  // 1.28-1.45 % -> 0.41-0.77 % of the machine's samples, three runs each.)
   reactor.watch(host.pollFd, () => {
-    reactor.pause(vmWatch);
     const more = loop.drainFromHost(DRAIN_BUDGET);
-    const vmMore = loop.drainFromVm(DRAIN_BUDGET);
     capture?.flush();
-    if (more || vmMore) return true;
-    reactor.resume(vmWatch);
-    return false;
+    return more;
   });
 
   cleanups.add(

@@ -63,12 +63,6 @@ export interface ReactorBackend {
   sysError(call: string, negativeErrno: number): Error;
   /** A hint for an errno from reactor_add, if there is a useful one. */
   watchHint?(negativeErrno: number): string | undefined;
-  /**
-   * Whether pause() takes the fd out of the native set (reactor_remove). epoll: yes, a registration
-   * in the set sits on the fd's wait queue even while nothing is awaited. poll: no, its thread is on
-   * wait queues only while it polls; a paused registration it reports is simply not re-armed.
-   */
-  readonly pauseRemovesFromSet: boolean;
 }
 
 interface Registration {
@@ -79,12 +73,6 @@ interface Registration {
   /** Preallocated continuation for setImmediate, so a busy link allocates no closure per slice. */
   readonly resume: () => void;
   active: boolean;
-  /** In the native set, awaiting readiness (as far as this thread knows: a report may be in flight). */
-  inSet: boolean;
-  /** The handler was called and has not yet returned false (it may be waiting for a setImmediate). */
-  running: boolean;
-  /** pause() was called and resume() not yet: not re-armed when the handler is done. */
-  paused: boolean;
 }
 
 /** One native thread watching any number of fds; see the module comment. */
@@ -144,9 +132,6 @@ export class Reactor {
       events,
       handler,
       active: true,
-      inSet: true,
-      running: false,
-      paused: false,
       resume: () => {
         if (registration.active && this.native !== null) this.run(registration, 0);
       },
@@ -179,35 +164,6 @@ export class Reactor {
   }
 
   /**
-   * Stops waiting for `index`'s fd until resume(), for a caller that reads the fd by itself
-   * meanwhile. The handler may still be called once (epoll: for a report already in flight; poll:
-   * for the first readiness, as its thread keeps polling the fd), and is then not re-armed.
-   */
-  pause(index: number): void {
-    const registration = this.registrations[index];
-    if (registration === undefined || !registration.active || registration.paused) return;
-    registration.paused = true;
-    if (!this.backend.pauseRemovesFromSet || !registration.inSet || this.native === null) return;
-    registration.inSet = false;
-    const result = this.backend.native.reactor_remove(this.native, registration.fd);
-    if (result < 0) {
-      throw new SoftnetError(`cannot pause readiness for fd ${registration.fd}`, {
-        cause: this.backend.sysError("reactor_remove", result),
-      });
-    }
-  }
-
-  /** Waits for `index`'s fd again after pause(); a no-op when it is not paused. */
-  resume(index: number): void {
-    const registration = this.registrations[index];
-    if (registration === undefined || !registration.active || !registration.paused) return;
-    registration.paused = false;
-    // A running handler re-arms when it is done; one still in the set needs nothing.
-    if (registration.running || registration.inSet) return;
-    this.rearm(registration);
-  }
-
-  /**
    * Stops the native thread (it is woken through an eventfd and joined) and releases everything.
    * Handlers are never called after close() returns. Idempotent.
    */
@@ -231,27 +187,18 @@ export class Reactor {
   private dispatch(index: number, events: number): void {
     const registration = this.registrations[index];
     if (registration === undefined || !registration.active || this.native === null) return;
-    registration.inSet = false; // the native side took it out (epoll) or disarmed it (poll)
     this.run(registration, events);
   }
 
   private run(registration: Registration, events: number): void {
-    registration.running = true;
     // If the handler throws, the registration stays disarmed and the exception propagates to the
     // process (an uncaught exception): a broken link must not be silently retried in a loop.
     if (registration.handler(events)) {
       setImmediate(registration.resume);
       return;
     }
-    registration.running = false;
-    // The handler may have unwatched its fd or closed the whole reactor, or paused its registration.
-    if (!registration.active || this.native === null || registration.paused) return;
-    this.rearm(registration);
-  }
-
-  private rearm(registration: Registration): void {
-    if (this.native === null) return;
-    registration.inSet = true;
+    // The handler may have unwatched its fd or closed the whole reactor.
+    if (!registration.active || this.native === null) return;
     const result = this.backend.native.reactor_rearm(
       this.native,
       registration.fd,

@@ -2,8 +2,6 @@
 // ready, stays asleep otherwise, re-arms only when the handler is done, and stops cleanly. Both
 // native backends run the same suite: epoll (Linux runtime) and poll (macOS runtime; poll(2) is the
 // same on Linux, reached here through the darwin module's own C library bindings).
-
-import type { Pointer } from "bun:ffi";
 import { afterEach, beforeAll, describe, expect, test } from "bun:test";
 import { readdirSync, readFileSync, readlinkSync } from "node:fs";
 import { SoftnetError } from "../../src/errors.ts";
@@ -218,57 +216,6 @@ for (const [backendName, backend] of BACKENDS) {
       expect(seen).toEqual(["watched"]);
     });
 
-    test("a paused registration is not re-armed until resume; resume reports what came meanwhile", async () => {
-      const reactor = newReactor();
-      const eventFd = newEventFd();
-      let calls = 0;
-      const index = reactor.watch(eventFd, () => {
-        calls++;
-        drainEventFd(eventFd);
-        return false;
-      });
-      reactor.pause(index);
-      signal(eventFd);
-      await Bun.sleep(40);
-      // epoll: out of the set, no call; poll: its thread still reports the first readiness once.
-      expect(calls).toBeLessThanOrEqual(1);
-      const callsWhilePaused = calls;
-      signal(eventFd);
-      await Bun.sleep(40);
-      expect(calls).toBe(callsWhilePaused); // never re-armed while paused
-      reactor.resume(index);
-      await waitFor(() => calls === callsWhilePaused + 1); // the pending readiness is reported
-      signal(eventFd);
-      await waitFor(() => calls === callsWhilePaused + 2); // and it is armed as before
-      reactor.resume(index); // not paused: nothing happens
-      reactor.pause(index);
-      reactor.pause(index); // idempotent
-      reactor.resume(index);
-      signal(eventFd);
-      await waitFor(() => calls === callsWhilePaused + 3);
-    });
-
-    test("resume while the handler is still working (budget) leaves the re-arm to the handler", async () => {
-      const reactor = newReactor();
-      const eventFd = newEventFd();
-      let calls = 0;
-      let index = -1;
-      index = reactor.watch(eventFd, () => {
-        calls++;
-        if (calls === 1) {
-          reactor.pause(index);
-          reactor.resume(index); // while running: the handler's own end re-arms
-          return true; // asks to be resumed
-        }
-        drainEventFd(eventFd);
-        return false;
-      });
-      signal(eventFd);
-      await waitFor(() => calls === 2);
-      signal(eventFd);
-      await waitFor(() => calls === 3);
-    });
-
     test("an fd unwatched on a reactor cannot be watched on it again", () => {
       const reactor = newReactor();
       const eventFd = newEventFd();
@@ -407,28 +354,6 @@ describe("Reactor (epoll): a ready fd costs its writers nothing while it is drai
     // Armed again: the next write is reported.
     signal(eventFd);
     await waitFor(() => calls === 3);
-  });
-
-  test("pause takes the fd out of the epoll set; resume puts it back", async () => {
-    const reactor = newReactor();
-    const eventFd = newEventFd();
-    const index = reactor.watch(eventFd, () => false);
-    expect(inAnEpollSet(eventFd)).toBe(true);
-    reactor.pause(index);
-    expect(inAnEpollSet(eventFd)).toBe(false);
-    reactor.resume(index);
-    expect(inAnEpollSet(eventFd)).toBe(true);
-  });
-
-  test("re-arming an fd that is in the set already arms it (a resume can race a report in flight)", () => {
-    const backend = epollReactorBackend();
-    const reactor = newReactor();
-    const eventFd = newEventFd();
-    reactor.watch(eventFd, () => false);
-    // Straight to the native call: ADD finds it present (EEXIST), so it is armed with MOD instead.
-    const native = (reactor as unknown as { native: Pointer }).native;
-    expect(backend.native.reactor_rearm(native, eventFd, EPOLLIN, 0)).toBe(0);
-    expect(inAnEpollSet(eventFd)).toBe(true);
   });
 
   test("unwatch of a reported fd that is out of the set is not an error, and nothing is called again", async () => {

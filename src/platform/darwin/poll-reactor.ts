@@ -55,7 +55,6 @@ export function pollReactorBackend(system: DarwinSystem, source?: SealedSource):
   return {
     name: "poll",
     native: compile(system, source),
-    pauseRemovesFromSet: false,
     libcFunctions: BigUint64Array.from(addresses, (address) => BigInt(address)),
     sysError: (call, negativeErrno) => new DarwinSysError(system, call, -negativeErrno),
   };

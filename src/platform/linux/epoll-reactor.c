@@ -64,7 +64,6 @@ struct libc_functions {
 #define ENOENT 2
 #define ENOMEM 12
 #define EINVAL 22
-#define EEXIST 17
 #define MAX_EVENTS 16
 // epoll data of the stop eventfd. A registration's data is its index in the low 32 bits and its fd
 // in the high 32 bits (both non-negative ints), so the thread can take it off the set by fd.
@@ -160,14 +159,9 @@ int reactor_add(struct reactor *reactor, int fd, uint32_t events, int index) {
   return control(reactor, EPOLL_CTL_ADD, fd, events | EPOLLONESHOT, registration_data(fd, index));
 }
 
-// The thread took the fd off the set when it reported it ready: arming it again is an ADD. It can
-// be in the set already when JavaScript resumed a paused registration (reactor.ts) while a report
-// for it was in flight; then MOD arms it, and the report in flight costs one more call of a handler
-// that reads until it finds nothing.
+// The thread took the fd off the set when it reported it ready: arming it again is an ADD.
 int reactor_rearm(struct reactor *reactor, int fd, uint32_t events, int index) {
-  int result = reactor_add(reactor, fd, events, index);
-  if (result != -EEXIST) return result;
-  return control(reactor, EPOLL_CTL_MOD, fd, events | EPOLLONESHOT, registration_data(fd, index));
+  return reactor_add(reactor, fd, events, index);
 }
 
 // The fd may be off the set already (reported ready, not re-armed yet): ENOENT is not an error here.

@@ -66,7 +66,6 @@ export function epollReactorBackend(source?: SealedSource): ReactorBackend {
   return {
     name: "epoll",
     native: compiled,
-    pauseRemovesFromSet: true,
     libcFunctions: libcFunctionTable(),
     sysError: (call, negativeErrno) => new SysError(call, -negativeErrno),
     watchHint: (negativeErrno) =>

@@ -7,17 +7,18 @@
 // (EPOLL_CTL_ADD). So the thread wakes once per burst, never spins, and never touches a frame; all
 // the filtering stays on the JavaScript thread.
 //
-// Why DEL and ADD rather than leaving the disarmed registration in place and re-arming with MOD:
-// a registration, armed or not, keeps epoll's entry on the fd's wait queue (Linux fs/eventpoll.c:
+// Why DEL and ADD rather than leaving the disarmed registration in place and re-arming with MOD: a
+// registration, armed or not, keeps epoll's entry on the fd's wait queue (Linux fs/eventpoll.c:
 // ep_unregister_pollwait() unhooks it, called when the item is removed, ep_remove(), and on
-// ep_insert()'s error paths; EPOLLONESHOT only clears the item's event mask), so while JavaScript drains a busy link every frame the sender queues
-// runs the wake-up path into epoll (sock_def_readable -> ep_poll_callback, under the wait queue's
-// lock) for nothing. That is paid by whoever sends, the VM or the host's bridge, on their CPU time;
-// the C relay of the benchmark waits in poll(2) and is on the queue only while it sleeps. Taken off
-// the set, a draining link costs its senders nothing; the two extra epoll_ctl calls are paid once
-// per burst, not per frame. epoll removes by fd number: a report in flight for an fd JavaScript has
-// just unwatched would remove a newer registration of the same number, so reactor.ts refuses to
-// watch an unwatched fd number again on the same reactor.
+// ep_insert()'s error paths; EPOLLONESHOT only clears the item's event mask), so while JavaScript
+// drains a busy link every frame the sender queues runs the wake-up path into epoll
+// (sock_def_readable -> ep_poll_callback, under the wait queue's lock) for nothing. That is paid by
+// whoever sends, the VM or the host's bridge, on their CPU time; the C relay of the benchmark waits
+// in poll(2) and is on the queue only while it sleeps. Taken off the set, a draining link costs its
+// senders nothing; the two extra epoll_ctl calls are paid once per burst, not per frame. epoll
+// removes by fd number: a report in flight for an fd JavaScript has just unwatched would remove a
+// newer registration of the same number, so reactor.ts refuses to watch an unwatched fd number
+// again on the same reactor.
 //
 // No #include and no libraries: the code is compiled with -nostdlib and calls libc only through
 // the function pointers JavaScript passes in (struct libc_functions). Left to itself TinyCC would

@@ -41,11 +41,12 @@ packages=(
   git             # git: the release build records the commit
   gcc             # cc: builds the vmnet double (test/vmnet-double) and the benchmark's C programs
   libc6-dev       # their C headers and crt files (gcc only recommends it)
-  linux-libc-dev  # <linux/if_tun.h> and the other kernel headers the double includes
+  linux-libc-dev  # <linux/if_tun.h> and the other kernel headers the double includes; <linux/io_uring.h>
   qemu-user              # qemu-aarch64: runs the AArch64 Bun (test/arm64) and the release's AArch64 scrubber
   libc6-arm64-cross      # the AArch64 C library qemu-aarch64 -L /usr/aarch64-linux-gnu loads programs with
   gcc-aarch64-linux-gnu  # aarch64-linux-gnu-gcc: the AArch64 vmnet double and initializer harness
   libc6-dev-arm64-cross  # their AArch64 C headers (bits/libc-header-start.h); gcc-aarch64-linux-gnu only recommends it
+  linux-libc-dev-arm64-cross  # the AArch64 kernel headers (<linux/io_uring.h>, for the io_uring layout check)
   llvm-14                # llvm-mc, llvm-lipo, llvm-objcopy, llvm-nm, llvm-readelf in /usr/lib/llvm-14/bin:
                          # the release tests check our assembler output and fat files, test/arm64 disassembles TinyCC's code
 )

@@ -6,6 +6,9 @@
  * place, and the other link sends the accepted slots straight from the same memory.
  */
 
+/** The most slots a FrameBatch has: a link may size per-send scratch arrays by it. */
+export const MAX_BATCH_CAPACITY = 1024;
+
 /** A preallocated arena of `capacity` frame slots of `slotSize` bytes each. */
 export class FrameBatch {
   readonly bytes: Uint8Array;
@@ -18,8 +21,8 @@ export class FrameBatch {
     readonly capacity: number,
     readonly slotSize: number,
   ) {
-    if (!Number.isInteger(capacity) || capacity < 1 || capacity > 1024) {
-      throw new RangeError(`FrameBatch capacity must be 1..1024, got ${capacity}`);
+    if (!Number.isInteger(capacity) || capacity < 1 || capacity > MAX_BATCH_CAPACITY) {
+      throw new RangeError(`FrameBatch capacity must be 1..${MAX_BATCH_CAPACITY}, got ${capacity}`);
     }
     if (!Number.isInteger(slotSize) || slotSize < 64 || slotSize > 65536) {
       throw new RangeError(`FrameBatch slotSize must be 64..65536, got ${slotSize}`);
@@ -57,8 +60,10 @@ export interface FrameLink {
   /**
    * Sends the frames in the slots listed in slots[0..count) of `batch`, in that order, and writes
    * what became of each into outcomes[slot] (a SendOutcome) when `outcomes` is given. A frame the
-   * kernel refuses on its own (too short, too long, link down) does not stop the rest of the batch;
-   * once the receiver has no room, that frame and all after it are NO_ROOM. Returns how many were
+   * kernel refuses on its own (too short, too long, link down) does not stop the rest of the batch.
+   * A frame the receiver has no room for is NO_ROOM; a link that writes frame by frame stops there
+   * (all after it are NO_ROOM too), one that hands the kernel the whole batch at once (the TAP's
+   * io_uring) reports what became of each frame after it as well. Returns how many were
    * sent, or -1 when the peer is gone (outcomes are then meaningless). Allocates nothing.
    */
   send(batch: FrameBatch, slots: Uint16Array, count: number, outcomes?: Uint8Array): number;

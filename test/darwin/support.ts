@@ -8,8 +8,8 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { DarwinLibraries } from "../../src/platform/darwin/system.ts";
 import { REQUIRED_IN_CI } from "../support/ci.ts";
-import { bunCommand } from "../support/emulation.ts";
-import { requireFile, requireTool, type Tool, toolPath } from "../support/tools.ts";
+import { bunCommand, compilerForThisProcess } from "../support/emulation.ts";
+import { requireTool, type Tool, toolPath } from "../support/tools.ts";
 
 export const REPO = resolve(import.meta.dir, "../..");
 const DOUBLE_SOURCES = join(REPO, "test/vmnet-double");
@@ -25,15 +25,11 @@ export type DoubleVariant = "current" | "old-macos" | "before-macos-11";
  * qemu-user 7.2 does not implement the SIOCBRADDIF ioctl (see that file).
  */
 function doubleToolchain(): { compiler: Tool; machine: string; extra: string[] } {
-  const wanted = process.arch === "arm64" ? "aarch64" : process.arch === "x64" ? "x86_64" : process.arch;
-  const system = Bun.spawnSync([requireTool("cc"), "-dumpmachine"], { stdout: "pipe", stderr: "pipe" });
-  const machine = system.stdout.toString().trim();
-  if (machine.startsWith(`${wanted}-`)) return { compiler: "cc", machine, extra: [] };
-  if (wanted !== "aarch64") throw new Error(`no C compiler for ${process.arch}: cc builds for "${machine}"`);
-  requireFile("/usr/aarch64-linux-gnu/include/bits/libc-header-start.h");
+  const { compiler, machine, crossCompiling } = compilerForThisProcess();
+  if (!crossCompiling) return { compiler, machine, extra: [] };
   return {
-    compiler: "aarch64-linux-gnu-gcc",
-    machine: "aarch64-linux-gnu-on-qemu",
+    compiler,
+    machine: `${machine}-on-qemu`,
     extra: ["-Wl,--wrap=ioctl", join(REPO, "test/arm64/qemu-bridge-port.c")],
   };
 }

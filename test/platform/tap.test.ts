@@ -8,7 +8,7 @@
 // namespace's interfaces). Deleting the namespace afterwards removes every bridge and TAP the tests
 // made, even if the inner run crashed, and the host's own interfaces are never touched.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, readdirSync, readFileSync, realpathSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, realpathSync, writeFileSync } from "node:fs";
 import { resolve } from "node:path";
 import { FrameBatch, SendOutcome } from "../../src/platform/link.ts";
 import { epollReactorBackend } from "../../src/platform/linux/epoll-reactor.ts";
@@ -273,30 +273,6 @@ function tapTests(namespace: string): void {
       expect(await receiveMatching(sender, hasMarker(back))).not.toBeNull();
     });
 
-    test("a frame the kernel refuses in the middle of a batch is marked as such; the frames around it go out", async () => {
-      const sender = openTap(false);
-      const listener = openTap(false);
-      for (const tap of [sender, listener]) await waitForwarding(tap);
-      const batch = new FrameBatch(3, 2048);
-      const first = 0x5e4d0003;
-      const last = 0x5e4d0004;
-      batch.bytes.set(markedFrame(first), batch.offsetOf(1));
-      batch.lengths[1] = 64;
-      batch.lengths[0] = 10; // shorter than an Ethernet header: EINVAL
-      batch.bytes.set(markedFrame(last), batch.offsetOf(2));
-      batch.lengths[2] = 64;
-      const outcomes = new Uint8Array(3).fill(0xff);
-      expect(sender.send(batch, Uint16Array.of(1, 0, 2), 3, outcomes)).toBe(2);
-      expect([...outcomes]).toEqual([SendOutcome.REFUSED_TOO_SHORT, SendOutcome.SENT, SendOutcome.SENT]);
-      // Both arrive (one receive may bring both, so collect until each was seen).
-      const seen = new Set<number>();
-      const arrived = await receiveMatching(listener, (frame) => {
-        for (const marker of [first, last]) if (hasMarker(marker)(frame)) seen.add(marker);
-        return seen.size === 2;
-      });
-      expect(arrived).not.toBeNull();
-    });
-
     test("refuses batches whose slots could truncate a frame", () => {
       const tap = openTap();
       expect(() => tap.receive(new FrameBatch(4, 1024))).toThrow(RangeError);
@@ -311,14 +287,110 @@ function tapTests(namespace: string): void {
       await waitFor(() => !existsSync(`/sys/class/net/${tap.name}`), 2000);
       expect(readdirSync(`/sys/class/net/${BRIDGE}/brif`)).not.toContain(tap.name);
     });
+  });
 
-    test("a TAP deleted from outside makes receive and send return -1", () => {
-      const tap = openTap();
-      run(["ip", "link", "del", tap.name]);
-      const batch = new FrameBatch(2, tap.maxFrameSize);
-      expect(tap.receive(batch)).toBe(-1);
-      batch.lengths[0] = 60;
-      expect(tap.send(batch, Uint16Array.of(0), 1)).toBe(-1);
+  describe("sending, frame by frame with write() and in batches through io_uring", () => {
+    /** A TAP that sends through io_uring, or (mode "write()") one that was never asked to. */
+    function openTapWriting(mode: "write()" | "io_uring", isolate = true): TapOnBridge & { vmMac: number } {
+      const tap = openTap(isolate);
+      if (mode === "io_uring") expect(tap.batchWrites()).toBe("io_uring, up to 64 frames per system call");
+      return tap;
+    }
+
+    for (const mode of ["write()", "io_uring"] as const) {
+      test(`${mode}: a frame the kernel refuses in the middle of a batch is marked as such; the frames around it go out`, async () => {
+        const sender = openTapWriting(mode, false);
+        const listener = openTap(false);
+        for (const tap of [sender, listener]) await waitForwarding(tap);
+        const batch = new FrameBatch(3, 2048);
+        const first = 0x5e4d0003;
+        const last = 0x5e4d0004;
+        batch.bytes.set(markedFrame(first), batch.offsetOf(1));
+        batch.lengths[1] = 64;
+        batch.lengths[0] = 10; // shorter than an Ethernet header: EINVAL
+        batch.bytes.set(markedFrame(last), batch.offsetOf(2));
+        batch.lengths[2] = 64;
+        const outcomes = new Uint8Array(3).fill(0xff);
+        expect(sender.send(batch, Uint16Array.of(1, 0, 2), 3, outcomes)).toBe(2);
+        expect([...outcomes]).toEqual([SendOutcome.REFUSED_TOO_SHORT, SendOutcome.SENT, SendOutcome.SENT]);
+        // Both arrive (one receive may bring both, so collect until each was seen).
+        const seen = new Set<number>();
+        const arrived = await receiveMatching(listener, (frame) => {
+          for (const marker of [first, last]) if (hasMarker(marker)(frame)) seen.add(marker);
+          return seen.size === 2;
+        });
+        expect(arrived).not.toBeNull();
+      });
+
+      test(`${mode}: a TAP deleted from outside makes receive and send return -1`, () => {
+        const tap = openTapWriting(mode);
+        run(["ip", "link", "del", tap.name]);
+        const batch = new FrameBatch(2, tap.maxFrameSize);
+        expect(tap.receive(batch)).toBe(-1);
+        batch.lengths[0] = 60;
+        expect(tap.send(batch, Uint16Array.of(0), 1)).toBe(-1);
+      });
+
+      test(`${mode}: a TAP that is down refuses every frame (EIO), and says so per frame`, () => {
+        const tap = openTapWriting(mode);
+        run(["ip", "link", "set", tap.name, "down"]);
+        const batch = new FrameBatch(2, 2048);
+        batch.bytes.set(markedFrame(0x5e4d0005), batch.offsetOf(0));
+        batch.bytes.set(markedFrame(0x5e4d0006), batch.offsetOf(1));
+        batch.lengths[0] = 64;
+        batch.lengths[1] = 64;
+        const outcomes = new Uint8Array(2).fill(0xff);
+        expect(tap.send(batch, Uint16Array.of(0, 1), 2, outcomes)).toBe(0);
+        expect([...outcomes]).toEqual([SendOutcome.REFUSED_LINK_DOWN, SendOutcome.REFUSED_LINK_DOWN]);
+      });
+
+      test(`${mode}: 200 frames in one send arrive, in order`, async () => {
+        const sender = openTapWriting(mode, false);
+        const listener = openTap(false);
+        for (const tap of [sender, listener]) await waitForwarding(tap);
+        const count = 200;
+        const batch = new FrameBatch(count, 2048);
+        const base = 0x5e4d1000;
+        for (let slot = 0; slot < count; slot++) {
+          batch.bytes.set(markedFrame(base + slot), batch.offsetOf(slot));
+          batch.lengths[slot] = 64;
+        }
+        const outcomes = new Uint8Array(count).fill(0xff);
+        const slots = Uint16Array.from({ length: count }, (_, j) => j);
+        expect(sender.send(batch, slots, count, outcomes)).toBe(count);
+        expect(outcomes.every((outcome) => outcome === SendOutcome.SENT)).toBe(true);
+        const seen: number[] = [];
+        const last = await receiveMatching(listener, (frame) => {
+          for (let slot = seen.length; slot < count; slot++) {
+            if (hasMarker(base + slot)(frame)) {
+              seen.push(slot);
+              break;
+            }
+          }
+          return seen.length === count;
+        });
+        expect(last).not.toBeNull();
+        expect(seen).toEqual([...slots]);
+      });
+    }
+
+    test("where the kernel refuses io_uring, frames go one write() each, and batchWrites says why", async () => {
+      const disabled = "/proc/sys/kernel/io_uring_disabled";
+      const before = readFileSync(disabled, "ascii").trim();
+      let tap: TapOnBridge;
+      try {
+        writeFileSync(disabled, "2"); // refused to everyone, root included (io_uring_allowed)
+        tap = openTap(false);
+        expect(tap.batchWrites()).toBe(
+          "one write() per frame (io_uring: io_uring_setup: Operation not permitted (EPERM))",
+        );
+      } finally {
+        writeFileSync(disabled, before);
+      }
+      const listener = openTap(false);
+      for (const each of [tap, listener]) await waitForwarding(each);
+      expect(sendFrame(tap, markedFrame(0x5e4d0007))).toBe(1);
+      expect(await receiveMatching(listener, hasMarker(0x5e4d0007))).not.toBeNull();
     });
   });
 

@@ -64,6 +64,9 @@ export const FILE_PACKAGES = {
   "/usr/include/stdio.h": "libc6-dev",
   // <linux/if_tun.h>, which the vmnet double includes.
   "/usr/include/linux/if_tun.h": "linux-libc-dev",
+  // <linux/io_uring.h>, which the io_uring layout check compiles against, natively and for AArch64.
+  "/usr/include/linux/io_uring.h": "linux-libc-dev",
+  "/usr/aarch64-linux-gnu/include/linux/io_uring.h": "linux-libc-dev-arm64-cross",
   // The AArch64 C library qemu-user loads AArch64 programs with (qemu-aarch64 -L /usr/aarch64-linux-gnu).
   "/usr/aarch64-linux-gnu/lib/ld-linux-aarch64.so.1": "libc6-arm64-cross",
   // The AArch64 C headers: aarch64-linux-gnu-gcc from --no-install-recommends comes without them

@@ -22,7 +22,7 @@ import { dlopen, FFIType, type Pointer, read } from "bun:ffi";
  */
 const LIBC_SONAME = "libc.so.6";
 
-const { i32, u32, u64, cstring } = FFIType;
+const { i32, u32, i64, u64, cstring } = FFIType;
 const pointer = FFIType.ptr;
 
 export const libc = dlopen(LIBC_SONAME, {
@@ -58,6 +58,16 @@ export const libc = dlopen(LIBC_SONAME, {
   open: { args: [cstring, i32], returns: i32 },
   // int close(int fd);
   close: { args: [i32], returns: i32 },
+  // long syscall(long number, ...);   variadic, for the calls glibc has no wrapper for (io_uring);
+  // always called with six long arguments. glibc's syscall() is written in assembly on both
+  // (sysdeps/unix/sysv/linux/x86_64/syscall.S, .../aarch64/syscall.S): it moves the arguments
+  // into the kernel's registers and reads no va_list, so the fixed declaration is exact.
+  syscall: { args: [i64, i64, i64, i64, i64, i64, i64], returns: FFIType.i64_fast },
+  // void *mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset);
+  // Returned as a number: MAP_FAILED is (void *)-1 and arrives as -1.
+  mmap: { args: [u64, u64, i32, i32, i32, i64], returns: FFIType.i64_fast },
+  // int munmap(void *addr, size_t length);
+  munmap: { args: [u64, u64], returns: i32 },
   // int ioctl(int fd, unsigned long request, ...);   always called with one pointer argument
   ioctl: { args: [i32, u64, pointer], returns: i32 },
   // int epoll_create1(int flags);
@@ -157,6 +167,7 @@ export const Errno = {
   ENXIO: 6,
   EBADF: 9,
   EAGAIN: 11,
+  ENOMEM: 12,
   EACCES: 13,
   EFAULT: 14,
   EBUSY: 16,
@@ -165,6 +176,7 @@ export const Errno = {
   EINVAL: 22,
   EMFILE: 24,
   EPIPE: 32,
+  ENOSYS: 38,
   EBADFD: 77,
   ENOTSOCK: 88,
   EMSGSIZE: 90,

@@ -112,6 +112,9 @@ export async function setUpLinux(
     // Compiled as the user softnet now is (Bun stages its headers in that user's own
     // /tmp/bun-cc-<uid>), from the sealed memfd: TinyCC reads nothing else (runtime-c.ts).
     const reactorBackend = epollReactorBackend(sealedReactorSource);
+    // The ring, like the reactor, is made as the caller: io_uring is theirs to use or not (a
+    // kernel that refuses it to them leaves one write() per frame, which works the same).
+    logger.debug(`frames to ${host.name} are written with ${host.batchWrites()}`);
     // nft refuses to run with a real uid that differs from the effective one (setuid): after the
     // drop both are the caller's, and CAP_NET_ADMIN rides along in the ambient set.
     if (forwardBackend !== undefined) {

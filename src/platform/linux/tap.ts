@@ -18,7 +18,8 @@
  * ordinary MAC.
  *
  * A TAP has no batch system calls: read() and write() move one frame each. The fd is non-blocking,
- * so a receive reads until EAGAIN or the batch is full.
+ * so a receive reads until EAGAIN or the batch is full. Sends go through io_uring where the kernel
+ * offers it (io-uring.ts: one system call for a batch of writes), else one write() per frame.
  *
  * Closing the fd deletes the TAP (it is not made persistent), which also removes it from the bridge
  * and deletes its FDB entries: when softnet dies, however it dies, nothing is left behind.
@@ -28,7 +29,14 @@ import { SoftnetError } from "../../errors.ts";
 import { isInterfaceName } from "../../interface-name.ts";
 import { formatMac } from "../../wire/bytes.ts";
 import { stableAddress } from "../ffi-helpers.ts";
-import { type FrameBatch, type HostLink, markUnsent, SendOutcome, type SendOutcomeCode } from "../link.ts";
+import {
+  type FrameBatch,
+  type HostLink,
+  MAX_BATCH_CAPACITY,
+  markUnsent,
+  SendOutcome,
+  type SendOutcomeCode,
+} from "../link.ts";
 import {
   type Link,
   listLinks,
@@ -41,6 +49,7 @@ import {
   refuseMacInUse,
   setLinkMac,
 } from "./bridge.ts";
+import { TapWriteRing } from "./io-uring.ts";
 import {
   AF_INET,
   Errno,
@@ -75,6 +84,12 @@ export interface TapOnBridge extends HostLink {
   readonly tapMac: number;
   /** What softnet changed on the bridge itself, for the log (empty when nothing). */
   readonly bridgeChanges: readonly string[];
+  /**
+   * Sends batches through an io_uring from now on (io-uring.ts). Returns how frames are written,
+   * for the log: "io_uring, ..." or "one write() per frame (io_uring: <why not>)". Call it after
+   * the privilege drop.
+   */
+  batchWrites(): string;
 }
 
 export interface TapOptions {
@@ -260,11 +275,19 @@ function refusalOf(errno: number): SendOutcomeCode | undefined {
   return undefined;
 }
 
+function describeRing(ring: TapWriteRing): string {
+  return `io_uring, up to ${ring.entries} frames per system call`;
+}
+
 class TapLink implements TapOnBridge {
   readonly description: string;
   readonly pollFd: number;
   readonly maxFrameSize: number;
   private closed = false;
+  /** Set by batchWrites() when the kernel offers io_uring. */
+  private writeRing: TapWriteRing | undefined;
+  /** Each listed frame's write() result from the ring, by its place in the send's slot list. */
+  private readonly ringResults = new Int32Array(MAX_BATCH_CAPACITY);
 
   constructor(
     private readonly fd: number,
@@ -319,7 +342,17 @@ class TapLink implements TapOnBridge {
     return count;
   }
 
+  batchWrites(): string {
+    if (this.writeRing !== undefined) return describeRing(this.writeRing);
+    const ring = TapWriteRing.open(this.fd);
+    if (typeof ring === "string") return `one write() per frame (io_uring: ${ring})`;
+    this.writeRing = ring;
+    return describeRing(ring);
+  }
+
   send(batch: FrameBatch, slots: Uint16Array, count: number, outcomes?: Uint8Array): number {
+    if (this.writeRing !== undefined)
+      return this.sendThroughRing(this.writeRing, batch, slots, count, outcomes);
     const base = stableAddress(batch.bytes);
     const slotSize = batch.slotSize;
     const lengths = batch.lengths;
@@ -355,9 +388,48 @@ class TapLink implements TapOnBridge {
     return sent;
   }
 
+  /** send() through the ring: every frame gets its own write() result (see FrameLink.send). */
+  private sendThroughRing(
+    ring: TapWriteRing,
+    batch: FrameBatch,
+    slots: Uint16Array,
+    count: number,
+    outcomes: Uint8Array | undefined,
+  ): number {
+    const results = this.ringResults;
+    ring.write(stableAddress(batch.bytes), batch.slotSize, slots, batch.lengths, count, results);
+    let sent = 0;
+    for (let j = 0; j < count; j++) {
+      const result = results[j]!;
+      let outcome: SendOutcomeCode;
+      if (result >= 0) {
+        sent++;
+        outcome = SendOutcome.SENT;
+      } else {
+        const errno = -result;
+        if (errno === Errno.EAGAIN || errno === Errno.ENOBUFS || errno === Errno.EINTR) {
+          outcome = SendOutcome.NO_ROOM;
+        } else {
+          const refusal = refusalOf(errno);
+          if (refusal !== undefined) outcome = refusal;
+          else if (errno === Errno.EBADFD) return -1;
+          else {
+            throw new SoftnetError(`cannot send frames to ${this.description}`, {
+              cause: new SysError("write (io_uring)", errno),
+            });
+          }
+        }
+      }
+      if (outcomes !== undefined) outcomes[slots[j]!] = outcome;
+    }
+    return sent;
+  }
+
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.writeRing?.close();
+    this.writeRing = undefined;
     libc.close(this.fd);
     libc.close(this.controlSocket);
   }

@@ -8,7 +8,15 @@
 // - Where the kernel offers no io_uring the ring is refused with the reason: qemu-user 7.2 has no
 //   io_uring system calls (ENOSYS), and kernel.io_uring_disabled=2 refuses everyone (EPERM).
 import { afterAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  existsSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { stableAddress } from "../../src/platform/ffi-helpers.ts";
@@ -40,6 +48,7 @@ import {
   AF_UNIX,
   Errno,
   libc,
+  O_CLOEXEC,
   SO_SNDBUF,
   SOCK_CLOEXEC,
   SOCK_DGRAM,
@@ -250,6 +259,17 @@ if (underQemu) {
       const ring = TapWriteRing.open(pair.writer);
       if (typeof ring === "string") throw new Error(`this kernel refuses io_uring: ${ring}`);
       try {
+        // The ring's descriptor is close-on-exec: nft, which softnet starts later, must not get it.
+        const ringFds = readdirSync("/proc/self/fd").filter((fd) => {
+          try {
+            return readlinkSync(`/proc/self/fd/${fd}`) === "anon_inode:[io_uring]";
+          } catch {
+            return false; // the directory's own descriptor, gone by now
+          }
+        });
+        expect(ringFds.length).toBe(1);
+        const flags = /^flags:\s+([0-7]+)$/m.exec(readFileSync(`/proc/self/fdinfo/${ringFds[0]}`, "ascii"));
+        expect(Number.parseInt(flags![1]!, 8) & O_CLOEXEC).toBe(O_CLOEXEC);
         const count = 2 * ring.entries + 5; // three submissions
         const batch = new FrameBatch(count, 256);
         // Slots listed out of order, as the filter loop lists the accepted ones.

@@ -183,7 +183,9 @@ export class TapWriteRing {
 
   /**
    * A ring for writes to `fd`, or the reason the kernel offers none (then write() it is). Call it
-   * after the privilege drop: the ring is the caller's, like everything set up after it.
+   * after the privilege drop: the ring is the caller's, like everything set up after it. Its
+   * descriptor is close-on-exec (io_uring/io_uring.c io_uring_install_fd: O_RDWR | O_CLOEXEC), so
+   * nft, which softnet starts afterwards, does not inherit it.
    */
   static open(fd: number, entries = WRITE_RING_ENTRIES): TapWriteRing | string {
     const paramsBytes = new Uint8Array(IoUringParams.SIZE);

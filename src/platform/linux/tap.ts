@@ -397,7 +397,11 @@ class TapLink implements TapOnBridge {
     outcomes: Uint8Array | undefined,
   ): number {
     const results = this.ringResults;
-    ring.write(stableAddress(batch.bytes), batch.slotSize, slots, batch.lengths, count, results);
+    try {
+      ring.write(stableAddress(batch.bytes), batch.slotSize, slots, batch.lengths, count, results);
+    } catch (error) {
+      throw new SoftnetError(`cannot send frames to ${this.description}`, { cause: error });
+    }
     let sent = 0;
     for (let j = 0; j < count; j++) {
       const result = results[j]!;

@@ -282,8 +282,9 @@ export class TapWriteRing {
     let posted = (Atomics.load(ring, this.cqTailWord) - head) >>> 0;
     while (posted < expected) {
       // Submitted, but the wait was cut short (a signal): wait for the rest.
-      if (enter(this.ringFd, 0, expected - posted) < 0 && lastErrno() !== Errno.EINTR) {
-        throw new SysError("io_uring_enter", lastErrno());
+      if (enter(this.ringFd, 0, expected - posted) < 0) {
+        const errno = lastErrno();
+        if (errno !== Errno.EINTR) throw new SysError("io_uring_enter", errno);
       }
       posted = (Atomics.load(ring, this.cqTailWord) - head) >>> 0;
     }
